@@ -1,0 +1,270 @@
+"""Log-mel spectrogram frontends in JAX, computed on the device inside `jit`.
+
+One function, `log_mel`, covers every frontend the reports use; each is a `MelSettings` value:
+
+* `DCASE23` (fschmid56/cpjku_dcase23 `AugmentMelSTFT`, also PaSST/CP-ResNet with other hops):
+  pre-emphasis, symmetric Hann window, Kaldi mel (triangles in the mel domain), `ln(x + 1e-5)`,
+  `(x + 4.5) / 5`, masks applied in the log domain.
+* `DCASE25` (CPJKU/dcase2024/2025_task1_baseline): periodic Hann, HTK mel (triangles in Hz),
+  `ln(x + 1e-5)`, no normalisation, masks applied to the power mel.
+
+The mel filterbank is built in JAX from `(fmin, fmax)`, so the fmax jitter of the references
+(one draw per batch) is a traced value and needs no recompilation. `mel_filterbank` matches
+`librosa.filters.mel` (HTK and Slaney scales, with or without Slaney area normalisation) and
+`torchaudio.compliance.kaldi.get_mel_banks`; `tests/test_frontends.py` checks both.
+
+Shapes: waveforms are (B, samples), float32; features are (B, n_mels, frames).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_asc.audio import augment
+
+MEL_SCALES = ("htk", "slaney", "kaldi")
+WINDOWS = ("hann", "hann_periodic")
+MASK_DOMAINS = ("power", "log")
+
+
+@dataclasses.dataclass(frozen=True)
+class MelSettings:
+  """Every setting of a log-mel frontend. Frequencies in Hz, lengths in samples."""
+  sample_rate: int = 32000
+  n_fft: int = 4096
+  win_length: int = 3072
+  hop_length: int = 500
+  window: str = "hann_periodic"   # "hann" (symmetric, torch periodic=False) or "hann_periodic"
+  center: bool = True             # pad n_fft // 2 on both sides before framing
+  pad_mode: str = "reflect"       # "reflect" or "constant" (librosa's default)
+  n_mels: int = 256
+  fmin: float = 0.0
+  fmax: Optional[float] = None    # None: sample_rate / 2
+  mel_scale: str = "htk"          # "htk", "slaney" or "kaldi"
+  mel_norm: Optional[str] = None  # None or "slaney" (area normalisation; not for kaldi)
+  power: float = 2.0
+  preemphasis: float = 0.0        # y[n] = x[n+1] - c * x[n] (length - 1), 0 = off
+  log_eps: float = 1e-5           # log(mel + log_eps)
+  norm_shift: float = 0.0         # features = (log_mel + norm_shift) / norm_scale
+  norm_scale: float = 1.0
+  mask_domain: str = "power"      # where SpecAugment masks are applied (mask value 0)
+
+  def __post_init__(self):
+    _check_choice("window", self.window, WINDOWS)
+    _check_choice("mel_scale", self.mel_scale, MEL_SCALES)
+    _check_choice("mask_domain", self.mask_domain, MASK_DOMAINS)
+    _check_choice("pad_mode", self.pad_mode, ("reflect", "constant"))
+    if self.mel_norm not in (None, "slaney"):
+      raise ValueError(f"mel_norm must be None or 'slaney', got {self.mel_norm!r}")
+    if self.mel_scale == "kaldi" and self.mel_norm is not None:
+      raise ValueError("the Kaldi mel banks are never normalised: set mel_norm=None")
+    if self.win_length > self.n_fft:
+      raise ValueError(f"win_length {self.win_length} > n_fft {self.n_fft}")
+
+  @property
+  def n_freqs(self) -> int:
+    return self.n_fft // 2 + 1
+
+  @property
+  def nyquist(self) -> float:
+    return self.sample_rate / 2
+
+  def num_frames(self, num_samples: int) -> int:
+    """Frames produced for a clip of `num_samples` samples."""
+    n = num_samples - (1 if self.preemphasis else 0)
+    if self.center:
+      return 1 + n // self.hop_length
+    return 1 + (n - self.n_fft) // self.hop_length
+
+
+def _check_choice(name, value, choices):
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+# The two CPJKU frontends (see ../shared/reference/models_and_frontends.md §4).
+DCASE23 = MelSettings(
+    window="hann", mel_scale="kaldi", preemphasis=0.97, fmax=15500.0,
+    norm_shift=4.5, norm_scale=5.0, mask_domain="log")
+DCASE25 = MelSettings(window="hann_periodic", mel_scale="htk", fmax=None, mask_domain="power")
+PRESETS = {"dcase23": DCASE23, "dcase25": DCASE25}
+
+
+def settings_from_config(cfg) -> MelSettings:
+  """A `MelSettings` from a config dict: `preset` plus overrides of any of its fields."""
+  cfg = dict(cfg)
+  preset = cfg.pop("preset", None)
+  base = PRESETS[preset] if preset else MelSettings()
+  if preset is not None and preset not in PRESETS:
+    raise ValueError(f"frontend.preset must be one of {sorted(PRESETS)}, got {preset!r}")
+  valid = {f.name for f in dataclasses.fields(MelSettings)}
+  unknown = sorted(set(cfg) - valid)
+  if unknown:
+    raise ValueError(f"unknown frontend settings {unknown}; valid: {sorted(valid)}")
+  return dataclasses.replace(base, **cfg)
+
+
+# ----------------------------------------------------------------------------- mel scales
+def hz_to_mel(f, scale: str):
+  """Hz → mel on the chosen scale (works on NumPy and JAX arrays)."""
+  xp = jnp if isinstance(f, jax.Array) else np
+  if scale == "htk":
+    return 2595.0 * xp.log10(1.0 + f / 700.0)
+  if scale == "kaldi":
+    return 1127.0 * xp.log(1.0 + f / 700.0)
+  # Slaney: linear below 1 kHz, logarithmic above (librosa `htk=False`).
+  f_sp, min_log_hz = 200.0 / 3, 1000.0
+  min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+  return xp.where(f >= min_log_hz,
+                  min_log_mel + xp.log(xp.maximum(f, 1e-10) / min_log_hz) / logstep,
+                  f / f_sp)
+
+
+def mel_to_hz(m, scale: str):
+  """Inverse of `hz_to_mel`."""
+  xp = jnp if isinstance(m, jax.Array) else np
+  if scale == "htk":
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+  if scale == "kaldi":
+    return 700.0 * (xp.exp(m / 1127.0) - 1.0)
+  f_sp, min_log_hz = 200.0 / 3, 1000.0
+  min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+  return xp.where(m >= min_log_mel, min_log_hz * xp.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+def mel_filterbank(settings: MelSettings, fmin=None, fmax=None) -> jax.Array:
+  """Mel filterbank matrix (n_freqs, n_mels), float32; `fmin`/`fmax` may be traced scalars.
+
+  htk / slaney: `librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax, htk, norm)`: triangles in Hz
+  between mel-spaced corner frequencies, optionally area-normalised (`2 / (f[i+2] - f[i])`).
+  kaldi: `torchaudio.compliance.kaldi.get_mel_banks` (no VTLN): triangles in the mel domain,
+  evaluated at bins k·sr/n_fft for k < n_fft/2, the Nyquist bin is 0.
+  """
+  static = fmin is None and fmax is None
+  xp = np if static else jnp   # static corners: float64 on the host, as librosa computes them
+  dtype = np.float64 if static else jnp.float32
+  fmin = xp.asarray(settings.fmin if fmin is None else fmin, dtype)
+  fmax = xp.asarray((settings.fmax or settings.nyquist) if fmax is None else fmax, dtype)
+  scale, n_mels = settings.mel_scale, settings.n_mels
+  fraction = xp.linspace(0.0, 1.0, n_mels + 2, dtype=dtype)
+  mel_lo, mel_hi = hz_to_mel(fmin, scale), hz_to_mel(fmax, scale)
+  mel_points = mel_lo + (mel_hi - mel_lo) * fraction
+  if scale == "kaldi":
+    bins = xp.arange(settings.n_fft // 2, dtype=dtype) * (settings.sample_rate / settings.n_fft)
+    mel_bins = hz_to_mel(bins, scale)[:, None]
+    left, centre, right = mel_points[:-2], mel_points[1:-1], mel_points[2:]
+    up = (mel_bins - left) / (centre - left)
+    down = (right - mel_bins) / (right - centre)
+    weights = xp.maximum(0.0, xp.minimum(up, down))
+    weights = xp.concatenate([weights, xp.zeros((1, n_mels), dtype)], axis=0)
+  else:
+    hz_points = mel_to_hz(mel_points, scale)
+    fft_freqs = xp.linspace(0.0, settings.nyquist, settings.n_freqs, dtype=dtype)[:, None]
+    widths = xp.diff(hz_points)
+    lower = (fft_freqs - hz_points[:-2]) / widths[:-1]
+    upper = (hz_points[2:] - fft_freqs) / widths[1:]
+    weights = xp.maximum(0.0, xp.minimum(lower, upper))
+    if settings.mel_norm == "slaney":
+      weights = weights * (2.0 / (hz_points[2:] - hz_points[:-2]))
+  return jnp.asarray(weights, jnp.float32)
+
+
+# ----------------------------------------------------------------------------- STFT
+def window_array(settings: MelSettings) -> np.ndarray:
+  """The analysis window zero-padded (centred) to n_fft, as torch.stft and librosa do."""
+  n = settings.win_length
+  periodic = settings.window == "hann_periodic"
+  denom = n if periodic else n - 1
+  win = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / denom)
+  left = (settings.n_fft - n) // 2
+  return np.pad(win, (left, settings.n_fft - n - left)).astype(np.float32)
+
+
+def power_spectrogram(waveform: jax.Array, settings: MelSettings) -> jax.Array:
+  """|STFT|^power of (B, samples) → (B, frames, n_freqs), float32."""
+  x = waveform.astype(jnp.float32)
+  if settings.preemphasis:
+    x = x[:, 1:] - settings.preemphasis * x[:, :-1]
+  if settings.center:
+    pad = settings.n_fft // 2
+    x = jnp.pad(x, ((0, 0), (pad, pad)), mode=settings.pad_mode)
+  n_frames = 1 + (x.shape[1] - settings.n_fft) // settings.hop_length
+  if n_frames < 1:
+    raise ValueError(f"clip of {waveform.shape[1]} samples is shorter than one frame")
+  starts = np.arange(n_frames) * settings.hop_length
+  frames = x[:, starts[:, None] + np.arange(settings.n_fft)[None, :]]   # (B, T, n_fft)
+  spectrum = jnp.fft.rfft(frames * window_array(settings), axis=-1)
+  magnitude_sq = jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
+  if settings.power == 2.0:
+    return magnitude_sq
+  return magnitude_sq ** (settings.power / 2.0)
+
+
+def mel_spectrogram(waveform, settings: MelSettings, fmin=None, fmax=None) -> jax.Array:
+  """Mel power spectrogram (B, n_mels, frames) of (B, samples)."""
+  spec = power_spectrogram(waveform, settings)
+  mel = jnp.einsum("btf,fm->bmt", spec, mel_filterbank(settings, fmin, fmax),
+                   precision=jax.lax.Precision.HIGHEST)
+  return mel
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontendAugment:
+  """Training-time frontend augmentation (reference defaults in the configs).
+
+  fmin_aug_range / fmax_aug_range: integer ranges of the one-per-batch corner jitter
+  (d23: fmin += randint(fmin_range); fmax += fmax_range // 2 - randint(fmax_range)); 0 or 1 = off.
+  freq_mask / time_mask: SpecAugment maximum widths in bins / frames; 0 = off.
+  iid_masks: one mask per example (True) or one shared by the batch (the d23 reference env).
+  """
+  fmin_aug_range: int = 0
+  fmax_aug_range: int = 0
+  freq_mask: int = 0
+  time_mask: int = 0
+  iid_masks: bool = True
+
+
+def log_mel(waveform: jax.Array, settings: MelSettings, *,
+            key: Optional[jax.Array] = None,
+            aug: Optional[FrontendAugment] = None) -> jax.Array:
+  """Normalised log-mel features (B, n_mels, frames) of waveforms (B, samples).
+
+  With `key` and `aug`, applies the training-time augmentation: fmin/fmax jitter, then frequency
+  and time masks in `settings.mask_domain`. Without, computes the deterministic evaluation frontend.
+  """
+  fmin = fmax = None
+  if key is not None and aug is not None:
+    k_fmin, k_fmax, k_freq, k_time = jax.random.split(key, 4)
+    fmin = augment.jitter_corner(k_fmin, settings.fmin, aug.fmin_aug_range, direction=+1)
+    fmax = augment.jitter_corner(k_fmax, settings.fmax or settings.nyquist, aug.fmax_aug_range,
+                                 direction=-1)
+    fmax = jnp.minimum(fmax, settings.nyquist)
+  mel = mel_spectrogram(waveform, settings, fmin, fmax)
+
+  def masks(x):
+    if key is None or aug is None:
+      return x
+    x = augment.frequency_mask(k_freq, x, aug.freq_mask, iid=aug.iid_masks)
+    return augment.time_mask(k_time, x, aug.time_mask, iid=aug.iid_masks)
+
+  if settings.mask_domain == "power":
+    mel = masks(mel)
+  features = jnp.log(mel + settings.log_eps)
+  if settings.mask_domain == "log":
+    features = masks(features)
+  if settings.norm_shift or settings.norm_scale != 1.0:
+    features = (features + settings.norm_shift) / settings.norm_scale
+  return features
+
+
+def augment_from_config(cfg) -> FrontendAugment:
+  cfg = dict(cfg)
+  valid = {f.name for f in dataclasses.fields(FrontendAugment)}
+  unknown = sorted(set(cfg) - valid)
+  if unknown:
+    raise ValueError(f"unknown frontend augmentation settings {unknown}; valid: {sorted(valid)}")
+  return FrontendAugment(**cfg)

@@ -1,0 +1,52 @@
+"""Entry point: `python -m jax_asc.main --config configs/<file>.py[:arg] --workdir DIR`.
+
+Overrides: `--config.key=value` (the config is locked: an unknown key is an error naming the valid
+ones). `config.stage` lists the stages to run, comma-separated, in order (see jax_asc/stages).
+Everything the run does goes to the workdir: config.json, metrics, checkpoints, reports.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<x>.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything this run writes.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str) -> dict:
+  """Runs the stages of `config.stage` in order; returns {stage: result}."""
+  import jax
+  from jax_asc import stages
+  from jax_asc.train import mesh as mesh_lib
+
+  names = [s.strip() for s in config.stage.split(",") if s.strip()]
+  unknown = [s for s in names if s not in stages.STAGES]
+  if unknown or not names:
+    raise ValueError(f"config.stage={config.stage!r}: unknown stage(s) {unknown}; "
+                     f"valid: {sorted(stages.STAGES)}")
+  mesh_lib.maybe_initialize_distributed(config.distributed)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+  results = {}
+  for name in names:
+    logging.info("Stage %s", name)
+    results[name] = stages.STAGES[name](config, workdir)
+  return results
+
+
+def main(argv):
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)   # orbax and clu are chatty at INFO; --verbosity=0
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,26 @@
+"""Flax Linen models. `build(cfg)` makes one from a config section (`cfg.name` + its fields)."""
+from __future__ import annotations
+
+import dataclasses
+
+from jax_asc.models.cp_mobile import CPMobile
+
+MODELS = {"cp_mobile": CPMobile}
+
+
+def build(cfg, **overrides):
+  """The module named `cfg.name`, with every other key of `cfg` as a constructor argument."""
+  kwargs = dict(cfg)
+  name = kwargs.pop("name")
+  if name not in MODELS:
+    raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {name!r}")
+  cls = MODELS[name]
+  kwargs.update(overrides)
+  valid = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
+  unknown = sorted(set(kwargs) - valid)
+  if unknown:
+    raise ValueError(f"model {name!r} has no setting {unknown}; valid: {sorted(valid)}")
+  for key, value in kwargs.items():   # ConfigDict lists → tuples (Flax attributes are hashable)
+    if isinstance(value, list):
+      kwargs[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+  return cls(**kwargs)

@@ -1,0 +1,4 @@
+"""One module per stage; `STAGES` maps `config.stage` names to their `run(config, workdir)`."""
+from jax_asc.stages import evaluate, train
+
+STAGES = {"train": train.run, "evaluate": evaluate.run}

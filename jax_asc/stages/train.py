@@ -1,0 +1,38 @@
+"""Stage `train`: fit the configured model on the training split, validating as it goes."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+from jax_asc.eval import metrics
+from jax_asc.stages import common
+
+
+def run(config, workdir: str) -> dict:
+  splits = common.load_splits(config)
+  train_split = common.get_split(splits, config.data.train_split, "data.train_split")
+  validation = common.get_split(splits, config.data.validation_split, "data.validation_split")
+  n_classes = len(train_split.classes)
+  task = common.classification_task(config, n_classes)
+
+  cost = common.model_complexity(config, n_classes, train_split.waveform.shape[1])
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(workdir, "reports"), exist_ok=True)
+    with open(os.path.join(workdir, "reports", "complexity.md"), "w") as f:
+      f.write(cost.table(config.complexity.param_dtype) + "\n")
+    with open(os.path.join(workdir, "reports", "complexity.json"), "w") as f:
+      json.dump(cost.as_dict(config.complexity.param_dtype), f, indent=1)
+  print(f"Model: {cost.params:,} parameters, {cost.macs:,} MACs per clip; training on "
+        f"{len(train_split)} clips, validating on {len(validation)}", flush=True)
+
+  def evaluate(trainer, state):
+    result = common.evaluate_split(trainer, state, validation, config.evaluate.batch_size)
+    return metrics.scalar_summary(result, "validation")
+
+  result = common.loop.fit(task, config, workdir, common.train_data(config, train_split),
+                           evaluate=evaluate)
+  outputs = {"final_step": int(result.state.step), "validation": result.last_eval}
+  common.write_done(workdir, "train", config, outputs)
+  return outputs

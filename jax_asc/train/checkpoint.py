@@ -1,0 +1,74 @@
+"""orbax checkpoints of a run: the latest (for resuming) and the best-k by a chosen metric.
+
+Layout: `<workdir>/checkpoints/latest/<step>/` (max_to_keep 1) and
+`<workdir>/checkpoints/best/<step>/` (the k best by `best_metric`). A save is only visible once
+orbax has finalised it, so a run killed while saving resumes from the previous checkpoint.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+  def __init__(self, workdir: str, *, best_metric: str, best_mode: str, keep_best: int):
+    if best_mode not in ("max", "min"):
+      raise ValueError(f"checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}")
+    root = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.best_metric = best_metric
+    self.latest = ocp.CheckpointManager(
+        os.path.join(root, "latest"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    self.best = None
+    if keep_best > 0:
+      self.best = ocp.CheckpointManager(
+          os.path.join(root, "best"),
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=keep_best, create=True, best_mode=best_mode,
+              best_fn=lambda metrics: metrics[best_metric]))
+
+  @staticmethod
+  def _args(state, meta):
+    return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+
+  def save_latest(self, step: int, state, meta: dict) -> None:
+    self.latest.save(step, args=self._args(state, meta), force=True)
+
+  def save_best(self, step: int, state, meta: dict, metrics: dict) -> None:
+    if self.best is None:
+      return
+    if self.best_metric not in metrics:
+      raise KeyError(f"checkpoint.best_metric {self.best_metric!r} is not among the evaluation "
+                     f"metrics {sorted(metrics)}")
+    self.best.save(step, args=self._args(state, meta),
+                   metrics={k: float(v) for k, v in metrics.items()}, force=True)
+
+  def restore(self, template, which: str = "latest", step: Optional[int] = None):
+    """(state, meta) of the latest, the best or a given step; None when there is none."""
+    manager = {"latest": self.latest, "best": self.best}.get(which)
+    if manager is None:
+      raise ValueError(f"no {which!r} checkpoints for this run (which: latest or best)")
+    if step is None:
+      step = manager.best_step() if which == "best" else manager.latest_step()
+    if step is None:
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
+
+  def best_steps(self):
+    return [] if self.best is None else list(self.best.all_steps())
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    if self.best is not None:
+      self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    if self.best is not None:
+      self.best.close()

@@ -1,0 +1,281 @@
+"""The one training loop every recipe reuses.
+
+A recipe hands in a `Task`: the model, how a batch becomes model input on the device (frontend and
+augmentation, with an explicit key), and the loss. The loop owns everything else: the train state,
+the jitted, sharded, buffer-donating update step, the data order, evaluation cadence, metrics,
+checkpoints and resuming.
+
+Resume order (what happens when a run starts):
+  1. build the optimizer and an initial state from `config.seed` (same shapes as any checkpoint);
+  2. if `<workdir>/checkpoints/latest` holds a step, restore the whole state from it;
+  3. continue the data order from that step: epoch = step // steps_per_epoch and the batch within
+     it (the order depends only on (seed, epoch)), and per-step randomness is
+     `fold_in(state.rng, step)`, so a resumed run ends with exactly the parameters of an
+     uninterrupted one.
+
+A non-finite loss raises `FloatingPointError` naming the first bad step; checks happen before
+every checkpoint save, so a bad state is never written over the last good one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from clu import metrics as clu_metrics
+from clu import periodic_actions
+from jax.experimental import multihost_utils
+
+from jax_asc.train import checkpoint as checkpoint_lib
+from jax_asc.train import mesh as mesh_lib
+from jax_asc.train import optim
+from jax_asc.train import state as state_lib
+from jax_asc.train import writers
+from jax_asc.train.state import TrainState
+
+Batch = Dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+  """The training data as the loop sees it (built by a stage from `jax_asc.data`).
+
+  steps_per_epoch: global steps in one epoch.
+  batches: start_step → iterator of this host's batches (dicts of NumPy arrays) from that
+    global step on, in the deterministic order of the run.
+  """
+  steps_per_epoch: int
+  batches: Callable[[int], Iterator[Dict[str, np.ndarray]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """The recipe-specific parts of training.
+
+  model: Flax module called as `model.apply(variables, inputs, train=…)`.
+  make_inputs: (key or None, batch) → model input, on the device inside jit; key None means
+    evaluation (no augmentation).
+  loss: (model output in training mode, batch, key) → (scalar loss, {name: scalar} metrics).
+  logits: model output → (B, C) logits for evaluation.
+  """
+  model: nn.Module
+  make_inputs: Callable[[Optional[jax.Array], Batch], Any]
+  loss: Callable[[Any, Batch, jax.Array], tuple]
+  logits: Callable[[Any], jax.Array] = lambda output: output
+
+
+class Trainer:
+  """Jitted, sharded init / train / predict functions for one task and optimizer."""
+
+  def __init__(self, task: Task, tx, mesh, *, ema_decay: float = 0.0):
+    self.task, self.tx, self.mesh, self.ema_decay = task, tx, mesh, ema_decay
+    rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
+    self._rep = rep
+    self.train_step = jax.jit(self._train_step, in_shardings=(rep, data),
+                              out_shardings=(rep, rep), donate_argnums=(0,))
+    self._predict = jax.jit(self._predict_step, in_shardings=(rep, rep, data), out_shardings=data)
+
+  def init(self, seed: int, example_batch: Batch) -> TrainState:
+    def init_fn(batch):
+      rng = jax.random.PRNGKey(seed)
+      init_rng, state_rng = jax.random.split(rng)
+      variables = self.task.model.init(init_rng, self.task.make_inputs(None, batch), train=False)
+      return state_lib.create(variables, self.tx, state_rng, ema=self.ema_decay > 0)
+    return jax.jit(init_fn, out_shardings=self._rep)(example_batch)
+
+  def _train_step(self, state: TrainState, batch: Batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    k_inputs, k_model, k_loss = jax.random.split(rng, 3)
+    inputs = self.task.make_inputs(k_inputs, batch)
+
+    def loss_fn(params):
+      output, updates = self.task.model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, inputs, train=True,
+          mutable=["batch_stats"], rngs={"dropout": k_model})
+      loss, metrics = self.task.loss(output, batch, k_loss)
+      return loss, (metrics, updates.get("batch_stats", state.batch_stats))
+
+    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state.params, updates)
+    ema = state.ema_params
+    if ema is not None:
+      ema = state_lib.ema_update(ema, params, self.ema_decay)
+    metrics = dict(metrics, loss=loss, grad_norm=_global_norm(grads))
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state, ema_params=ema)
+    return new_state, metrics
+
+  def _predict_step(self, params, batch_stats, batch):
+    inputs = self.task.make_inputs(None, batch)
+    output = self.task.model.apply({"params": params, "batch_stats": batch_stats}, inputs,
+                                   train=False)
+    return self.task.logits(output).astype(jnp.float32)
+
+  def predict(self, state: TrainState, local_batches: Iterable[Dict[str, np.ndarray]], *,
+              num_examples: int, use_ema: bool = False) -> np.ndarray:
+    """Logits (num_examples, C) of masked evaluation batches (`mask` marks real rows), in order."""
+    params = state.ema_params if use_ema else state.params
+    if params is None:
+      raise ValueError("use_ema=True but the run kept no EMA parameters (ema_decay = 0)")
+    outputs = []
+    for local in local_batches:
+      batch = mesh_lib.global_batch(local, self.mesh)
+      logits = self._predict(params, state.batch_stats, batch)
+      outputs.append((multihost_utils.process_allgather(logits, tiled=True),
+                      multihost_utils.process_allgather(batch["mask"], tiled=True)))
+    logits = np.concatenate([np.asarray(l)[np.asarray(m)] for l, m in outputs])
+    if len(logits) != num_examples:
+      raise RuntimeError(f"predicted {len(logits)} rows for {num_examples} examples")
+    return logits
+
+
+def _global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+_NO_BAD_STEP = np.iinfo(np.int32).max
+
+
+@dataclasses.dataclass
+class Setup:
+  """A trainer with its optimizer and the initial state of a run (before any restore)."""
+  trainer: Trainer
+  state: TrainState
+  schedule: Callable[[int], jax.Array]
+  steps_per_epoch: int
+  total_steps: int
+
+
+def setup(task: Task, config, train_data: TrainData) -> Setup:
+  """Optimizer, trainer and initial state from `config.seed`: the same shapes as a checkpoint."""
+  mesh = mesh_lib.make_mesh()
+  mesh_lib.check_batch_size(config.batch_size)
+  total_steps = config.num_epochs * train_data.steps_per_epoch
+  example = mesh_lib.global_batch(next(train_data.batches(0)), mesh)
+  abstract_params = jax.eval_shape(
+      lambda b: task.model.init(jax.random.PRNGKey(0), task.make_inputs(None, b), train=False),
+      example)["params"]
+  tx, schedule = optim.make_optimizer(config.optimizer, config.schedule, abstract_params,
+                                      total_steps, train_data.steps_per_epoch)
+  trainer = Trainer(task, tx, mesh, ema_decay=config.ema_decay)
+  return Setup(trainer, trainer.init(config.seed, example), schedule,
+               train_data.steps_per_epoch, total_steps)
+
+
+@dataclasses.dataclass
+class FitResult:
+  state: TrainState
+  trainer: Trainer
+  steps_per_epoch: int
+  last_eval: Dict[str, float]
+
+
+def fit(task: Task, config, workdir: str, train_data: TrainData, *,
+        evaluate: Optional[Callable[[Trainer, TrainState], Dict[str, float]]] = None,
+        hooks: Sequence[Callable[[int, TrainState], None]] = ()) -> FitResult:
+  """Trains `task` on `train_data` as `config` says; resumes from `workdir` when it can.
+
+  Config keys used: seed, batch_size, num_epochs, optimizer.*, schedule.*, ema_decay,
+  eval_every_epochs, log_every_steps, checkpoint.{every_steps, best_metric, best_mode, keep_best}.
+  `evaluate(trainer, state)` returns scalar metrics (logged; `checkpoint.best_metric` picks the
+  best-k checkpoints). `hooks` run after every step with (steps done, state).
+  """
+  run = setup(task, config, train_data)
+  trainer, state, schedule = run.trainer, run.state, run.schedule
+  steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
+
+  ckpt_cfg = config.checkpoint
+  checkpoints = checkpoint_lib.Checkpoints(
+      workdir, best_metric=ckpt_cfg.best_metric, best_mode=ckpt_cfg.best_mode,
+      keep_best=ckpt_cfg.keep_best if evaluate is not None else 0)
+  restored = checkpoints.restore(state, "latest")
+  start_step = 0
+  if restored is not None:
+    state, _ = restored
+    start_step = int(state.step)
+    logging.info("Resuming from step %d (%s)", start_step, workdir)
+    print(f"Resuming from the checkpoint at step {start_step}", flush=True)
+  writer = writers.create(workdir)
+  if start_step == 0:
+    writer.write_hparams({"steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                          "devices": jax.device_count(), "hosts": jax.process_count()})
+  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                             every_steps=max(steps_per_epoch, 1))
+  accum = int(config.optimizer.grad_accum_steps)
+
+  batches = train_data.batches(start_step)
+  averages: Dict[str, clu_metrics.Average] = {}
+  first_bad = None
+  last_eval: Dict[str, float] = {}
+  epoch_start = time.time()
+
+  def check_finite():
+    if first_bad is not None:
+      bad = int(first_bad)
+      if bad != _NO_BAD_STEP:
+        raise FloatingPointError(
+            f"non-finite loss at step {bad} (workdir {workdir}); the last good checkpoint is "
+            f"kept in {workdir}/checkpoints/latest")
+
+  def save(step, eval_metrics=None):
+    check_finite()
+    meta = {"step": step, "epoch": step / steps_per_epoch}
+    checkpoints.save_latest(step, state, meta)
+    if eval_metrics:
+      checkpoints.save_best(step, state, meta, eval_metrics)
+
+  try:
+    for step in range(start_step, total_steps):
+      batch = mesh_lib.global_batch(next(batches), trainer.mesh)
+      state, step_metrics = trainer.train_step(state, batch)
+      bad = jnp.where(jnp.isfinite(step_metrics["loss"]), _NO_BAD_STEP, step + 1)
+      first_bad = bad if first_bad is None else jnp.minimum(first_bad, bad)
+      for name, value in step_metrics.items():
+        new = clu_metrics.Average.from_model_output(value)
+        averages[name] = averages[name].merge(new) if name in averages else new
+      done = step + 1
+      progress(done)
+      for hook in hooks:
+        hook(done, state)
+
+      epoch_end = done % steps_per_epoch == 0
+      if done % config.log_every_steps == 0 or epoch_end or done == total_steps:
+        check_finite()
+        scalars = {f"train/{k}": float(v.compute()) for k, v in averages.items()}
+        scalars["train/learning_rate"] = float(schedule(max(done - 1, 0) // accum))
+        writer.write_scalars(done, scalars)
+        averages = {}
+      if not (epoch_end or done == total_steps):
+        if ckpt_cfg.every_steps and done % ckpt_cfg.every_steps == 0:
+          save(done)
+        continue
+      epoch = done // steps_per_epoch
+      eval_metrics = {}
+      if evaluate is not None and (epoch % config.eval_every_epochs == 0 or done == total_steps):
+        check_finite()
+        eval_metrics = evaluate(trainer, state)
+        writer.write_scalars(done, eval_metrics)
+        last_eval = eval_metrics
+      save(done, eval_metrics)
+      seconds = time.time() - epoch_start
+      epoch_start = time.time()
+      line = (f"epoch {epoch}/{config.num_epochs} step {done}/{total_steps} "
+              f"loss {scalars['train/loss']:.4f} lr {scalars['train/learning_rate']:.2e} "
+              f"{seconds:.1f}s")
+      for name in ("validation/accuracy", "validation/macro_accuracy"):
+        if name in eval_metrics:
+          line += f" {name.split('/')[1]} {100 * eval_metrics[name]:.2f}%"
+      print(line, flush=True)
+    check_finite()
+  finally:
+    checkpoints.wait()
+    checkpoints.close()
+    writer.flush()
+  return FitResult(state, trainer, steps_per_epoch, last_eval)

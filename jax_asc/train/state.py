@@ -1,0 +1,32 @@
+"""The train state: everything a step reads and writes, one pytree (checkpointed whole)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array            # int32 scalar: micro-batch steps taken
+  params: Any
+  batch_stats: Any           # BatchNorm running statistics ({} when the model has none)
+  opt_state: Any
+  ema_params: Optional[Any]  # exponential moving average of params, None when disabled
+  rng: jax.Array             # raw uint32[2] key; a step uses fold_in(rng, step)
+
+
+def ema_update(ema_params, params, decay: float):
+  """θ_ema ← d·θ_ema + (1 − d)·θ."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype), ema_params,
+                      params)
+
+
+def create(variables, tx, rng, ema: bool) -> TrainState:
+  params = variables["params"]
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+      ema_params=jax.tree.map(jnp.copy, params) if ema else None, rng=rng)
