@@ -14,7 +14,8 @@ Design
     birds), chirps (passing engines, brakes) and babble-like bursts (syllable-rate modulated
     band noise).
   Classes are built in pairs that share part of their background envelope (like bus/tram or
-  metro/metro_station), so some confusions are expected.
+  metro/metro_station), and every clip also holds a few distractor events borrowed from other
+  scenes (1.5 per second), so some confusions are expected.
 * Locations: each class has 10 recording locations; a location perturbs the recipe (envelope
   bumps, tilt, event rates, levels). Locations 0–6 feed train/validation, 7–9 only the test split,
   so the test split measures generalisation to new places as the TAU sets do.
@@ -29,8 +30,10 @@ Stored as int16 PCM (like the wav files of the real sets) with metadata arrays; 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
+import multiprocessing
 import os
 from typing import Dict
 
@@ -38,7 +41,7 @@ import numpy as np
 
 from jax_asc.data import dataset as dataset_lib
 
-VERSION = 1
+VERSION = 2
 SAMPLE_RATE = 32000
 CLASSES = ("airport", "bus", "metro", "metro_station", "park", "public_square",
            "shopping_mall", "street_pedestrian", "street_traffic", "tram")
@@ -49,6 +52,7 @@ N_LOCATIONS = 10
 TRAIN_LOCATIONS = tuple(range(7))
 TEST_LOCATIONS = (7, 8, 9)
 EVENT_KINDS = ("impulse", "tonal", "chirp", "babble")
+DISTRACTOR_RATE = 1.5   # events per second borrowed from other scenes
 
 
 def _rng(seed: int, *path) -> np.random.Generator:
@@ -65,10 +69,10 @@ def _log_freq_axis(n: int, sr: int) -> np.ndarray:
 def _class_recipe(seed: int, label: int) -> Dict:
   family = _rng(seed, "family", label // 2)   # shared by the pair (2k, 2k+1)
   own = _rng(seed, "class", label)
-  shared_bumps = [(family.uniform(-3.0, 2.5), family.uniform(0.3, 1.2), family.uniform(4, 14))
+  shared_bumps = [(family.uniform(-3.0, 2.5), family.uniform(0.3, 1.2), family.uniform(4, 12))
                   for _ in range(2)]
-  own_bumps = [(own.uniform(-3.0, 3.5), own.uniform(0.2, 1.0), own.uniform(3, 12))
-               for _ in range(own.integers(0, 3))]
+  own_bumps = [(own.uniform(-3.0, 3.5), own.uniform(0.2, 1.0), own.uniform(2, 7))
+               for _ in range(own.integers(1, 3))]
   rates = own.uniform(0.0, 1.0, len(EVENT_KINDS)) ** 2 * own.choice([2.0, 4.0, 7.0])
   rates[own.integers(len(EVENT_KINDS))] += own.uniform(1.0, 4.0)  # one dominant event kind
   return dict(
@@ -76,7 +80,7 @@ def _class_recipe(seed: int, label: int) -> Dict:
       bumps=shared_bumps + own_bumps,
       mod_rate=own.uniform(0.1, 3.0), mod_depth=own.uniform(0.0, 0.6),
       rates=rates,                                     # events per second, per kind
-      event_snr=own.uniform(-6.0, 10.0, len(EVENT_KINDS)),  # dB over the background
+      event_snr=own.uniform(-12.0, 6.0, len(EVENT_KINDS)),  # dB over the background
       impulse_decay=own.uniform(0.002, 0.05), impulse_tilt=own.uniform(-1.0, 1.0),
       tonal_f0=np.sort(own.uniform(120.0, 1800.0, 2)), tonal_harmonics=int(own.integers(1, 8)),
       tonal_duration=own.uniform(0.08, 0.6),
@@ -88,10 +92,10 @@ def _class_recipe(seed: int, label: int) -> Dict:
 def _location_recipe(seed: int, label: int, location: int, recipe: Dict) -> Dict:
   r = _rng(seed, "location", label, location)
   loc = dict(recipe)
-  loc["bumps"] = [(c + r.normal(0, 0.15), w, g + r.normal(0, 2.0)) for c, w, g in recipe["bumps"]]
-  loc["tilt"] = recipe["tilt"] + r.normal(0, 0.12)
-  loc["rates"] = recipe["rates"] * r.uniform(0.6, 1.5, len(EVENT_KINDS))
-  loc["event_snr"] = recipe["event_snr"] + r.normal(0, 2.0, len(EVENT_KINDS))
+  loc["bumps"] = [(c + r.normal(0, 0.25), w, g + r.normal(0, 3.0)) for c, w, g in recipe["bumps"]]
+  loc["tilt"] = recipe["tilt"] + r.normal(0, 0.2)
+  loc["rates"] = recipe["rates"] * r.uniform(0.4, 2.0, len(EVENT_KINDS))
+  loc["event_snr"] = recipe["event_snr"] + r.normal(0, 3.0, len(EVENT_KINDS))
   loc["level_db"] = r.uniform(-34.0, -24.0)
   return loc
 
@@ -106,8 +110,8 @@ def _device_response(seed: int, device: str, n: int) -> Dict:
     gain_db = np.zeros_like(octaves)
     highpass, lowpass, noise_db, drive = 20.0, 15500.0, -80.0, 0.0
   else:
-    strength = 1.0 if index < 6 else 1.6   # unseen devices colour the sound more
-    gain_db = sum(r.uniform(-7, 7) * strength * np.exp(-0.5 * ((octaves - r.uniform(-2.5, 3.5))
+    strength = 1.0 if index < 6 else 1.8   # unseen devices colour the sound more
+    gain_db = sum(r.uniform(-9, 9) * strength * np.exp(-0.5 * ((octaves - r.uniform(-2.5, 3.5))
                                                               / r.uniform(0.3, 1.2)) ** 2)
                   for _ in range(4))
     gain_db = gain_db + r.uniform(-1.5, 1.5) * strength * octaves   # overall tilt
@@ -161,6 +165,17 @@ def _event(kind: str, r, loc: Dict, octaves: np.ndarray) -> np.ndarray:
   return noise * syllables ** 2 * np.hanning(length)
 
 
+def _add_event(scene: np.ndarray, r, kind: str, recipe: Dict, snr_db: float, octaves) -> None:
+  """Adds one event of `kind` at a random onset (it may start before or run past the clip)."""
+  n = len(scene)
+  event = _event(kind, r, recipe, octaves)[:n]
+  event = event / (np.sqrt(np.mean(event ** 2)) + 1e-12)
+  gain = 10.0 ** ((snr_db + r.normal(0, 3.0)) / 20.0)
+  start = r.integers(-len(event) // 2, n)
+  lo, hi = max(start, 0), min(start + len(event), n)
+  scene[lo:hi] += gain * event[lo - start:hi - start]
+
+
 def render_clip(seed: int, label: int, location: int, device: str, clip_seed,
                 n: int = SAMPLE_RATE) -> np.ndarray:
   """One clip (n samples, float64 in [-1, 1]) of scene `label` at `location` through `device`."""
@@ -174,12 +189,14 @@ def render_clip(seed: int, label: int, location: int, device: str, clip_seed,
   scene = background
   for k, kind in enumerate(EVENT_KINDS):
     for _ in range(r.poisson(recipe["rates"][k] * n / SAMPLE_RATE)):
-      event = _event(kind, r, recipe, octaves)[:n]
-      event = event / (np.sqrt(np.mean(event ** 2)) + 1e-12)
-      gain = 10.0 ** ((recipe["event_snr"][k] + r.normal(0, 3.0)) / 20.0)
-      start = r.integers(-len(event) // 2, n)
-      lo, hi = max(start, 0), min(start + len(event), n)
-      scene[lo:hi] += gain * event[lo - start:hi - start]
+      _add_event(scene, r, kind, recipe, recipe["event_snr"][k], octaves)
+  # Distractors: events borrowed from a random other scene, as real scenes overlap.
+  for _ in range(r.poisson(DISTRACTOR_RATE * n / SAMPLE_RATE)):
+    other = int(r.integers(len(CLASSES)))
+    other_recipe = _location_recipe(seed, other, int(r.integers(N_LOCATIONS)),
+                                    _class_recipe(seed, other))
+    k = int(r.integers(len(EVENT_KINDS)))
+    _add_event(scene, r, EVENT_KINDS[k], other_recipe, other_recipe["event_snr"][k], octaves)
   scene = scene / (np.sqrt(np.mean(scene ** 2)) + 1e-12) * 10.0 ** (recipe["level_db"] / 20.0)
   dev = _device_response(seed, device, n)
   recorded = np.fft.irfft(np.fft.rfft(scene) * dev["magnitude"], n)
@@ -188,6 +205,10 @@ def render_clip(seed: int, label: int, location: int, device: str, clip_seed,
     recorded = np.tanh(drive * recorded) / drive
   recorded += r.standard_normal(n) * 10.0 ** (dev["noise_db"] / 20.0)
   return np.clip(recorded, -1.0, 1.0 - 1.0 / 32768)
+
+
+def _render_pcm(job) -> np.ndarray:
+  return np.round(render_clip(*job) * 32767).astype(np.int16)
 
 
 def _split_plan(seed: int, split: str, size: int):
@@ -209,11 +230,19 @@ def build_split(seed: int, split: str, size: int, clip_seconds: float = 1.0) -> 
     raise ValueError(f"synthetic split must be train, validation or test, got {split!r}")
   n = int(round(clip_seconds * SAMPLE_RATE))
   labels, locations, devices = _split_plan(seed, split, size)
-  waves = np.empty((size, n), np.int16)
+  jobs = [(seed, int(labels[i]), int(locations[i]), str(devices[i]), (split, i), n)
+          for i in range(size)]
+  workers = min(os.cpu_count() or 1, 8)
+  if workers > 1 and size >= 64:
+    # spawn, not fork: the parent may already run JAX/TF threads.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+      clips = list(pool.map(_render_pcm, jobs, chunksize=32))
+  else:
+    clips = [_render_pcm(job) for job in jobs]
+  waves = np.stack(clips)
   filenames = []
   for i in range(size):
-    clip = render_clip(seed, int(labels[i]), int(locations[i]), str(devices[i]), (split, i), n)
-    waves[i] = np.round(clip * 32767).astype(np.int16)
     filenames.append(f"audio/{CLASSES[labels[i]]}-synth-{locations[i]}-{split}{i:05d}-"
                      f"{devices[i]}.wav")
   return dict(waveform=waves, label=labels.astype(np.int32),

@@ -153,10 +153,13 @@ class Setup:
   total_steps: int
 
 
-def setup(task: Task, config, train_data: TrainData) -> Setup:
-  """Optimizer, trainer and initial state from `config.seed`: the same shapes as a checkpoint."""
-  mesh = mesh_lib.make_mesh()
-  mesh_lib.check_batch_size(config.batch_size)
+def setup(task: Task, config, train_data: TrainData, mesh=None) -> Setup:
+  """Optimizer, trainer and initial state from `config.seed`: the same shapes as a checkpoint.
+
+  `mesh` defaults to all devices of all hosts (`mesh.make_mesh()`).
+  """
+  mesh = mesh_lib.make_mesh() if mesh is None else mesh
+  mesh_lib.check_batch_size(config.batch_size, mesh)
   total_steps = config.num_epochs * train_data.steps_per_epoch
   example = mesh_lib.global_batch(next(train_data.batches(0)), mesh)
   abstract_params = jax.eval_shape(
@@ -179,7 +182,7 @@ class FitResult:
 
 def fit(task: Task, config, workdir: str, train_data: TrainData, *,
         evaluate: Optional[Callable[[Trainer, TrainState], Dict[str, float]]] = None,
-        hooks: Sequence[Callable[[int, TrainState], None]] = ()) -> FitResult:
+        hooks: Sequence[Callable[[int, TrainState], None]] = (), mesh=None) -> FitResult:
   """Trains `task` on `train_data` as `config` says; resumes from `workdir` when it can.
 
   Config keys used: seed, batch_size, num_epochs, optimizer.*, schedule.*, ema_decay,
@@ -187,7 +190,7 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
   `evaluate(trainer, state)` returns scalar metrics (logged; `checkpoint.best_metric` picks the
   best-k checkpoints). `hooks` run after every step with (steps done, state).
   """
-  run = setup(task, config, train_data)
+  run = setup(task, config, train_data, mesh)
   trainer, state, schedule = run.trainer, run.state, run.schedule
   steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
 
@@ -266,9 +269,12 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
       save(done, eval_metrics)
       seconds = time.time() - epoch_start
       epoch_start = time.time()
+      steps_done_here = done - max(start_step, (epoch - 1) * steps_per_epoch)
+      rate = steps_done_here / max(seconds, 1e-9)
+      eta = (total_steps - done) / max(rate, 1e-9)
       line = (f"epoch {epoch}/{config.num_epochs} step {done}/{total_steps} "
               f"loss {scalars['train/loss']:.4f} lr {scalars['train/learning_rate']:.2e} "
-              f"{seconds:.1f}s")
+              f"{seconds:.1f}s ({rate:.2f} steps/s, ETA {int(eta) // 60}:{int(eta) % 60:02d})")
       for name in ("validation/accuracy", "validation/macro_accuracy"):
         if name in eval_metrics:
           line += f" {name.split('/')[1]} {100 * eval_metrics[name]:.2f}%"

@@ -24,9 +24,11 @@ def maybe_initialize_distributed(cfg) -> None:
   jax.distributed.initialize(**kwargs)
 
 
-def make_mesh() -> Mesh:
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D `data` mesh over `devices` (default: every device of every host)."""
+  devices = jax.devices() if devices is None else list(devices)
   # Auto axes: ops like a batch roll (mixup) stay legal on sharded arrays (STYLE.md pitfall).
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+  return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -44,7 +46,7 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
           for k, v in local_batch.items()}
 
 
-def check_batch_size(global_batch_size: int) -> None:
-  if global_batch_size % jax.device_count():
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+  if global_batch_size % mesh.size:
     raise ValueError(f"batch_size {global_batch_size} must be divisible by the "
-                     f"{jax.device_count()} devices")
+                     f"{mesh.size} devices of the mesh")
