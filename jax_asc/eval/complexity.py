@@ -84,8 +84,6 @@ class Complexity:
 
 def _direct_params(module: nn.Module) -> Dict[str, Any]:
   """The parameters a module owns itself (not those of its submodules)."""
-  if not module.has_variable("params", "") and "params" not in module.variables:
-    return {}
   params = module.variables.get("params", {})
   return {k: v for k, v in params.items() if not isinstance(v, dict) and hasattr(v, "shape")}
 
