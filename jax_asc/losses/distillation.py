@@ -81,3 +81,24 @@ def ce_kd_objective(student_logits, labels, teacher_log_probs, *, kd_weight: flo
   kd = kd_from_log_probs(student_logits, teacher_log_probs, temperature, reduction=reduction,
                          mask=mask)
   return (1.0 - kd_weight) * ce + kd_weight * kd, {"ce": ce, "kd": kd}
+
+
+def joint_kd_objective(soft: jax.Array, feature: jax.Array, ce: jax.Array, *,
+                       alpha: float = 1.0, beta: float = 0.1, gamma: float = 0.05):
+  """Report 001 eq. 3: α·L_soft + β·L_feat + γ·L_CE (α = 1, β = 0.1, γ = 0.05, T = 2).
+
+  L_soft: `kd_loss` against the teacher ensemble; L_feat: `features.dfm_loss` or
+  `features.ssfm_loss`; L_CE: `classification.cross_entropy`. Returns (loss, parts).
+  """
+  loss = alpha * soft + beta * feature + gamma * ce
+  return loss, {"soft": soft, "feature": feature, "ce": ce}
+
+
+def crd_kd_objective(ce: jax.Array, kd: jax.Array, crd: jax.Array, *, alpha: float = 0.02,
+                     beta: float = 0.1):
+  """Report 003 eq. 4: α·L_CE + (1 − α)·L_KD + β·L_CRD (α = 0.02, β = 0.1, τ_KD = 2, τ_CRD = 0.07).
+
+  L_CRD: `contrastive.crd_loss` (memory bank) or `contrastive.info_nce_loss`. Returns (loss, parts).
+  """
+  loss = alpha * ce + (1.0 - alpha) * kd + beta * crd
+  return loss, {"ce": ce, "kd": kd, "crd": crd}

@@ -31,6 +31,7 @@ from clu import metrics as clu_metrics
 from clu import periodic_actions
 from jax.experimental import multihost_utils
 
+from jax_asc.losses import pit
 from jax_asc.train import checkpoint as checkpoint_lib
 from jax_asc.train import mesh as mesh_lib
 from jax_asc.train import optim
@@ -106,7 +107,7 @@ class Trainer:
     params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state.params, updates)
     ema = state.ema_params
     if ema is not None:
-      ema = state_lib.ema_update(ema, params, self.ema_decay)
+      ema = pit.ema_update(ema, params, self.ema_decay)
     metrics = dict(metrics, loss=loss, grad_norm=_global_norm(grads))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state, ema_params=ema)

@@ -18,12 +18,6 @@ class TrainState:
   rng: jax.Array             # raw uint32[2] key; a step uses fold_in(rng, step)
 
 
-def ema_update(ema_params, params, decay: float):
-  """θ_ema ← d·θ_ema + (1 − d)·θ."""
-  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype), ema_params,
-                      params)
-
-
 def create(variables, tx, rng, ema: bool) -> TrainState:
   params = variables["params"]
   return TrainState(
