@@ -62,10 +62,10 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(tiny_confi
   base = common.classification_task(config, 10)
   poisoned_index = 5
 
-  def loss(logits, batch, key):
-    value, metrics = base.loss(logits, batch, key)
+  def loss(logits, batch, key, loss_state):
+    value, metrics, loss_state = base.loss(logits, batch, key, loss_state)
     poisoned = jnp.any(batch["index"] == poisoned_index)
-    return jnp.where(poisoned, jnp.nan, value), metrics
+    return jnp.where(poisoned, jnp.nan, value), metrics, loss_state
 
   task = loop.Task(base.model, base.make_inputs, loss)
   order = pipeline.epoch_permutation(len(split), config.seed, 0)
@@ -75,6 +75,35 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(tiny_confi
     loop.fit(task, config, workdir, common.train_data(config, split))
   latest = os.listdir(os.path.join(workdir, "checkpoints", "latest"))
   assert latest == ([str(bad_step - 1)] if bad_step > 1 else [])
+
+
+def test_loss_state_is_threaded_through_steps_and_checkpointed(tiny_config, tmp_path):
+  from jax_asc.losses import contrastive
+  from jax_asc.train import checkpoint as checkpoint_lib
+  config = tiny_config
+  split = _train_split(config)
+  base = common.classification_task(config, 10)
+  teacher_table = jax.random.normal(jax.random.key(9), (len(split), 10))
+
+  def loss(logits, batch, key, memory):
+    ce, metrics, _ = base.loss(logits, batch, key, None)
+    index = batch["index"]
+    contrast = contrastive.sample_contrast_indices(key, index, len(split), 8)
+    crd, memory = contrastive.crd_loss(memory, logits, teacher_table[index], index, contrast)
+    return ce + 0.1 * crd, dict(metrics, crd=crd), memory
+
+  task = loop.Task(base.model, base.make_inputs, loss,
+                   init_loss_state=lambda key: contrastive.crd_memory_init(key, len(split), 10))
+  workdir = str(tmp_path / "crd")
+  result = loop.fit(task, config, workdir, common.train_data(config, split))
+  initial = loop.setup(task, config, common.train_data(config, split)).state.loss_state
+  final = result.state.loss_state
+  assert float(final.z_student) > 0 and float(initial.z_student) < 0   # Z set on the first step
+  assert not np.allclose(np.asarray(final.student), np.asarray(initial.student))
+  ckpt = checkpoint_lib.Checkpoints(workdir, best_metric="x", best_mode="max", keep_best=0)
+  restored, _ = ckpt.restore(result.state, "latest")
+  ckpt.close()
+  assert _leaves_equal(restored.loss_state, final)
 
 
 def test_config_typo_is_an_error_naming_the_valid_key(tmp_path):

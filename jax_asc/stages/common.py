@@ -41,12 +41,12 @@ def classification_task(config, n_classes: int) -> loop.Task:
     return frontends.log_mel(batch["waveform"], settings, key=key,
                              aug=augment if key is not None else None)
 
-  def loss(logits, batch, key):
+  def loss(logits, batch, key, loss_state):
     del key
     value = classification.cross_entropy(logits, batch["label"],
                                          label_smoothing=config.loss.label_smoothing)
     accuracy = (logits.argmax(-1) == batch["label"]).mean()
-    return value, {"accuracy": accuracy}
+    return value, {"accuracy": accuracy}, loss_state
 
   return loop.Task(model=model, make_inputs=make_inputs, loss=loss)
 

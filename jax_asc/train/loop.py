@@ -61,13 +61,17 @@ class Task:
   model: Flax module called as `model.apply(variables, inputs, train=…)`.
   make_inputs: (key or None, batch) → model input, on the device inside jit; key None means
     evaluation (no augmentation).
-  loss: (model output in training mode, batch, key) → (scalar loss, {name: scalar} metrics).
+  loss: (model output in training mode, batch, key, loss_state) →
+    (scalar loss, {name: scalar} metrics, new loss_state).
   logits: model output → (B, C) logits for evaluation.
+  init_loss_state: key → the initial loss state (e.g. CRD's memory banks), kept in the train
+    state, checkpointed and restored with it; None when the loss keeps no state.
   """
   model: nn.Module
   make_inputs: Callable[[Optional[jax.Array], Batch], Any]
-  loss: Callable[[Any, Batch, jax.Array], tuple]
+  loss: Callable[[Any, Batch, jax.Array, Any], tuple]
   logits: Callable[[Any], jax.Array] = lambda output: output
+  init_loss_state: Optional[Callable[[jax.Array], Any]] = None
 
 
 class Trainer:
@@ -84,9 +88,12 @@ class Trainer:
   def init(self, seed: int, example_batch: Batch) -> TrainState:
     def init_fn(batch):
       rng = jax.random.PRNGKey(seed)
-      init_rng, state_rng = jax.random.split(rng)
+      init_rng, state_rng, loss_rng = jax.random.split(rng, 3)
       variables = self.task.model.init(init_rng, self.task.make_inputs(None, batch), train=False)
-      return state_lib.create(variables, self.tx, state_rng, ema=self.ema_decay > 0)
+      loss_state = (None if self.task.init_loss_state is None
+                    else self.task.init_loss_state(loss_rng))
+      return state_lib.create(variables, self.tx, state_rng, ema=self.ema_decay > 0,
+                              loss_state=loss_state)
     return jax.jit(init_fn, out_shardings=self._rep)(example_batch)
 
   def _train_step(self, state: TrainState, batch: Batch):
@@ -98,11 +105,11 @@ class Trainer:
       output, updates = self.task.model.apply(
           {"params": params, "batch_stats": state.batch_stats}, inputs, train=True,
           mutable=["batch_stats"], rngs={"dropout": k_model})
-      loss, metrics = self.task.loss(output, batch, k_loss)
-      return loss, (metrics, updates.get("batch_stats", state.batch_stats))
+      loss, metrics, loss_state = self.task.loss(output, batch, k_loss, state.loss_state)
+      return loss, (metrics, updates.get("batch_stats", state.batch_stats), loss_state)
 
-    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (loss, (metrics, batch_stats, loss_state)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state.params, updates)
     ema = state.ema_params
@@ -110,7 +117,7 @@ class Trainer:
       ema = pit.ema_update(ema, params, self.ema_decay)
     metrics = dict(metrics, loss=loss, grad_norm=_global_norm(grads))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state, ema_params=ema)
+                              opt_state=opt_state, ema_params=ema, loss_state=loss_state)
     return new_state, metrics
 
   def _predict_step(self, params, batch_stats, batch):

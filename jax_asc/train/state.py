@@ -16,11 +16,13 @@ class TrainState:
   opt_state: Any
   ema_params: Optional[Any]  # exponential moving average of params, None when disabled
   rng: jax.Array             # raw uint32[2] key; a step uses fold_in(rng, step)
+  loss_state: Any = None     # non-differentiable state a loss threads through steps (CRD memory)
 
 
-def create(variables, tx, rng, ema: bool) -> TrainState:
+def create(variables, tx, rng, ema: bool, loss_state: Any = None) -> TrainState:
   params = variables["params"]
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-      ema_params=jax.tree.map(jnp.copy, params) if ema else None, rng=rng)
+      ema_params=jax.tree.map(jnp.copy, params) if ema else None, rng=rng,
+      loss_state=loss_state)
