@@ -43,14 +43,22 @@ def base_config() -> ml_collections.ConfigDict:
   config.stage = "train,evaluate"   # comma-separated, run in order: train, evaluate
   config.seed = 0
 
+  # data.name and split names: see jax_asc/data/__init__.py. Real datasets are read from
+  # data.root (split files from data.split_dir) and cached at data.sample_rate in data.cache_dir.
   config.data = ml_collections.ConfigDict(dict(
-      name="synthetic", train_split="train", validation_split="validation", test_split="test"))
+      name="synthetic", root="", split_dir="", sample_rate=32000, cache_dir="",
+      skip_bad_files=False, tut17_fold=1,
+      train_split="train", validation_split="validation", test_split="test"))
   config.data.synthetic = ml_collections.ConfigDict(dict(
-      seed=0, num_train=4000, num_validation=600, num_test=1800, clip_seconds=1.0, cache_dir=""))
+      seed=0, num_train=4000, num_validation=600, num_test=1800, clip_seconds=1.0))
 
   config.frontend = frontend("dcase25")
-  config.augment = ml_collections.ConfigDict(dict(
+  config.augment = ml_collections.ConfigDict(dict(   # frontend augmentation (on the device)
       fmin_aug_range=1, fmax_aug_range=1, freq_mask=48, time_mask=0, iid_masks=True))
+  # Waveform augmentation on the device, in the d23 order DIR → time roll → gain. DIR uses every
+  # wav below dir_folder (e.g. the MicIRP set) on clips of dir_devices (empty = all devices).
+  config.waveform_augment = ml_collections.ConfigDict(dict(
+      roll_samples=0, gain_db=0.0, dir_folder="", dir_prob=0.0, dir_devices=("a",)))
   config.model = cp_mobile("dcase25")
   config.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0))
 

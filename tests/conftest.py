@@ -18,5 +18,5 @@ def data_dir(tmp_path_factory):
 def tiny_config(data_dir):
   from configs import quickstart
   config = quickstart.get_config("tiny")
-  config.data.synthetic.cache_dir = data_dir
+  config.data.cache_dir = data_dir
   return config

@@ -26,8 +26,8 @@ def test_synthetic_clips_are_deterministic_and_device_dependent():
 
 def test_synthetic_splits_devices_locations_and_metadata(data_dir):
   cfg = type("C", (), dict(seed=0, num_train=60, num_validation=20, num_test=90,
-                           clip_seconds=0.25, cache_dir=data_dir))
-  splits = synthetic.load(cfg)
+                           clip_seconds=0.25))
+  splits = synthetic.load(cfg, data_dir)
   train, test = splits["train"], splits["test"]
   names = lambda s: {s.devices[d] for d in s.device}
   assert names(train) <= set(synthetic.TRAIN_DEVICES)
@@ -38,7 +38,7 @@ def test_synthetic_splits_devices_locations_and_metadata(data_dir):
   assert train.waveform.shape == (60, 8000) and train.waveform.dtype == np.int16
   assert len(set(train.filename)) == 60 and all(f.endswith(f"-{train.devices[d]}.wav")
                                                 for f, d in zip(train.filename, train.device))
-  again = synthetic.load(cfg)["train"]                  # read back from the cache
+  again = synthetic.load(cfg, data_dir)["train"]                  # read back from the cache
   assert np.array_equal(again.waveform, train.waveform)
 
 

@@ -55,3 +55,64 @@ def time_mask(key, x: jax.Array, max_width: int, *, iid: bool = True,
   if max_width <= 0:
     return x
   return jnp.where(_axis_mask(key, x.shape, 2, max_width, iid), mask_value, x)
+
+
+# ----------------------------------------------------------------------------- waveforms
+# Each augmentation is a deterministic core (explicit parameters, the same in
+# `jax_asc.data.tf_augment` for tf.data) and a sampler that draws the parameters from a key.
+def roll_by(x: jax.Array, shifts: jax.Array) -> jax.Array:
+  """Circular shift of each row of x (B, N) by shifts (B,) samples (`torch.roll` direction)."""
+  n = x.shape[-1]
+  source = (jnp.arange(n)[None, :] - shifts[:, None]) % n
+  return jnp.take_along_axis(x, source, axis=-1)
+
+
+def time_roll(key: jax.Array, x: jax.Array, max_shift: int) -> jax.Array:
+  """Rolls each clip by s ~ U{−max_shift … max_shift} samples (d23: 4000 at 32 kHz). 0 = off."""
+  if max_shift <= 0:
+    return x
+  shifts = jax.random.randint(key, (x.shape[0],), -max_shift, max_shift + 1)
+  return roll_by(x, shifts)
+
+
+def gain_by(x: jax.Array, gains_db: jax.Array) -> jax.Array:
+  """Scales each row of x (B, N) by 10^(g/20) for gains_db (B,)."""
+  return x * (10.0 ** (gains_db / 20.0))[:, None].astype(x.dtype)
+
+
+def random_gain(key: jax.Array, x: jax.Array, max_db: float) -> jax.Array:
+  """Gain g ~ U(−max_db, max_db) dB per clip. 0 = off."""
+  if max_db <= 0:
+    return x
+  return gain_by(x, jax.random.uniform(key, (x.shape[0],), minval=-max_db, maxval=max_db))
+
+
+def fft_length(num_samples: int, ir_length: int) -> int:
+  """Smallest power of two ≥ the full convolution length N + L − 1."""
+  full = num_samples + ir_length - 1
+  return 1 << (full - 1).bit_length()
+
+
+def convolve_truncated(x: jax.Array, irs: jax.Array) -> jax.Array:
+  """`scipy.signal.convolve(x, ir, 'full')[:N]` row by row, via FFT: x (B, N), irs (B, L)."""
+  n = x.shape[-1]
+  size = fft_length(n, irs.shape[-1])
+  spectrum = (jnp.fft.rfft(x.astype(jnp.float32), size) *
+              jnp.fft.rfft(irs.astype(jnp.float32), size))
+  return jnp.fft.irfft(spectrum, size)[:, :n].astype(x.dtype)
+
+
+def device_impulse_response(key: jax.Array, x: jax.Array, irs: jax.Array, prob: float,
+                            eligible: jax.Array | None = None) -> jax.Array:
+  """DIR augmentation (d23 `DIRAugmentDataset`): with probability `prob`, each eligible clip is
+  convolved with one impulse response drawn uniformly from irs (M, L) and truncated to its
+  length; no normalisation or gain compensation. eligible (B,) bool: e.g. device == 'a' only."""
+  if prob <= 0:
+    return x
+  k_pick, k_apply = jax.random.split(key)
+  choice = jax.random.randint(k_pick, (x.shape[0],), 0, irs.shape[0])
+  apply = jax.random.uniform(k_apply, (x.shape[0],)) < prob
+  if eligible is not None:
+    apply = apply & eligible
+  convolved = convolve_truncated(x, irs[choice])
+  return jnp.where(apply[:, None], convolved, x)

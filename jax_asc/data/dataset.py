@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional, Sequence
 
 import numpy as np
+
+def default_cache_dir() -> str:
+  """Where datasets are cached: `$JAX_ASC_DATA_DIR`, else `~/.cache/jax_asc`."""
+  return os.environ.get("JAX_ASC_DATA_DIR",
+                        os.path.join(os.path.expanduser("~"), ".cache", "jax_asc"))
+
 
 @dataclasses.dataclass
 class Split:
@@ -14,7 +21,8 @@ class Split:
   label: (N,) int32 class index, -1 for unlabelled examples.
   device: (N,) int32 index into `devices`.
   filename: (N,) str, unique.
-  index: (N,) int32, stable integer id (per-example memories of later losses).
+  index: (N,) int32, stable integer id (the row in the split's metadata; per-example memories
+    of later losses); a skipped bad file leaves its index unused.
   """
   name: str
   waveform: np.ndarray
@@ -26,7 +34,10 @@ class Split:
   devices: Sequence[str]
   sample_rate: int
   waveform_scale: float = 1.0
-  location: Optional[np.ndarray] = None
+  location: Optional[np.ndarray] = None     # recording location (synthetic data)
+  identifier: Optional[np.ndarray] = None   # recording location / source id (TAU, TUT, ESC-50)
+  skipped: Sequence[tuple] = ()             # (filename, problem) of bad files left out
+  dataset: str = ""
 
   def __post_init__(self):
     n = len(self.filename)
@@ -42,4 +53,9 @@ class Split:
 
   def float_waveforms(self, rows=None) -> np.ndarray:
     rows = slice(None) if rows is None else rows
-    return self.waveform[rows].astype(np.float32) * np.float32(self.waveform_scale)
+    waves = self.waveform[rows].astype(np.float32)
+    return waves if self.waveform_scale == 1.0 else waves * np.float32(self.waveform_scale)
+
+  @property
+  def num_samples(self) -> int:
+    return self.waveform.shape[1]

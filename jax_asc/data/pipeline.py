@@ -41,23 +41,26 @@ def steps_per_epoch(num_examples: int, global_batch: int) -> int:
   return steps
 
 
-def _split_tensors(split: Split) -> dict:
-  """The split's columns as TF tensors, made once per pipeline (not per epoch)."""
-  tensors = {name: tf.constant(getattr(split, name)) for name in _FIELDS}
-  tensors["waveform"] = tf.constant(split.waveform)
-  return tensors
+def _gather_dataset(split: Split, rows: np.ndarray, per_host_batch: int, mask: np.ndarray):
+  """tf.data over row indices (already in order), batched, gathering examples per batch.
 
+  Waveforms are gathered with NumPy (the split's array may be a memory-mapped cache larger than
+  memory); the order, and so the batches, are fixed by `rows`.
+  """
+  columns = {name: getattr(split, name) for name in _FIELDS}
 
-def _gather_dataset(split: Split, tensors: dict, rows: np.ndarray, per_host_batch: int,
-                    mask: np.ndarray):
-  """tf.data over row indices (already in order), batched, gathering examples per batch."""
-  columns = {name: tensors[name] for name in _FIELDS}
-  waveform = tensors["waveform"]
-  scale = np.float32(split.waveform_scale)
+  def gather_numpy(batch_rows):
+    order = np.argsort(batch_rows)          # sorted reads are faster on a memory map
+    waves = np.empty((len(batch_rows), split.num_samples), np.float32)
+    waves[order] = split.float_waveforms(batch_rows[order])
+    return (waves,) + tuple(columns[name][batch_rows] for name in _FIELDS)
 
   def gather(batch_rows, batch_mask):
-    out = {name: tf.gather(col, batch_rows) for name, col in columns.items()}
-    out["waveform"] = tf.cast(tf.gather(waveform, batch_rows), tf.float32) * scale
+    outputs = tf.numpy_function(gather_numpy, [batch_rows],
+                                [tf.float32] + [tf.as_dtype(columns[n].dtype) for n in _FIELDS])
+    out = {"waveform": tf.ensure_shape(outputs[0], [per_host_batch, split.num_samples])}
+    for name, value in zip(_FIELDS, outputs[1:]):
+      out[name] = tf.ensure_shape(value, [per_host_batch])
     out["mask"] = batch_mask
     return out
 
@@ -76,11 +79,10 @@ def train_batches(split: Split, *, global_batch: int, seed: int, start_step: int
   per_host = global_batch // process_count
   steps = steps_per_epoch(len(split), global_batch)
   epoch, skip = divmod(start_step, steps)
-  tensors = _split_tensors(split)
   while num_epochs is None or epoch < num_epochs:
     order = epoch_permutation(len(split), seed, epoch)[: steps * global_batch]
     order = order.reshape(steps, process_count, per_host)[skip:, process_index].reshape(-1)
-    ds = _gather_dataset(split, tensors, order, per_host, np.ones(len(order), bool))
+    ds = _gather_dataset(split, order, per_host, np.ones(len(order), bool))
     yield from ds.as_numpy_iterator()
     epoch, skip = epoch + 1, 0
 
@@ -95,4 +97,4 @@ def eval_batches(split: Split, *, global_batch: int, process_index: int = 0,
   rows = np.where(mask, rows, 0)
   rows = rows.reshape(num_batches, process_count, per_host)[:, process_index].reshape(-1)
   mask = mask.reshape(num_batches, process_count, per_host)[:, process_index].reshape(-1)
-  return _gather_dataset(split, _split_tensors(split), rows, per_host, mask).as_numpy_iterator()
+  return _gather_dataset(split, rows, per_host, mask).as_numpy_iterator()

@@ -33,7 +33,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
-import multiprocessing
 import os
 from typing import Dict
 
@@ -232,14 +231,9 @@ def build_split(seed: int, split: str, size: int, clip_seconds: float = 1.0) -> 
   labels, locations, devices = _split_plan(seed, split, size)
   jobs = [(seed, int(labels[i]), int(locations[i]), str(devices[i]), (split, i), n)
           for i in range(size)]
-  workers = min(os.cpu_count() or 1, 8)
-  if workers > 1 and size >= 64:
-    # spawn, not fork: the parent may already run JAX/TF threads.
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-      clips = list(pool.map(_render_pcm, jobs, chunksize=32))
-  else:
-    clips = [_render_pcm(job) for job in jobs]
+  # Threads (NumPy's FFTs release the GIL); processes would re-import the caller's __main__.
+  with concurrent.futures.ThreadPoolExecutor(min(os.cpu_count() or 1, 8)) as pool:
+    clips = list(pool.map(_render_pcm, jobs))
   waves = np.stack(clips)
   filenames = []
   for i in range(size):
@@ -251,22 +245,17 @@ def build_split(seed: int, split: str, size: int, clip_seconds: float = 1.0) -> 
               index=np.arange(size, dtype=np.int32))
 
 
-def default_cache_dir() -> str:
-  return os.environ.get("JAX_ASC_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache",
-                                                         "jax_asc"))
-
-
-def load(cfg) -> Dict[str, dataset_lib.Split]:
+def load(cfg, cache_dir: str = "") -> Dict[str, dataset_lib.Split]:
   """Builds (once, cached on disk) and loads the synthetic splits named in `cfg`.
 
   cfg keys: seed, num_train, num_validation, num_test (a multiple of 9·10 keeps devices and
-  classes balanced), clip_seconds, cache_dir ('' = default).
+  classes balanced), clip_seconds. cache_dir: '' = `$JAX_ASC_DATA_DIR` or `~/.cache/jax_asc`.
   """
   spec = dict(version=VERSION, seed=int(cfg.seed), clip_seconds=float(cfg.clip_seconds),
               sizes=dict(train=int(cfg.num_train), validation=int(cfg.num_validation),
                          test=int(cfg.num_test)))
   key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-  folder = os.path.join(cfg.cache_dir or default_cache_dir(), "synthetic_scenes", key)
+  folder = os.path.join(cache_dir or dataset_lib.default_cache_dir(), "synthetic_scenes", key)
   splits = {}
   for split, size in spec["sizes"].items():
     path = os.path.join(folder, f"{split}.npz")
@@ -285,5 +274,5 @@ def load(cfg) -> Dict[str, dataset_lib.Split]:
         waveform=arrays["waveform"], label=arrays["label"], device=arrays["device"],
         filename=arrays["filename"], index=arrays["index"], location=arrays["location"],
         classes=CLASSES, devices=DEVICES, sample_rate=SAMPLE_RATE,
-        waveform_scale=1.0 / 32767)
+        waveform_scale=1.0 / 32767, dataset="synthetic")
   return splits

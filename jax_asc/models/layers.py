@@ -79,11 +79,14 @@ class GRN(nn.Module):
 
 def make_norm(kind: str, train: bool, dtype, name: str | None = None) -> nn.Module:
   """BatchNorm (PyTorch defaults: momentum 0.1 → Flax 0.9, eps 1e-5) or channel LayerNorm."""
+  # Two-pass variance: the one-pass E[x²] − E[x]² loses most float32 digits when the mean is
+  # large beside the spread (unnormalised log-mels are around −10), which made gradients depend
+  # on the reduction order (1 vs 8 devices differed by percents).
   if kind == "batch":
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        dtype=dtype, name=name)
+                        dtype=dtype, use_fast_variance=False, name=name)
   if kind == "layer":
-    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, name=name)
+    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, use_fast_variance=False, name=name)
   raise ValueError(f"norm must be 'batch' or 'layer', got {kind!r}")
 
 

@@ -8,38 +8,81 @@ import time
 from typing import Dict, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jax_asc import data as data_lib
 from jax_asc import models
-from jax_asc.audio import frontends
-from jax_asc.data import pipeline
+from jax_asc.audio import augment, frontends
+from jax_asc.data import impulse_responses, pipeline
 from jax_asc.data.dataset import Split
 from jax_asc.eval import complexity, metrics, report
 from jax_asc.losses import classification
 from jax_asc.train import loop
 
 
-def load_splits(config) -> Dict[str, Split]:
-  return data_lib.load_splits(config.data)
+def load_splits(config, *names: str) -> Dict[str, Split]:
+  """{split name: Split} of `config.data` for the named splits."""
+  return data_lib.load_splits(config.data, names)
 
 
-def get_split(splits: Dict[str, Split], name: str, key: str) -> Split:
-  if name not in splits:
-    raise KeyError(f"config.{key} = {name!r} is not a split of this dataset; "
-                   f"splits: {sorted(splits)}")
-  return splits[name]
+def record_skipped(workdir: str, splits) -> None:
+  """Writes `<workdir>/skipped_files.json` when bad files were left out (skip_bad_files)."""
+  skipped = {s.name: [list(item) for item in s.skipped] for s in splits if s.skipped}
+  if skipped and jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "skipped_files.json"), "w") as f:
+      json.dump(skipped, f, indent=1)
+    total = sum(len(v) for v in skipped.values())
+    print(f"Skipped {total} bad file(s): listed in {workdir}/skipped_files.json", flush=True)
 
 
-def classification_task(config, n_classes: int) -> loop.Task:
-  """Log-mel frontend (+ augmentation when training) → model → cross-entropy."""
+def waveform_augmentation(config, split: Split):
+  """(key, batch) → waveforms after DIR → time roll → gain, as `config.waveform_augment` says."""
+  cfg = config.waveform_augment
+  irs = eligible_ids = None
+  if cfg.dir_prob > 0:
+    if not cfg.dir_folder:
+      raise ValueError("waveform_augment.dir_prob > 0 needs waveform_augment.dir_folder")
+    irs, _ = impulse_responses.load_impulse_responses(cfg.dir_folder, split.sample_rate)
+    irs = jnp.asarray(irs)
+    unknown = [d for d in cfg.dir_devices if d not in split.devices]
+    if unknown:
+      raise ValueError(f"waveform_augment.dir_devices {unknown} are not devices of "
+                       f"{split.dataset or 'this dataset'} ({list(split.devices)})")
+    eligible_ids = jnp.asarray([split.devices.index(d) for d in cfg.dir_devices], jnp.int32)
+
+  def apply(key, batch):
+    k_dir, k_roll, k_gain = jax.random.split(key, 3)
+    x = batch["waveform"]
+    if irs is not None:
+      eligible = (None if eligible_ids.size == 0 else
+                  jnp.any(batch["device"][:, None] == eligible_ids[None, :], axis=1))
+      x = augment.device_impulse_response(k_dir, x, irs, cfg.dir_prob, eligible)
+    x = augment.time_roll(k_roll, x, cfg.roll_samples)
+    return augment.random_gain(k_gain, x, cfg.gain_db)
+  return apply
+
+
+def classification_task(config, split: Split) -> loop.Task:
+  """Waveform augmentation → log-mel frontend (+ augmentation) when training → model → CE.
+
+  `split` (the training split) provides the classes, devices and sample rate.
+  """
   settings = frontends.settings_from_config(config.frontend)
-  augment = frontends.augment_from_config(config.augment)
-  model = models.build(config.model, n_classes=n_classes)
+  if settings.sample_rate != split.sample_rate:
+    raise ValueError(f"frontend.sample_rate {settings.sample_rate} differs from the data's "
+                     f"{split.sample_rate} Hz (data.sample_rate)")
+  augment_cfg = frontends.augment_from_config(config.augment)
+  wave_augment = waveform_augmentation(config, split)
+  model = models.build(config.model, n_classes=len(split.classes))
 
   def make_inputs(key, batch):
-    return frontends.log_mel(batch["waveform"], settings, key=key,
-                             aug=augment if key is not None else None)
+    if key is None:
+      return frontends.log_mel(batch["waveform"], settings)
+    k_wave, k_frontend = jax.random.split(key)
+    waveform = wave_augment(k_wave, batch)
+    return frontends.log_mel(waveform, settings, key=k_frontend, aug=augment_cfg)
 
   def loss(logits, batch, key, loss_state):
     del key
@@ -59,12 +102,16 @@ def train_data(config, split: Split) -> loop.TrainData:
   return loop.TrainData(pipeline.steps_per_epoch(len(split), config.batch_size), batches)
 
 
+def eval_batches(split: Split, batch_size: int):
+  """This host's masked evaluation batches of `split` (every example once)."""
+  return pipeline.eval_batches(split, global_batch=batch_size, process_index=jax.process_index(),
+                               process_count=jax.process_count())
+
+
 def predict(trainer: loop.Trainer, state, split: Split, batch_size: int,
             use_ema: bool = False) -> np.ndarray:
-  batches = pipeline.eval_batches(split, global_batch=batch_size,
-                                  process_index=jax.process_index(),
-                                  process_count=jax.process_count())
-  return trainer.predict(state, batches, num_examples=len(split), use_ema=use_ema)
+  return trainer.predict(state, eval_batches(split, batch_size), num_examples=len(split),
+                         use_ema=use_ema)
 
 
 def evaluate_split(trainer, state, split: Split, batch_size: int, use_ema: bool = False) -> Dict:

@@ -16,11 +16,12 @@ from jax_asc.train import loop
 
 
 def run(config, workdir: str) -> dict:
-  splits = common.load_splits(config)
-  train_split = common.get_split(splits, config.data.train_split, "data.train_split")
-  split = common.get_split(splits, config.evaluate.split, "evaluate.split")
-  task = common.classification_task(config, len(train_split.classes))
-  setup = loop.setup(task, config, common.train_data(config, train_split))
+  split = common.load_splits(config, config.evaluate.split)[config.evaluate.split]
+  common.record_skipped(workdir, [split])
+  task = common.classification_task(config, split)
+  # The state template only needs shapes: the evaluated split stands in for the training data.
+  setup = loop.setup(task, config, loop.TrainData(
+      steps_per_epoch=1, batches=lambda start: common.eval_batches(split, config.evaluate.batch_size)))
 
   which = config.evaluate.checkpoint
   checkpoints = checkpoint_lib.Checkpoints(
@@ -39,7 +40,7 @@ def run(config, workdir: str) -> dict:
   result["checkpoint"] = {"which": which, "step": int(meta["step"])}
   name = f"{config.evaluate.split}"
   paths = common.write_report(workdir, name, result, split.classes)
-  cost = common.model_complexity(config, len(train_split.classes), split.waveform.shape[1])
+  cost = common.model_complexity(config, len(split.classes), split.num_samples)
   if jax.process_index() == 0:
     print(report.markdown_table(result, f"{name} ({which} checkpoint, step {meta['step']})"))
     print(cost.table(config.complexity.param_dtype), flush=True)

@@ -11,13 +11,14 @@ from jax_asc.stages import common
 
 
 def run(config, workdir: str) -> dict:
-  splits = common.load_splits(config)
-  train_split = common.get_split(splits, config.data.train_split, "data.train_split")
-  validation = common.get_split(splits, config.data.validation_split, "data.validation_split")
+  splits = common.load_splits(config, config.data.train_split, config.data.validation_split)
+  train_split = splits[config.data.train_split]
+  validation = splits[config.data.validation_split]
+  common.record_skipped(workdir, splits.values())
+  task = common.classification_task(config, train_split)
   n_classes = len(train_split.classes)
-  task = common.classification_task(config, n_classes)
 
-  cost = common.model_complexity(config, n_classes, train_split.waveform.shape[1])
+  cost = common.model_complexity(config, n_classes, train_split.num_samples)
   if jax.process_index() == 0:
     os.makedirs(os.path.join(workdir, "reports"), exist_ok=True)
     with open(os.path.join(workdir, "reports", "complexity.md"), "w") as f:

@@ -1,0 +1,287 @@
+"""Dataset readers on small fake trees in each exact on-disk layout, and every bad-input case."""
+import csv
+import os
+
+import librosa
+import numpy as np
+import pytest
+import soundfile
+
+from jax_asc import data as data_lib
+from jax_asc.data import audio_io, formats, loading, pipeline
+from jax_asc.data.audio_io import BadAudioError
+from jax_asc.data.formats import MetadataError
+from jax_asc.eval import submission
+
+
+def _tone(seconds, rate, channels=1, seed=0):
+  rng = np.random.default_rng(seed)
+  n = int(round(seconds * rate))
+  t = np.arange(n) / rate
+  x = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * t) + 0.05 * rng.standard_normal(n)
+  return np.stack([x * (1 - 0.2 * c) for c in range(channels)], axis=1) if channels > 1 else x
+
+
+def _wav(path, seconds=1.0, rate=44100, channels=1, subtype="PCM_24", seed=0):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  soundfile.write(path, _tone(seconds, rate, channels, seed).astype(np.float32), rate,
+                  subtype=subtype)
+
+
+def _tsv(path, header, rows, delimiter="\t"):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f, delimiter=delimiter, lineterminator="\n")
+    if header:
+      w.writerow(header)
+    w.writerows(rows)
+
+
+TAU_FILES = [  # scene, city, location, device
+    ("airport", "lisbon", 1000, "a"), ("bus", "lyon", 1095, "b"), ("metro", "paris", 1100, "c"),
+    ("park", "vienna", 1001, "s1"), ("tram", "milan", 1002, "s2"), ("airport", "lisbon", 1000, "s4"),
+    ("street_traffic", "london", 1003, "s6"), ("public_square", "prague", 1004, "a"),
+]
+
+
+def _tau22_tree(root, seconds=1.0, with_sub=True):
+  meta = []
+  for i, (scene, city, loc, dev) in enumerate(TAU_FILES):
+    sub = "-0" if with_sub else ""
+    name = f"audio/{scene}-{city}-{loc}-{40000 + i}{sub}-{dev}.wav"
+    _wav(os.path.join(root, name), seconds, seed=i)
+    meta.append([name, scene, f"{city}-{loc}", dev])
+  _tsv(os.path.join(root, "meta.csv"), ["filename", "scene_label", "identifier", "source_label"],
+       meta)
+  setup = os.path.join(root, "evaluation_setup")
+  train = [m for m in meta if m[3] in ("a", "b", "c", "s1", "s2")]
+  test = [m for m in meta if m not in train[:3]]
+  _tsv(os.path.join(setup, "fold1_train.csv"), ["filename", "scene_label"],
+       [m[:2] for m in train])
+  _tsv(os.path.join(setup, "fold1_evaluate.csv"), ["filename", "scene_label"],
+       [m[:2] for m in test])
+  _tsv(os.path.join(setup, "fold1_test.csv"), ["filename"], [m[:1] for m in test])
+  _tsv(os.path.join(root, "splits", "split25.csv"), ["filename"], [m[:1] for m in train[:3]])
+  _tsv(os.path.join(root, "splits", "test.csv"), ["filename", "scene_label"],
+       [m[:2] for m in test])
+  return meta
+
+
+class _Cfg(dict):
+  __getattr__ = dict.__getitem__
+
+
+def _cfg(name, root, cache, **kw):
+  base = dict(name=name, root=root, split_dir="", sample_rate=32000, cache_dir=cache,
+              skip_bad_files=False, tut17_fold=1)
+  base.update(kw)
+  return _Cfg(base)
+
+
+def test_tau22_splits_labels_devices_and_resampling(tmp_path):
+  root, cache = str(tmp_path / "tau"), str(tmp_path / "cache")
+  meta = _tau22_tree(root)
+  cfg = _cfg("tau22", root, cache, split_dir=os.path.join(root, "splits"))
+  splits = data_lib.load_splits(cfg, ["fold1_train", "fold1_evaluate", "split25", "test"])
+  train = splits["fold1_train"]
+  rows = [meta[i] for i in (0, 1, 2, 3, 4, 7)]   # devices a, b, c, s1, s2 in fold1_train
+  assert len(train) == 6 and train.waveform.shape == (6, 32000)
+  assert [train.classes[l] for l in train.label] == [m[1] for m in rows]
+  assert [train.devices[d] for d in train.device] == ["a", "b", "c", "s1", "s2", "a"]
+  assert list(train.identifier) == [m[2] for m in rows]
+  assert len(splits["split25"]) == 3
+  test_devices = {splits["test"].devices[d] for d in splits["test"].device}
+  assert {"s4", "s6"} <= test_devices
+  # resampled once, 44.1 → 32 kHz, as librosa does (float16 cache)
+  raw, rate = soundfile.read(os.path.join(root, meta[0][0]), dtype="float32")
+  expected = librosa.resample(raw, orig_sr=rate, target_sr=32000)[:32000]
+  np.testing.assert_allclose(train.float_waveforms([0])[0], expected, atol=2e-3)
+  # and read back from the cache
+  again = data_lib.load_splits(cfg, ["fold1_train"])["fold1_train"]
+  np.testing.assert_array_equal(again.waveform, train.waveform)
+  assert len(os.listdir(os.path.join(cache, "tau2022_mobile"))) == 4
+  # the fold1_test list is unlabelled in its file but meta.csv has the labels
+  assert (data_lib.load_splits(cfg, ["fold1_test"])["fold1_test"].label >= 0).all()
+
+
+def test_tau22_batches_through_the_pipeline(tmp_path):
+  root = str(tmp_path / "tau")
+  _tau22_tree(root)
+  split = data_lib.load_splits(_cfg("tau22", root, str(tmp_path / "c")),
+                               ["fold1_evaluate"])["fold1_evaluate"]
+  seen = []
+  for batch in pipeline.eval_batches(split, global_batch=4):
+    assert batch["waveform"].shape == (4, 32000) and batch["waveform"].dtype == np.float32
+    seen += batch["index"][batch["mask"]].tolist()
+  assert sorted(seen) == sorted(split.index.tolist())
+
+
+def test_tau20_ten_second_clips_and_dcase25_evaluation(tmp_path):
+  root = str(tmp_path / "tau20")
+  _tau22_tree(root, seconds=10.0, with_sub=False)
+  split = data_lib.load_splits(_cfg("tau20", root, str(tmp_path / "c")),
+                               ["fold1_evaluate"])["fold1_evaluate"]
+  assert split.waveform.shape[1] == 320000
+  eval_root = str(tmp_path / "eval25")
+  rows = [["audio/0.wav", "a"], ["audio/1.wav", "unknown"], ["audio/2.wav", "s3"]]
+  for name, _ in rows:
+    _wav(os.path.join(eval_root, name), 1.0, seed=3)
+  _tsv(os.path.join(eval_root, "evaluation_setup", "fold1_test.csv"), ["filename", "device_id"],
+       rows)
+  ev = data_lib.load_splits(_cfg("dcase25_eval", eval_root, str(tmp_path / "c")), ["test"])["test"]
+  assert list(ev.label) == [-1, -1, -1]
+  assert [ev.devices[d] for d in ev.device] == ["a", "unknown", "s3"]
+
+
+def test_tut17_stereo_headerless_folds(tmp_path):
+  root = str(tmp_path / "tut")
+  rows = [("audio/b020_90_100.wav", "beach", "b020"), ("audio/c011_0_10.wav", "cafe/restaurant",
+                                                       "c011"), ("audio/h003_10_20.wav", "home",
+                                                                 "h003")]
+  for i, (name, _, _) in enumerate(rows):
+    _wav(os.path.join(root, name), 10.0, channels=2, seed=i)
+  _tsv(os.path.join(root, "meta.txt"), None, rows)
+  _tsv(os.path.join(root, "evaluation_setup", "fold1_train.txt"), None, [r[:2] for r in rows[:2]])
+  _tsv(os.path.join(root, "evaluation_setup", "fold1_evaluate.txt"), None, [rows[2][:2]])
+  _tsv(os.path.join(root, "evaluation_setup", "fold1_test.txt"), None, [rows[2][:1]])
+  splits = data_lib.load_splits(_cfg("tut17", root, str(tmp_path / "c")), ["train", "test"])
+  assert [splits["train"].classes[l] for l in splits["train"].label] == ["beach", "cafe/restaurant"]
+  raw, _ = soundfile.read(os.path.join(root, rows[0][0]), dtype="float32")
+  mono = librosa.resample(raw.mean(axis=1), orig_sr=44100, target_sr=32000)
+  np.testing.assert_allclose(splits["train"].float_waveforms([0])[0][:1000], mono[:1000],
+                             atol=2e-3)
+  assert len(splits["test"]) == 1
+
+
+def test_icme24_keeps_unlabelled_rows_and_matches_by_glob(tmp_path):
+  root = str(tmp_path / "icme")
+  rows = [["40c85707_1", "Bus"], ["9f1a2b3c_2", ""], ["aa11bb22_0", "Urban park"],
+          ["cc33dd44_5", ""]]
+  for i, (name, _) in enumerate(rows):
+    _wav(os.path.join(root, "data", "ICME2024_GC_ASC_dev", f"dev_{name}.wav"), 10.0,
+         subtype="PCM_16", seed=i)
+  _tsv(os.path.join(root, "data", "ICME2024_ASC_dev_label.csv"), ["filename", "scene_label"],
+       rows, delimiter=",")
+  cfg = _cfg("icme24", root, str(tmp_path / "c"), sample_rate=16000)
+  splits = data_lib.load_splits(cfg, ["all", "labelled", "unlabelled"])
+  assert list(splits["all"].label) == [0, -1, 6, -1]
+  assert list(splits["labelled"].filename) == ["40c85707_1", "aa11bb22_0"]
+  assert len(splits["unlabelled"]) == 2 and splits["all"].waveform.shape == (4, 160000)
+
+
+def test_esc50_folds(tmp_path):
+  root = str(tmp_path / "esc")
+  rows = [["1-100032-A-0.wav", "1", "0", "dog", "True", "100032", "A"],
+          ["2-10001-A-49.wav", "2", "49", "hand_saw", "False", "10001", "A"],
+          ["5-9032-A-0.wav", "5", "0", "dog", "True", "9032", "A"]]
+  for i, r in enumerate(rows):
+    _wav(os.path.join(root, "audio", r[0]), 5.0, subtype="PCM_16", seed=i)
+  _tsv(os.path.join(root, "meta", "esc50.csv"),
+       ["filename", "fold", "target", "category", "esc10", "src_file", "take"], rows,
+       delimiter=",")
+  cfg = _cfg("esc50", root, str(tmp_path / "c"))
+  splits = data_lib.load_splits(cfg, ["folds1234", "fold5"])
+  assert list(splits["folds1234"].label) == [0, 49] and list(splits["fold5"].label) == [0]
+  assert splits["fold5"].waveform.shape == (1, 160000)
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.fixture
+def tau_root(tmp_path):
+  root = str(tmp_path / "tau")
+  meta = _tau22_tree(root)
+  return root, meta
+
+
+def _load(root, tmp_path, split="fold1_train", **kw):
+  return data_lib.load_splits(_cfg("tau22", root, str(tmp_path / "cache"), **kw), [split])[split]
+
+
+def _file(root, meta, i):
+  return os.path.join(root, meta[i][0])
+
+
+@pytest.mark.parametrize("damage,problem", [
+    ("missing", "missing on disk"),
+    ("empty", "empty file"),
+    ("truncated", "truncated"),
+    ("corrupt", "unreadable or corrupt"),
+    ("nan", "NaN or infinite"),
+    ("stereo", "2 channel(s), expected 1"),
+    ("rate", "sample rate 48000 Hz, expected 44100 Hz"),
+    ("short", "expected 1.0 s"),
+])
+def test_each_bad_file_is_named_or_skipped_with_a_record(tau_root, tmp_path, damage, problem):
+  root, meta = tau_root
+  path = _file(root, meta, 1)
+  if damage == "missing":
+    os.remove(path)
+  elif damage == "empty":
+    open(path, "w").close()
+  elif damage == "truncated":
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+  elif damage == "corrupt":
+    open(path, "wb").write(os.urandom(5000))
+  elif damage == "nan":
+    x = _tone(1.0, 44100).astype(np.float32)
+    x[100] = np.nan
+    soundfile.write(path, x, 44100, subtype="FLOAT")
+  elif damage == "stereo":
+    _wav(path, channels=2)
+  elif damage == "rate":
+    _wav(path, rate=48000)
+  elif damage == "short":
+    _wav(path, seconds=0.5)
+  with pytest.raises(BadAudioError) as error:
+    _load(root, tmp_path)
+  assert meta[1][0].split("/")[-1] in str(error.value) and problem in str(error.value)
+  split = _load(root, tmp_path, skip_bad_files=True)
+  assert len(split) == 5 and meta[1][0] not in list(split.filename)
+  assert split.skipped[0][0] == meta[1][0] and problem in split.skipped[0][1]
+  assert list(split.index) == [0, 2, 3, 4, 5]   # stable indices: the bad row leaves a gap
+  from jax_asc.stages import common
+  common.record_skipped(str(tmp_path / "wd"), [split])
+  assert meta[1][0] in open(tmp_path / "wd" / "skipped_files.json").read()
+
+
+def test_metadata_errors_name_file_and_row(tau_root, tmp_path):
+  root, meta = tau_root
+  meta_path = os.path.join(root, "meta.csv")
+  original = open(meta_path).read()
+  header = ["filename", "scene_label", "identifier", "source_label"]
+  _tsv(meta_path, header, [meta[0], meta[1], meta[0]])
+  with pytest.raises(MetadataError, match=r"meta.csv, row 4: duplicate filename"):
+    _load(root, tmp_path)
+  _tsv(meta_path, header, [meta[0], [meta[1][0], "beach", meta[1][2], meta[1][3]]])
+  with pytest.raises(MetadataError, match=r"meta.csv, row 3: label 'beach'"):
+    _load(root, tmp_path)
+  open(meta_path, "w").write(original)
+  split_path = os.path.join(root, "evaluation_setup", "fold1_train.csv")
+  _tsv(split_path, ["filename", "scene_label"], [meta[0][:2], ["audio/ghost-a.wav", "bus"]])
+  with pytest.raises(MetadataError, match=r"fold1_train.csv: 1 file\(s\) not in the dataset"):
+    _load(root, tmp_path)
+  _tsv(split_path, ["filename", "scene_label"], [meta[0][:2], meta[0][:2]])
+  with pytest.raises(MetadataError, match="fold1_train.csv, row 3: duplicate"):
+    _load(root, tmp_path)
+  _tsv(split_path, ["name"], [meta[0][:1]])
+  with pytest.raises(MetadataError, match=r"lacks column\(s\) \['filename'\]"):
+    _load(root, tmp_path)
+  with pytest.raises(MetadataError, match="split5 … split100"):
+    _load(root, tmp_path, split="fold2_train")
+  with pytest.raises(ValueError, match="data.root"):
+    data_lib.load_splits(_cfg("tau22", "", str(tmp_path)), ["fold1_train"])
+  with pytest.raises(ValueError, match="data.name must be one of"):
+    data_lib.load_splits(_cfg("tau23", root, str(tmp_path)), ["fold1_train"])
+
+
+def test_submission_file(tmp_path):
+  path = str(tmp_path / "output.csv")
+  logits = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
+  submission.write_submission(path, ["audio/0.wav", "audio/1.wav"], logits, ["x", "y", "z"])
+  rows = list(csv.reader(open(path), delimiter="\t"))
+  assert rows[0] == ["filename", "scene_label", "x", "y", "z"]
+  assert rows[1][:2] == ["audio/0.wav", "x"] and rows[2][1] == "z"
+  assert abs(sum(float(v) for v in rows[1][2:]) - 1.0) < 1e-5
+  with pytest.raises(ValueError, match="expected"):
+    submission.write_submission(path, ["a"], logits, ["x", "y", "z"])
