@@ -159,7 +159,7 @@ def test_icme24_keeps_unlabelled_rows_and_matches_by_glob(tmp_path):
           ["cc33dd44_5", ""]]
   for i, (name, _) in enumerate(rows):
     _wav(os.path.join(root, "data", "ICME2024_GC_ASC_dev", f"dev_{name}.wav"), 10.0,
-         subtype="PCM_16", seed=i)
+         rate=48000 if i % 2 else 44100, subtype="PCM_16", seed=i)
   _tsv(os.path.join(root, "data", "ICME2024_ASC_dev_label.csv"), ["filename", "scene_label"],
        rows, delimiter=",")
   cfg = _cfg("icme24", root, str(tmp_path / "c"), sample_rate=16000)

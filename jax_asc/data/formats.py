@@ -56,7 +56,7 @@ class Manifest:
   root: str
   classes: Sequence[str]
   devices: Sequence[str]
-  sample_rate: int                 # native rate every file must have
+  sample_rate: Optional[int]       # native rate every file must have (None: any, resampled)
   channels: int                    # channel count every file must have
   clip_seconds: float              # nominal clip length
   variable_length: bool            # True: shorter clips are zero-padded to clip_seconds
@@ -215,7 +215,8 @@ def icme24(root: str, *, label_file: str = "data/ICME2024_ASC_dev_label.csv",
                           f"{name!r} in {folder}: {matches[:3]}")
     path = matches[0] if matches else os.path.join(folder, f"{name}.wav")
     examples.append(Example(name, path, label, "unknown"))
-  return Manifest("icme24", "development", root, ICME24_CLASSES, NO_DEVICE, 44100, 1, 10.0,
+  # The release does not promise one native rate (its baseline resamples to 44.1 kHz): any rate.
+  return Manifest("icme24", "development", root, ICME24_CLASSES, NO_DEVICE, None, 1, 10.0,
                   False, examples)
 
 

@@ -138,4 +138,5 @@ def _build(manifest: Manifest, folder: str, sample_rate: int, skip_bad_files: bo
     json.dump(skipped, f, indent=1)
   with open(os.path.join(folder, "done.json"), "w") as f:
     json.dump({"dataset": manifest.dataset, "split": manifest.split, "examples": len(kept),
-               "skipped": len(skipped), "sample_rate": sample_rate}, f)
+               "skipped": len(skipped), "sample_rate": sample_rate,
+               "classes": list(manifest.classes), "devices": list(manifest.devices)}, f)
