@@ -98,9 +98,9 @@ def settings_from_config(cfg) -> MelSettings:
   """A `MelSettings` from a config dict: `preset` plus overrides of any of its fields."""
   cfg = dict(cfg)
   preset = cfg.pop("preset", None)
-  base = PRESETS[preset] if preset else MelSettings()
   if preset is not None and preset not in PRESETS:
     raise ValueError(f"frontend.preset must be one of {sorted(PRESETS)}, got {preset!r}")
+  base = PRESETS[preset] if preset else MelSettings()
   valid = {f.name for f in dataclasses.fields(MelSettings)}
   unknown = sorted(set(cfg) - valid)
   if unknown:
