@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   # data.root (split files from data.split_dir) and cached at data.sample_rate in data.cache_dir.
   config.data = ml_collections.ConfigDict(dict(
       name="synthetic", root="", split_dir="", sample_rate=32000, cache_dir="",
+      cache_dtype="float16",
       skip_bad_files=False, tut17_fold=1,
       train_split="train", validation_split="validation", test_split="test"))
   config.data.synthetic = ml_collections.ConfigDict(dict(

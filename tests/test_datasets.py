@@ -73,7 +73,7 @@ class _Cfg(dict):
 
 def _cfg(name, root, cache, **kw):
   base = dict(name=name, root=root, split_dir="", sample_rate=32000, cache_dir=cache,
-              skip_bad_files=False, tut17_fold=1)
+              skip_bad_files=False, tut17_fold=1, cache_dtype="float16")
   base.update(kw)
   return _Cfg(base)
 
@@ -96,10 +96,14 @@ def test_tau22_splits_labels_devices_and_resampling(tmp_path):
   raw, rate = soundfile.read(os.path.join(root, meta[0][0]), dtype="float32")
   expected = librosa.resample(raw, orig_sr=rate, target_sr=32000)[:32000]
   np.testing.assert_allclose(train.float_waveforms([0])[0], expected, atol=2e-3)
+  exact = data_lib.load_splits(_cfg("tau22", root, cache, cache_dtype="float32"),
+                               ["fold1_train"])["fold1_train"]
+  assert exact.waveform.dtype == np.float32
+  np.testing.assert_allclose(exact.float_waveforms([0])[0], expected, atol=1e-5)
   # and read back from the cache
   again = data_lib.load_splits(cfg, ["fold1_train"])["fold1_train"]
   np.testing.assert_array_equal(again.waveform, train.waveform)
-  assert len(os.listdir(os.path.join(cache, "tau2022_mobile"))) == 4
+  assert len(os.listdir(os.path.join(cache, "tau2022_mobile"))) == 5
   # the fold1_test list is unlabelled in its file but meta.csv has the labels
   assert (data_lib.load_splits(cfg, ["fold1_test"])["fold1_test"].label >= 0).all()
 

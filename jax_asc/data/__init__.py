@@ -72,5 +72,5 @@ def load_splits(cfg, names: Sequence[str]) -> Dict[str, Split]:
     return {n: splits[n] for n in names}
   cache_dir = cfg.cache_dir or default_cache_dir()
   return {n: loading.load(manifest(cfg, n), sample_rate=cfg.sample_rate, cache_dir=cache_dir,
-                          skip_bad_files=cfg.skip_bad_files)
+                          skip_bad_files=cfg.skip_bad_files, cache_dtype=cfg.cache_dtype)
           for n in dict.fromkeys(names)}
