@@ -33,8 +33,9 @@ def test_synthetic_splits_devices_locations_and_metadata(data_dir):
   assert names(train) <= set(synthetic.TRAIN_DEVICES)
   assert names(test) == set(synthetic.DEVICES)          # S4–S6 only here
   assert np.bincount(test.device).tolist() == [10] * 9  # balanced per device
-  assert set(train.location) <= set(synthetic.TRAIN_LOCATIONS)
-  assert set(test.location) <= set(synthetic.TEST_LOCATIONS)
+  location = lambda s: {int(i.rsplit("-", 1)[1]) for i in s.identifier}
+  assert location(train) <= set(synthetic.TRAIN_LOCATIONS)
+  assert location(test) <= set(synthetic.TEST_LOCATIONS)
   assert train.waveform.shape == (60, 8000) and train.waveform.dtype == np.int16
   assert len(set(train.filename)) == 60 and all(f.endswith(f"-{train.devices[d]}.wav")
                                                 for f, d in zip(train.filename, train.device))

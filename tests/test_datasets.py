@@ -8,7 +8,7 @@ import pytest
 import soundfile
 
 from jax_asc import data as data_lib
-from jax_asc.data import audio_io, formats, loading, pipeline
+from jax_asc.data import pipeline
 from jax_asc.data.audio_io import BadAudioError
 from jax_asc.data.formats import MetadataError
 from jax_asc.eval import submission

@@ -34,8 +34,7 @@ class Split:
   devices: Sequence[str]
   sample_rate: int
   waveform_scale: float = 1.0
-  location: Optional[np.ndarray] = None     # recording location (synthetic data)
-  identifier: Optional[np.ndarray] = None   # recording location / source id (TAU, TUT, ESC-50)
+  identifier: Optional[np.ndarray] = None   # recording location / source id (str), where known
   skipped: Sequence[tuple] = ()             # (filename, problem) of bad files left out
   dataset: str = ""
 

@@ -87,7 +87,7 @@ def load(manifest: Manifest, *, sample_rate: int, cache_dir: str,
   return Split(
       name=manifest.split, waveform=np.load(os.path.join(folder, "waveform.npy"), mmap_mode="r"),
       label=arrays["label"], device=arrays["device"], filename=arrays["filename"],
-      index=arrays["index"], location=None, identifier=arrays["identifier"],
+      index=arrays["index"], identifier=arrays["identifier"],
       classes=tuple(manifest.classes), devices=tuple(manifest.devices), sample_rate=sample_rate,
       skipped=skipped, dataset=manifest.dataset)
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jax_asc.models import layers
+from jax_asc.models import heads, layers
 
 
 class InvertedResidual(nn.Module):
@@ -112,7 +112,7 @@ class CPMobile(nn.Module):
       y = layers.make_norm(self.norm, train, self.dtype, name="head_norm")(y)
       logits = jnp.mean(y.astype(jnp.float32), axis=(1, 2))
     else:
-      logits = layers.CosineClassifier(self.n_classes, self.cosine_scale, name="head_cosine")(
+      logits = heads.CosineClassifier(self.n_classes, self.cosine_scale, name="head_cosine")(
           embedding)
     if not return_features:
       return logits

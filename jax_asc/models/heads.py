@@ -6,7 +6,23 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jax_asc.models.layers import CosineClassifier, PointwiseConv  # noqa: F401  (re-exported)
+from jax_asc.models.layers import PointwiseConv
+
+
+class CosineClassifier(nn.Module):
+  """Cosine-similarity classifier: γ · ⟨x/‖x‖, w_c/‖w_c‖⟩. (B, D) → (B, n_classes)."""
+  n_classes: int
+  scale: float = 10.0   # γ
+  eps: float = 1e-8
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.n_classes),
+                        jnp.float32)
+    x = x.astype(jnp.float32)
+    x = x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + self.eps)
+    w = kernel / (jnp.linalg.norm(kernel, axis=0, keepdims=True) + self.eps)
+    return self.scale * (x @ w)
 
 
 class ProjectionHead(nn.Module):

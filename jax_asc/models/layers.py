@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence, Tuple
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -115,22 +114,6 @@ class ConvNormAct(nn.Module):
                   kernel_init=kaiming_fan_out, dtype=self.dtype, name="conv")(x)
     x = make_norm(self.norm, train, self.dtype, name="norm")(x)
     return nn.relu(x) if self.activation else x
-
-
-class CosineClassifier(nn.Module):
-  """Cosine-similarity classifier: γ · ⟨x/‖x‖, w_c/‖w_c‖⟩. (B, D) → (B, n_classes)."""
-  n_classes: int
-  scale: float = 10.0   # γ
-  eps: float = 1e-8
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.n_classes),
-                        jnp.float32)
-    x = x.astype(jnp.float32)
-    x = x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + self.eps)
-    w = kernel / (jnp.linalg.norm(kernel, axis=0, keepdims=True) + self.eps)
-    return self.scale * (x @ w)
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:

@@ -7,7 +7,7 @@ orbax has finalised it, so a run killed while saving resumes from the previous c
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import orbax.checkpoint as ocp
