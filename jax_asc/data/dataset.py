@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+
 def default_cache_dir() -> str:
   """Where datasets are cached: `$JAX_ASC_DATA_DIR`, else `~/.cache/jax_asc`."""
   return os.environ.get("JAX_ASC_DATA_DIR",

@@ -1,8 +1,8 @@
 """Manifest → `Split`: read, validate and resample every clip once, cached on disk.
 
 The cache (`<cache_dir>/<dataset>/<split>-<fingerprint>/`) holds the resampled waveforms as a
-float16 (or float32) `.npy` (memory-mapped when read back, so a full TAU set need not fit in memory), the
-metadata arrays and the list of skipped files. The fingerprint covers the file list with sizes and
+float16 (or float32) `.npy` (memory-mapped when read back, so a full TAU set need not fit in
+memory), the metadata arrays and the list of skipped files. The fingerprint covers the file list with sizes and
 modification times, the target rate and clip length, so a changed dataset is read anew.
 
 Bad files raise `BadAudioError` naming the file; with `skip_bad_files=True` they are left out,
@@ -24,10 +24,8 @@ from jax_asc.data.dataset import Split
 from jax_asc.data.formats import Manifest
 
 CACHE_VERSION = 1
-LENGTH_TOLERANCE = 0.01   # fraction of the nominal clip length a fixed-length file may differ
-
-
 CACHE_DTYPES = ("float16", "float32")
+LENGTH_TOLERANCE = 0.01   # fraction of the nominal clip length a fixed-length file may differ
 
 
 def _fingerprint(manifest: Manifest, sample_rate: int, skip_bad_files: bool,

@@ -20,8 +20,8 @@ def run(config, workdir: str) -> dict:
   common.record_skipped(workdir, [split])
   task = common.classification_task(config, split)
   # The state template only needs shapes: the evaluated split stands in for the training data.
-  setup = loop.setup(task, config, loop.TrainData(
-      steps_per_epoch=1, batches=lambda start: common.eval_batches(split, config.evaluate.batch_size)))
+  batches = lambda start: common.eval_batches(split, config.evaluate.batch_size)
+  setup = loop.setup(task, config, loop.TrainData(steps_per_epoch=1, batches=batches))
 
   which = config.evaluate.checkpoint
   checkpoints = checkpoint_lib.Checkpoints(

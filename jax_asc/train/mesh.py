@@ -42,8 +42,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """This host's slice of a batch (NumPy) → globally sharded jax.Arrays."""
   sharding = batch_sharded(mesh)
-  # A copy: on CPU the array may be used zero-copy, and tf.data may recycle the memory it gave us.
-  return {k: jax.make_array_from_process_local_data(sharding, np.array(v, copy=True))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
 
 
