@@ -91,7 +91,13 @@ DCASE23 = MelSettings(
     window="hann", mel_scale="kaldi", preemphasis=0.97, fmax=15500.0,
     norm_shift=4.5, norm_scale=5.0, mask_domain="log")
 DCASE25 = MelSettings(window="hann_periodic", mel_scale="htk", fmax=None, mask_domain="power")
-PRESETS = {"dcase23": DCASE23, "dcase25": DCASE25}
+# PaSST (kkoutini/PaSST, hear21passt `AugmentMelSTFT` defaults): 128 Kaldi mels, n_fft 1024,
+# window 800, hop 320 (100 frames per second), fmax 15000 (sr/2 − fmax_aug_range/2 with 2000).
+PASST = dataclasses.replace(DCASE23, n_fft=1024, win_length=800, hop_length=320, n_mels=128,
+                            fmax=15000.0)
+# CP-ResNet teachers (d23): the DCASE23 frontend with hop 750 (43 frames per second).
+CP_RESNET = dataclasses.replace(DCASE23, hop_length=750)
+PRESETS = {"dcase23": DCASE23, "dcase25": DCASE25, "passt": PASST, "cp_resnet": CP_RESNET}
 
 
 def settings_from_config(cfg) -> MelSettings:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import dataclasses
 
 from jax_asc.models.cp_mobile import CPMobile
+from jax_asc.models.cp_resnet import CPResNet
+from jax_asc.models.passt import PaSST
 
-MODELS = {"cp_mobile": CPMobile}
+MODELS = {"cp_mobile": CPMobile, "cp_resnet": CPResNet, "passt": PaSST}
 
 
 def build(cfg, **overrides):
