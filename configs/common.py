@@ -40,7 +40,9 @@ def cp_mobile(variant: str = "dcase25") -> ml_collections.ConfigDict:
 
 def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.stage = "train,evaluate"   # comma-separated, run in order: train, evaluate
+  # Comma-separated, run in order: train, distill, predict, ensemble, soup, finetune_device,
+  # evaluate (jax_asc/stages).
+  config.stage = "train,evaluate"
   config.seed = 0
 
   # data.name and split names: see jax_asc/data/__init__.py. Real datasets are read from
@@ -61,7 +63,33 @@ def base_config() -> ml_collections.ConfigDict:
   config.waveform_augment = ml_collections.ConfigDict(dict(
       roll_samples=0, gain_db=0.0, dir_folder="", dir_prob=0.0, dir_devices=("a",)))
   config.model = cp_mobile("dcase25")
-  config.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0))
+  # Initial weights: "" = random; kind "passt_torch" (an official PaSST .pt/.npz) or "run" (the
+  # `checkpoint` of another run's workdir). Parameters whose shape differs (heads) stay fresh.
+  config.model_init = ml_collections.ConfigDict(dict(path="", kind="passt_torch",
+                                                     checkpoint="best"))
+  # Loss = Σ weights·terms (jax_asc/stages/tasks.py): ce, kd (cached ensemble, temperature),
+  # dcsl/gdal (report 000), feature (online teacher, kind dfm|ssfm, "student:teacher" stages).
+  config.loss = ml_collections.ConfigDict(dict(
+      label_smoothing=0.0, temperature=2.0, kd_reduction="batchmean",
+      weights=ml_collections.ConfigDict(dict(ce=1.0, kd=0.0, dcsl=0.0, gdal=0.0, feature=0.0)),
+      feature=ml_collections.ConfigDict(dict(kind="ssfm", stages="s3:s3"))))
+  # Spectrogram mixing on the device: (Freq-)MixStyle (p, α) and mixup (α; 0 = off).
+  config.mix = ml_collections.ConfigDict(dict(
+      mixstyle_p=0.0, mixstyle_alpha=0.3, mixstyle_frequency_wise=True, mixup_alpha=0.0))
+  # Teachers: `members` = comma-separated teacher run workdirs whose `predict` caches form the KD
+  # ensemble ("logits": mean logits, "probabilities": mean softmax); `online` = the teacher run
+  # whose frozen `online_checkpoint` gives feature maps inside the step.
+  config.teacher = ml_collections.ConfigDict(dict(
+      members="", ensemble="logits", online="", online_checkpoint="best"))
+  # Stage predict: logits of this run's `checkpoint` on the named splits (train, validation, test).
+  config.predict = ml_collections.ConfigDict(dict(splits="train,test", checkpoint="best"))
+  config.soup = ml_collections.ConfigDict(dict(top_k=5))   # stage soup: mean of the best k
+  # Stage finetune_device (DSFT, report 000): one copy per device of `devices` ("" = every
+  # training device), started from the general model's `general_checkpoint`; `schedule`
+  # "constant" (the report states only the rate) or "warmup_cosine" (with warmup_steps).
+  config.dsft = ml_collections.ConfigDict(dict(
+      devices="", num_epochs=100, learning_rate=1e-5, schedule="constant", warmup_steps=0,
+      general_checkpoint="latest", batch_size=0))
 
   config.batch_size = 256
   config.num_epochs = 150
@@ -77,9 +105,141 @@ def base_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=0, best_metric="validation/macro_accuracy", best_mode="max", keep_best=5))
+  # fp16: also evaluate with float16 weights and inputs and report the difference (report 001).
   config.evaluate = ml_collections.ConfigDict(dict(
-      split="test", checkpoint="latest", use_ema=False, batch_size=256))
+      split="test", checkpoint="latest", use_ema=False, batch_size=256, fp16=False))
   config.complexity = ml_collections.ConfigDict(dict(param_dtype="float16"))
   config.distributed = ml_collections.ConfigDict(dict(
       enabled=False, coordinator_address="", num_processes=1, process_id=0))
   return config
+
+
+def parse_arg(arg, roles, defaults=None) -> dict:
+  """"role[,smoke][,root=PATH][,dirs=PATH][,seed=N]" → {"role", "smoke", "root", "dirs", "seed"}.
+
+  Used by the report configs: `configs/report000_dafa.py:teacher_ce,root=/data/TAU` trains that
+  report's CE teacher on the real dataset; `…:teacher_ce,smoke` the tiny synthetic version.
+  """
+  options = dict(role=None, smoke=False, root="", dirs="", seed=0)
+  options.update(defaults or {})
+  for token in [t.strip() for t in (arg or "").split(",") if t.strip()]:
+    if token == "smoke":
+      options["smoke"] = True
+    elif "=" in token:
+      key, value = token.split("=", 1)
+      if key not in ("root", "dirs", "seed"):
+        raise ValueError(f"config option {key!r} unknown; valid: root, dirs, seed, smoke")
+      options[key] = int(value) if key == "seed" else value
+    elif options["role"] is None:
+      options["role"] = token
+    else:
+      raise ValueError(f"config arg {arg!r}: two roles ({options['role']!r}, {token!r})")
+  if options["role"] not in roles:
+    raise ValueError(f"config arg: role must be one of {sorted(roles)}, got {options['role']!r}")
+  if not options["smoke"] and not options["root"]:
+    raise ValueError("config arg needs root=<dataset folder> (or smoke for the synthetic set)")
+  return options
+
+
+def tau_dcase25(config, root: str) -> None:
+  """TAU Urban Acoustic Scenes 2022 Mobile in the DCASE25 setting: 25 % split, test split."""
+  config.data.update(name="tau22", root=root, train_split="split25", validation_split="test",
+                     test_split="test")
+  config.evaluate.split = "test"
+
+
+def with_dir(config, dirs: str, prob: float, quiet: bool = False) -> None:
+  """DIR augmentation on device 'a' clips with probability `prob` from the MicIRP folder `dirs`
+  (off, with a note, when no folder is given)."""
+  if dirs:
+    config.waveform_augment.update(dir_folder=dirs, dir_prob=prob)
+  elif prob > 0 and not quiet:
+    print(f"note: no impulse-response folder (dirs=…): DIR augmentation (p={prob}) is off")
+
+
+def smoke(config, family: str) -> None:
+  """Shrinks a report config to the tiny synthetic version its launch script's --smoke runs:
+  small data, 32 mel bins, tiny models, 2 epochs. `family`: student, cp_resnet or passt."""
+  config.data.update(name="synthetic", root="", train_split="train", validation_split="validation",
+                     test_split="test")
+  config.data.synthetic.update(num_train=512, num_validation=64, num_test=144)
+  config.evaluate.split = "test"
+  config.frontend.update(n_mels=32, n_fft=1024, win_length=800, hop_length=800)
+  config.augment.update(freq_mask=4, time_mask=0, fmax_aug_range=1)
+  config.batch_size = 32
+  config.num_epochs = 4
+  config.eval_every_epochs = 1
+  config.optimizer.learning_rate = {"student": 1e-2, "cp_resnet": 3e-3, "passt": 1e-3}.get(
+      family, 1e-3)
+  config.log_every_steps = 3
+  config.schedule.update(warmup_steps=2, warmup_epochs=1, rampdown_start=config.num_epochs,
+                         rampdown_length=1)
+  config.checkpoint.keep_best = 2
+  config.soup.top_k = 2
+  config.evaluate.batch_size = 72
+  config.dsft.update(num_epochs=1, batch_size=8)
+  if family == "student":
+    config.model.base_channels = 8
+  elif family == "cp_resnet":
+    config.model.update(base_channels=8, cut_channels_s3=4)
+  elif family == "passt":
+    config.model.update(embed_dim=32, depth=1, num_heads=4, patch_size=8, stride=8,
+                        input_size=(32, 40), s_patchout_t=1, s_patchout_f=1)
+    config.num_epochs = 8   # a transformer from scratch (no AudioSet weights here) learns slowly
+    config.schedule.rampdown_start = 8
+    config.model_init.path = ""
+  else:
+    raise ValueError(f"smoke family must be student, cp_resnet or passt, got {family!r}")
+
+
+def cp_resnet(**overrides) -> ml_collections.ConfigDict:
+  """CP-ResNet settings (d23 defaults: rho 8, base 32 → 127,684 parameters)."""
+  cfg = ml_collections.ConfigDict(dict(
+      name="cp_resnet", n_classes=10, rho=8, base_channels=32, channels_multiplier=2.0,
+      cut_channels_s2=0, cut_channels_s3=36, n_blocks=(2, 1, 1), groups=(1, 2, 1),
+      maxpool_positions_s1=(0, 1, 2, 4)))
+  cfg.update(overrides)
+  return cfg
+
+
+def passt(**overrides) -> ml_collections.ConfigDict:
+  """PaSST-S settings (stride 10, 128 × 998 positional grid, as the released checkpoints)."""
+  cfg = ml_collections.ConfigDict(dict(
+      name="passt", n_classes=10, input_size=(128, 998), patch_size=16, stride=10,
+      embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, s_patchout_t=0, s_patchout_f=6))
+  cfg.update(overrides)
+  return cfg
+
+
+def cp_resnet_teacher(config, *, hop_length=750, roll=4000, dir_prob=0.4, dirs="",
+                      mixstyle=(0.8, 0.4), quiet=False) -> None:
+  """The d23 CP-ResNet teacher recipe: Adam (coupled L2 1e-3) lr 1e-3, batch 256, 150 epochs,
+  15 warm-up epochs, ramp-down 50 + 85 → 0.005; Freq-MixStyle (p, α); DIR; time roll."""
+  config.model = cp_resnet()
+  config.frontend = frontend("cp_resnet", hop_length=hop_length)
+  config.augment.update(freq_mask=48, time_mask=0, fmax_aug_range=1000)
+  config.optimizer.update(name="adam", learning_rate=1e-3, weight_decay=1e-3)
+  config.schedule.update(name="dcase23", warmup_epochs=15, rampdown_start=50,
+                         rampdown_length=85, last_value=0.005)
+  config.batch_size, config.num_epochs = 256, 150
+  config.mix.update(mixstyle_p=mixstyle[0], mixstyle_alpha=mixstyle[1])
+  config.waveform_augment.roll_samples = roll
+  with_dir(config, dirs, dir_prob, quiet)
+
+
+def passt_teacher(config, *, roll=10000, dir_prob=0.6, dirs="", mixstyle=(0.4, 0.4),
+                  n_fft=1024, quiet=False) -> None:
+  """The d23 PaSST teacher recipe: fine-tune PaSST-S from the AudioSet checkpoint (path in
+  model_init.path), Adam (coupled L2 1e-3) lr 1e-5, batch 80, 25 epochs, 3 warm-up epochs,
+  ramp-down 3 + 10 → 0.01; frequency masks 48, time masks 20; patchout f 6."""
+  config.model = passt()
+  config.frontend = frontend("passt", n_fft=n_fft)
+  config.augment.update(freq_mask=48, time_mask=20, fmax_aug_range=1000)
+  config.optimizer.update(name="adam", learning_rate=1e-5, weight_decay=1e-3)
+  config.schedule.update(name="dcase23", warmup_epochs=3, rampdown_start=3, rampdown_length=10,
+                         last_value=0.01)
+  config.batch_size, config.num_epochs = 80, 25
+  config.mix.update(mixstyle_p=mixstyle[0], mixstyle_alpha=mixstyle[1])
+  config.waveform_augment.roll_samples = roll
+  config.model_init.update(kind="passt_torch")
+  with_dir(config, dirs, dir_prob, quiet)

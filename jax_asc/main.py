@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow (tf.data) start-up chatter
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -15,6 +17,19 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything this run writes.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def enable_compilation_cache() -> None:
+  """XLA's persistent compilation cache ($JAX_ASC_COMPILATION_CACHE, default
+  ~/.cache/jax_asc/xla; "off" disables it): stages and runs that compile the same step (per-device
+  fine-tuning, repeated launches) reuse it instead of compiling again."""
+  import jax
+  folder = os.environ.get("JAX_ASC_COMPILATION_CACHE",
+                          os.path.join(os.path.expanduser("~"), ".cache", "jax_asc", "xla"))
+  if folder == "off" or jax.config.jax_compilation_cache_dir:
+    return
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def run(config, workdir: str) -> dict:
@@ -29,6 +44,7 @@ def run(config, workdir: str) -> dict:
     raise ValueError(f"config.stage={config.stage!r}: unknown stage(s) {unknown}; "
                      f"valid: {sorted(stages.STAGES)}")
   mesh_lib.maybe_initialize_distributed(config.distributed)
+  enable_compilation_cache()
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:

@@ -116,3 +116,53 @@ def device_impulse_response(key: jax.Array, x: jax.Array, irs: jax.Array, prob: 
     apply = apply & eligible
   convolved = convolve_truncated(x, irs[choice])
   return jnp.where(apply[:, None], convolved, x)
+
+
+# ----------------------------------------------------------------------------- spectrogram styles
+def mix_statistics(x: jax.Array, perm: jax.Array, lam: jax.Array, axes: tuple,
+                   eps: float = 1e-6) -> jax.Array:
+  """MixStyle core: normalise x by its own statistics over `axes` (unbiased variance, stopped
+  gradients) and re-style it with λ-mixed statistics of x[perm]. lam (B,), perm (B,)."""
+  x32 = x.astype(jnp.float32)
+  mu = jax.lax.stop_gradient(jnp.mean(x32, axis=axes, keepdims=True))
+  count = 1
+  for a in axes:
+    count *= x.shape[a]
+  var = jnp.sum(jnp.square(x32 - mu), axis=axes, keepdims=True) / max(count - 1, 1)
+  sig = jax.lax.stop_gradient(jnp.sqrt(var + eps))
+  lam = lam.reshape((-1,) + (1,) * (x.ndim - 1))
+  mixed_sig = lam * sig + (1 - lam) * sig[perm]
+  mixed_mu = lam * mu + (1 - lam) * mu[perm]
+  return (((x32 - mu) / sig) * mixed_sig + mixed_mu).astype(x.dtype)
+
+
+def mixstyle(key: jax.Array, x: jax.Array, p: float, alpha: float, *,
+             frequency_wise: bool = True, eps: float = 1e-6) -> jax.Array:
+  """(Freq-)MixStyle on log-mels x (B, F, T), as d23/d25 `helpers.utils.mixstyle`.
+
+  With probability p (one coin for the whole batch), λ ~ Beta(α, α) per example and a random
+  permutation mix the statistics. `frequency_wise`: statistics per (example, frequency bin) over
+  time (Freq-MixStyle, Kim et al. 2022); otherwise per example over (F, T) (MixStyle of a
+  one-channel input, Zhou et al. 2021). p = 0 = off.
+  """
+  if p <= 0:
+    return x
+  k_apply, k_lam, k_perm = jax.random.split(key, 3)
+  lam = jax.random.beta(k_lam, alpha, alpha, (x.shape[0],))
+  perm = jax.random.permutation(k_perm, x.shape[0])
+  axes = (2,) if frequency_wise else (1, 2)
+  mixed = mix_statistics(x, perm, lam, axes, eps)
+  return jnp.where(jax.random.uniform(k_apply) < p, mixed, x)
+
+
+def mixup_draw(key: jax.Array, batch_size: int, alpha: float):
+  """Mixup parameters (PaSST/EfficientAT): perm (B,) and λ = max(b, 1 − b), b ~ Beta(α, α)."""
+  k_lam, k_perm = jax.random.split(key)
+  b = jax.random.beta(k_lam, alpha, alpha, (batch_size,))
+  return jax.random.permutation(k_perm, batch_size), jnp.maximum(b, 1 - b)
+
+
+def mix(x: jax.Array, perm: jax.Array, lam: jax.Array) -> jax.Array:
+  """λ·x + (1 − λ)·x[perm] along the batch axis (inputs, one-hot labels or probabilities)."""
+  lam = lam.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+  return lam * x + (1 - lam) * x[perm]

@@ -12,8 +12,7 @@ outputs `stem`, `s1`, `s2`, `s3`, the pooled `embedding` (B, C_s3) and `logits`.
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp

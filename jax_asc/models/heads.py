@@ -52,3 +52,29 @@ class FeatureAdapter(nn.Module):
   @nn.compact
   def __call__(self, x):
     return PointwiseConv(self.features, name="conv")(x)
+
+
+class WithFeatureAdapters(nn.Module):
+  """A student plus the trainable 1×1 adapters of DFM (report 001 eq. 4), one per matched stage.
+
+  adapters: (student stage, teacher channels, student channels) triples. In training the step
+  passes `teacher_features` {student stage: teacher map}; the output dict then holds
+  `adapted` {student stage: Adapter(teacher map)}. Without them it is the plain student.
+  Parameters: `student/…` and `adapter_<stage>/conv/kernel`.
+  """
+  student: nn.Module
+  adapters: tuple
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, return_features: bool = False,
+               teacher_features=None):
+    modules = {stage: FeatureAdapter(out_ch, name=f"adapter_{stage}")
+               for stage, _, out_ch in self.adapters}
+    out = self.student(x, train=train, return_features=return_features)
+    if self.is_initializing():   # create the adapters' parameters with their known shapes
+      for stage, in_ch, _ in self.adapters:
+        modules[stage](jnp.zeros((1, 1, 1, in_ch), jnp.float32))
+    if teacher_features is None or not return_features:
+      return out
+    return dict(out, adapted={stage: modules[stage](teacher_features[stage])
+                              for stage in modules})

@@ -1,4 +1,17 @@
-"""One module per stage; `STAGES` maps `config.stage` names to their `run(config, workdir)`."""
-from jax_asc.stages import evaluate, train
+"""One module per stage; `STAGES` maps `config.stage` names to their `run(config, workdir)`.
 
-STAGES = {"train": train.run, "evaluate": evaluate.run}
+| stage | what it does |
+|---|---|
+| train | fit the model (teacher or student) with the configured loss |
+| distill | train with a teacher term required (cached-ensemble KD, online feature KD) |
+| predict | cache this run's logits per split for students (`predictions/<split>.npz`) |
+| ensemble | gather `teacher.members`' caches into this run's KD targets, score the ensemble |
+| soup | average the best-k checkpoints into `checkpoints/soup` |
+| finetune_device | DSFT: one fine-tuned copy per device, device-routed evaluation |
+| evaluate | score a checkpoint on a split (and in float16) |
+"""
+from jax_asc.stages import ensemble, evaluate, finetune_device, predict, soup, train
+
+STAGES = {"train": train.run, "distill": train.run_distill, "predict": predict.run,
+          "ensemble": ensemble.run, "soup": soup.run, "finetune_device": finetune_device.run,
+          "evaluate": evaluate.run}

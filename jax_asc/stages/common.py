@@ -17,7 +17,6 @@ from jax_asc.audio import augment, frontends
 from jax_asc.data import impulse_responses, pipeline
 from jax_asc.data.dataset import Split
 from jax_asc.eval import complexity, metrics, report
-from jax_asc.losses import classification
 from jax_asc.train import loop
 
 
@@ -65,33 +64,9 @@ def waveform_augmentation(config, split: Split):
 
 
 def classification_task(config, split: Split) -> loop.Task:
-  """Waveform augmentation → log-mel frontend (+ augmentation) when training → model → CE.
-
-  `split` (the training split) provides the classes, devices and sample rate.
-  """
-  settings = frontends.settings_from_config(config.frontend)
-  if settings.sample_rate != split.sample_rate:
-    raise ValueError(f"frontend.sample_rate {settings.sample_rate} differs from the data's "
-                     f"{split.sample_rate} Hz (data.sample_rate)")
-  augment_cfg = frontends.augment_from_config(config.augment)
-  wave_augment = waveform_augmentation(config, split)
-  model = models.build(config.model, n_classes=len(split.classes))
-
-  def make_inputs(key, batch):
-    if key is None:
-      return frontends.log_mel(batch["waveform"], settings)
-    k_wave, k_frontend = jax.random.split(key)
-    waveform = wave_augment(k_wave, batch)
-    return frontends.log_mel(waveform, settings, key=k_frontend, aug=augment_cfg)
-
-  def loss(logits, batch, key, loss_state):
-    del key
-    value = classification.cross_entropy(logits, batch["label"],
-                                         label_smoothing=config.loss.label_smoothing)
-    accuracy = (logits.argmax(-1) == batch["label"]).mean()
-    return value, {"accuracy": accuracy}, loss_state
-
-  return loop.Task(model=model, make_inputs=make_inputs, loss=loss)
+  """The run's training task (`stages.tasks.build_task`; no workdir: no cached teacher logits)."""
+  from jax_asc.stages import tasks
+  return tasks.build_task(config, split)
 
 
 def train_data(config, split: Split) -> loop.TrainData:
@@ -145,3 +120,71 @@ def write_report(workdir: str, name: str, result: Dict, class_names) -> Dict[str
   if jax.process_index() > 0:
     return {}
   return report.write(result, list(class_names), os.path.join(workdir, "reports"), name)
+
+
+def split_alias(config, name: str) -> str:
+  """"train" / "validation" / "test" → the config's split names; other names pass through."""
+  return {"train": config.data.train_split, "validation": config.data.validation_split,
+          "test": config.data.test_split}.get(name, name)
+
+
+def checkpoints_of(config, workdir: str):
+  from jax_asc.train import checkpoint as checkpoint_lib
+  ckpt = config.checkpoint
+  return checkpoint_lib.Checkpoints(workdir, best_metric=ckpt.best_metric,
+                                    best_mode=ckpt.best_mode, keep_best=ckpt.keep_best)
+
+
+def restore_variables(config, workdir: str, which: str):
+  """({"params", "batch_stats"[, "ema_params"]}, meta) of checkpoint `which` of a run."""
+  checkpoints = checkpoints_of(config, workdir)
+  try:
+    restored = checkpoints.restore_variables(which)
+  finally:
+    checkpoints.close()
+  if restored is None:
+    raise FileNotFoundError(f"no {which!r} checkpoint in {os.path.join(workdir, 'checkpoints')}: "
+                            "run the stage that makes it first")
+  return restored
+
+
+class Inference:
+  """A run's model restored from a checkpoint, predicting logits of whole splits.
+
+  dtype float16 casts the weights (and so the inputs inside the model) to half precision, as
+  the DCASE25 baseline and report 001 evaluate; logits come back as float32.
+  """
+
+  def __init__(self, config, split: Split, variables, *, dtype=jnp.float32,
+               use_ema: bool = False):
+    import optax
+    from jax_asc.stages import tasks
+    from jax_asc.train import mesh as mesh_lib
+    from jax_asc.train.state import TrainState
+    self.task = tasks.eval_task(config, split, dtype=dtype)
+    params = variables.get("ema_params") if use_ema else variables["params"]
+    if params is None:
+      raise ValueError("evaluate.use_ema=True but the checkpoint has no EMA parameters")
+    cast = lambda tree: jax.tree.map(lambda v: jnp.asarray(v, dtype), tree)
+    self.state = TrainState(step=jnp.zeros((), jnp.int32), params=cast(params),
+                            batch_stats=cast(variables.get("batch_stats") or {}), opt_state=None,
+                            ema_params=None, rng=jnp.zeros((2,), jnp.uint32))
+    self.trainer = loop.Trainer(self.task, optax.identity(), mesh_lib.make_mesh())
+    self.batch_size = config.evaluate.batch_size
+
+  def logits(self, split: Split) -> np.ndarray:
+    return predict(self.trainer, self.state, split, self.batch_size)
+
+
+def device_subset(split: Split, device: str) -> Split:
+  """The examples of one device (same name, classes, devices and indices)."""
+  import dataclasses
+  if device not in split.devices:
+    raise ValueError(f"device {device!r} is not in split {split.name!r} ({list(split.devices)})")
+  rows = np.flatnonzero(split.device == split.devices.index(device))
+  if len(rows) == 0:
+    raise ValueError(f"split {split.name!r} has no clips of device {device!r}")
+  return dataclasses.replace(
+      split, waveform=split.waveform[rows], label=split.label[rows], device=split.device[rows],
+      filename=split.filename[rows], index=split.index[rows],
+      identifier=None if split.identifier is None else split.identifier[rows], skipped=())

@@ -1,4 +1,6 @@
-"""Stage `train`: fit the configured model on the training split, validating as it goes."""
+"""Stages `train` and `distill`: fit the configured model on the training split, validating as
+it goes. `distill` is the same loop with a loss that must include a teacher term (KD from the
+cached ensemble and/or feature distillation from an online teacher); see stages/tasks.py."""
 from __future__ import annotations
 
 import json
@@ -7,15 +9,15 @@ import os
 import jax
 
 from jax_asc.eval import metrics
-from jax_asc.stages import common
+from jax_asc.stages import common, tasks
 
 
-def run(config, workdir: str) -> dict:
+def fit_run(config, workdir: str, stage: str) -> dict:
   splits = common.load_splits(config, config.data.train_split, config.data.validation_split)
   train_split = splits[config.data.train_split]
   validation = splits[config.data.validation_split]
   common.record_skipped(workdir, splits.values())
-  task = common.classification_task(config, train_split)
+  task = tasks.build_task(config, train_split, workdir)
   n_classes = len(train_split.classes)
 
   cost = common.model_complexity(config, n_classes, train_split.num_samples)
@@ -33,7 +35,20 @@ def run(config, workdir: str) -> dict:
     return metrics.scalar_summary(result, "validation")
 
   result = common.loop.fit(task, config, workdir, common.train_data(config, train_split),
-                           evaluate=evaluate)
-  outputs = {"final_step": int(result.state.step), "validation": result.last_eval}
-  common.write_done(workdir, "train", config, outputs)
+                           evaluate=evaluate, initialize=tasks.pretrained_initializer(config))
+  outputs = {"final_step": int(result.state.step), "validation": result.last_eval,
+             "params": cost.params, "macs": cost.macs}
+  common.write_done(workdir, stage, config, outputs)
   return outputs
+
+
+def run(config, workdir: str) -> dict:
+  return fit_run(config, workdir, "train")
+
+
+def run_distill(config, workdir: str) -> dict:
+  weights = config.loss.weights
+  if not (weights.kd > 0 or weights.feature > 0):
+    raise ValueError("stage distill needs a teacher term: set loss.weights.kd (with "
+                     "teacher.members) and/or loss.weights.feature (with teacher.online)")
+  return fit_run(config, workdir, "distill")

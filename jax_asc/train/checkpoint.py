@@ -1,7 +1,8 @@
 """orbax checkpoints of a run: the latest (for resuming) and the best-k by a chosen metric.
 
-Layout: `<workdir>/checkpoints/latest/<step>/` (max_to_keep 1) and
-`<workdir>/checkpoints/best/<step>/` (the k best by `best_metric`). A save is only visible once
+Layout: `<workdir>/checkpoints/latest/<step>/` (max_to_keep 1),
+`<workdir>/checkpoints/best/<step>/` (the k best by `best_metric`) and
+`<workdir>/checkpoints/soup/<step>/` (the weight average of the best k, stage `soup`). A save is only visible once
 orbax has finalised it, so a run killed while saving resumes from the previous checkpoint.
 """
 from __future__ import annotations
@@ -29,6 +30,9 @@ class Checkpoints:
           options=ocp.CheckpointManagerOptions(
               max_to_keep=keep_best, create=True, best_mode=best_mode,
               best_fn=lambda metrics: metrics[best_metric]))
+    self.soup = ocp.CheckpointManager(
+        os.path.join(root, "soup"), options=ocp.CheckpointManagerOptions(max_to_keep=1,
+                                                                          create=True))
 
   @staticmethod
   def _args(state, meta):
@@ -43,22 +47,45 @@ class Checkpoints:
     if self.best_metric not in metrics:
       raise KeyError(f"checkpoint.best_metric {self.best_metric!r} is not among the evaluation "
                      f"metrics {sorted(metrics)}")
-    self.best.save(step, args=self._args(state, meta),
-                   metrics={k: float(v) for k, v in metrics.items()}, force=True)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    self.best.save(step, args=self._args(state, dict(meta, metrics=metrics)), metrics=metrics,
+                   force=True)
 
-  def restore(self, template, which: str = "latest", step: Optional[int] = None):
-    """(state, meta) of the latest, the best or a given step; None when there is none."""
-    manager = {"latest": self.latest, "best": self.best}.get(which)
+  def save_soup(self, step: int, state, meta: dict) -> None:
+    self.soup.save(step, args=self._args(state, meta), force=True)
+    self.soup.wait_until_finished()
+
+  def _manager_step(self, which: str, step: Optional[int]):
+    manager = {"latest": self.latest, "best": self.best, "soup": self.soup}.get(which)
     if manager is None:
-      raise ValueError(f"no {which!r} checkpoints for this run (which: latest or best)")
+      raise ValueError(f"no {which!r} checkpoints for this run (which: latest, best or soup)")
     if step is None:
       step = manager.best_step() if which == "best" else manager.latest_step()
+    return manager, step
+
+  def restore(self, template, which: str = "latest", step: Optional[int] = None):
+    """(state, meta) of the latest, the best, the soup or a given step; None when there is none."""
+    manager, step = self._manager_step(which, step)
     if step is None:
       return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
+
+  def restore_variables(self, which: str = "best", step: Optional[int] = None):
+    """({"params", "batch_stats"} as saved, meta) without a template (e.g. a frozen teacher of
+    another run); None when there is no such checkpoint."""
+    manager, step = self._manager_step(which, step)
+    if step is None:
+      return None
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    state = restored["state"]
+    variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+    if state.get("ema_params") is not None:
+      variables["ema_params"] = state["ema_params"]
+    return variables, restored["meta"]
 
   def best_steps(self):
     return [] if self.best is None else list(self.best.all_steps())
@@ -69,6 +96,7 @@ class Checkpoints:
       self.best.wait_until_finished()
 
   def close(self) -> None:
+    self.soup.close()
     self.latest.close()
     if self.best is not None:
       self.best.close()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -54,24 +54,60 @@ class TrainData:
   batches: Callable[[int], Iterator[Dict[str, np.ndarray]]]
 
 
+class Prepared(NamedTuple):
+  """What `Task.make_inputs` may return instead of a bare model input: the model input plus
+  extra arrays (mixup permutation and weights, a teacher's input, …) that the teacher and the
+  loss see as additional entries of the batch."""
+  model_input: Any
+  extras: Dict[str, Any]
+
+
+def _split_prepared(prepared) -> tuple:
+  if isinstance(prepared, Prepared):
+    return prepared.model_input, prepared.extras
+  return prepared, {}
+
+
+def _default_logits(output):
+  return output["logits"] if isinstance(output, dict) else output
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
   """The recipe-specific parts of training.
 
-  model: Flax module called as `model.apply(variables, inputs, train=…)`.
-  make_inputs: (key or None, batch) → model input, on the device inside jit; key None means
-    evaluation (no augmentation).
+  model: Flax module called as `model.apply(variables, inputs, train=…)` (plus
+    `return_features=True` when `features`).
+  make_inputs: (key or None, batch) → model input or `Prepared`, on the device inside jit; key
+    None means evaluation (no augmentation).
   loss: (model output in training mode, batch, key, loss_state) →
-    (scalar loss, {name: scalar} metrics, new loss_state).
+    (scalar loss, {name: scalar} metrics, new loss_state). The batch holds the `Prepared.extras`
+    and, with a teacher, its output under "teacher".
   logits: model output → (B, C) logits for evaluation.
   init_loss_state: key → the initial loss state (e.g. CRD's memory banks), kept in the train
     state, checkpointed and restored with it; None when the loss keeps no state.
+  features: call the model with `return_features=True` (a dict with "logits", "embedding", …).
+  teacher: (frozen_variables, batch) → teacher output, run inside the jitted step on the same
+    augmented batch (frozen: no gradient, not in the train state).
+  frozen_variables: the teachers' variables (or cached teacher targets), handed to every step
+    as a replicated argument (not baked into the compiled program).
+  train_kwargs: batch (with the teacher output) → extra keyword arguments of the model in
+    training (e.g. teacher feature maps for trainable DFM adapters); None: none.
   """
   model: nn.Module
   make_inputs: Callable[[Optional[jax.Array], Batch], Any]
   loss: Callable[[Any, Batch, jax.Array, Any], tuple]
-  logits: Callable[[Any], jax.Array] = lambda output: output
+  logits: Callable[[Any], jax.Array] = _default_logits
   init_loss_state: Optional[Callable[[jax.Array], Any]] = None
+  features: bool = False
+  teacher: Optional[Callable[[Any, Batch], Any]] = None
+  frozen_variables: Any = None
+  train_kwargs: Optional[Callable[[Batch], Dict[str, Any]]] = None
+
+  def apply(self, variables, inputs, **kwargs):
+    if self.features:
+      kwargs["return_features"] = True
+    return self.model.apply(variables, inputs, **kwargs)
 
 
 class Trainer:
@@ -81,30 +117,42 @@ class Trainer:
     self.task, self.tx, self.mesh, self.ema_decay = task, tx, mesh, ema_decay
     rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
     self._rep = rep
-    self.train_step = jax.jit(self._train_step, in_shardings=(rep, data),
-                              out_shardings=(rep, rep), donate_argnums=(0,))
+    self._frozen = jax.device_put(task.frozen_variables, rep)
+    self._train = jax.jit(self._train_step, in_shardings=(rep, data, rep),
+                          out_shardings=(rep, rep), donate_argnums=(0,))
     self._predict = jax.jit(self._predict_step, in_shardings=(rep, rep, data), out_shardings=data)
+
+  def train_step(self, state: TrainState, batch: Batch):
+    """One optimizer step on a global batch: (new state, {metric: scalar})."""
+    return self._train(state, batch, self._frozen)
 
   def init(self, seed: int, example_batch: Batch) -> TrainState:
     def init_fn(batch):
       rng = jax.random.PRNGKey(seed)
       init_rng, state_rng, loss_rng = jax.random.split(rng, 3)
-      variables = self.task.model.init(init_rng, self.task.make_inputs(None, batch), train=False)
+      inputs, _ = _split_prepared(self.task.make_inputs(None, batch))
+      variables = self.task.model.init(init_rng, inputs, train=False)
       loss_state = (None if self.task.init_loss_state is None
                     else self.task.init_loss_state(loss_rng))
       return state_lib.create(variables, self.tx, state_rng, ema=self.ema_decay > 0,
                               loss_state=loss_state)
     return jax.jit(init_fn, out_shardings=self._rep)(example_batch)
 
-  def _train_step(self, state: TrainState, batch: Batch):
+  def _train_step(self, state: TrainState, batch: Batch, frozen):
     rng = jax.random.fold_in(state.rng, state.step)
-    k_inputs, k_model, k_loss = jax.random.split(rng, 3)
-    inputs = self.task.make_inputs(k_inputs, batch)
+    k_inputs, k_model, k_loss, k_patchout = jax.random.split(rng, 4)
+    inputs, extras = _split_prepared(self.task.make_inputs(k_inputs, batch))
+    batch = dict(batch, **extras)
+    if self.task.teacher is not None:
+      batch["teacher"] = jax.lax.stop_gradient(self.task.teacher(frozen, batch))
+
+    model_kwargs = {} if self.task.train_kwargs is None else self.task.train_kwargs(batch)
 
     def loss_fn(params):
-      output, updates = self.task.model.apply(
+      output, updates = self.task.apply(
           {"params": params, "batch_stats": state.batch_stats}, inputs, train=True,
-          mutable=["batch_stats"], rngs={"dropout": k_model})
+          mutable=["batch_stats"], rngs={"dropout": k_model, "patchout": k_patchout},
+          **model_kwargs)
       loss, metrics, loss_state = self.task.loss(output, batch, k_loss, state.loss_state)
       return loss, (metrics, updates.get("batch_stats", state.batch_stats), loss_state)
 
@@ -121,9 +169,8 @@ class Trainer:
     return new_state, metrics
 
   def _predict_step(self, params, batch_stats, batch):
-    inputs = self.task.make_inputs(None, batch)
-    output = self.task.model.apply({"params": params, "batch_stats": batch_stats}, inputs,
-                                   train=False)
+    inputs, _ = _split_prepared(self.task.make_inputs(None, batch))
+    output = self.task.apply({"params": params, "batch_stats": batch_stats}, inputs, train=False)
     return self.task.logits(output).astype(jnp.float32)
 
   def predict(self, state: TrainState, local_batches: Iterable[Dict[str, np.ndarray]], *,
@@ -161,23 +208,28 @@ class Setup:
   total_steps: int
 
 
-def setup(task: Task, config, train_data: TrainData, mesh=None) -> Setup:
+def setup(task: Task, config, train_data: TrainData, mesh=None,
+          initialize: Optional[Callable[[TrainState], TrainState]] = None) -> Setup:
   """Optimizer, trainer and initial state from `config.seed`: the same shapes as a checkpoint.
 
-  `mesh` defaults to all devices of all hosts (`mesh.make_mesh()`).
+  `mesh` defaults to all devices of all hosts (`mesh.make_mesh()`). `initialize` transforms the
+  fresh state (e.g. loads pretrained or general-model weights); a restored checkpoint wins.
   """
   mesh = mesh_lib.make_mesh() if mesh is None else mesh
   mesh_lib.check_batch_size(config.batch_size, mesh)
   total_steps = config.num_epochs * train_data.steps_per_epoch
   example = mesh_lib.global_batch(next(train_data.batches(0)), mesh)
   abstract_params = jax.eval_shape(
-      lambda b: task.model.init(jax.random.PRNGKey(0), task.make_inputs(None, b), train=False),
+      lambda b: task.model.init(jax.random.PRNGKey(0),
+                                _split_prepared(task.make_inputs(None, b))[0], train=False),
       example)["params"]
   tx, schedule = optim.make_optimizer(config.optimizer, config.schedule, abstract_params,
                                       total_steps, train_data.steps_per_epoch)
   trainer = Trainer(task, tx, mesh, ema_decay=config.ema_decay)
-  return Setup(trainer, trainer.init(config.seed, example), schedule,
-               train_data.steps_per_epoch, total_steps)
+  state = trainer.init(config.seed, example)
+  if initialize is not None:
+    state = jax.device_put(initialize(state), mesh_lib.replicated(mesh))
+  return Setup(trainer, state, schedule, train_data.steps_per_epoch, total_steps)
 
 
 @dataclasses.dataclass
@@ -190,15 +242,17 @@ class FitResult:
 
 def fit(task: Task, config, workdir: str, train_data: TrainData, *,
         evaluate: Optional[Callable[[Trainer, TrainState], Dict[str, float]]] = None,
-        hooks: Sequence[Callable[[int, TrainState], None]] = (), mesh=None) -> FitResult:
+        hooks: Sequence[Callable[[int, TrainState], None]] = (), mesh=None,
+        initialize: Optional[Callable[[TrainState], TrainState]] = None) -> FitResult:
   """Trains `task` on `train_data` as `config` says; resumes from `workdir` when it can.
 
   Config keys used: seed, batch_size, num_epochs, optimizer.*, schedule.*, ema_decay,
   eval_every_epochs, log_every_steps, checkpoint.{every_steps, best_metric, best_mode, keep_best}.
   `evaluate(trainer, state)` returns scalar metrics (logged; `checkpoint.best_metric` picks the
-  best-k checkpoints). `hooks` run after every step with (steps done, state).
+  best-k checkpoints). `hooks` run after every step with (steps done, state). `initialize`: see
+  `setup`.
   """
-  run = setup(task, config, train_data, mesh)
+  run = setup(task, config, train_data, mesh, initialize)
   trainer, state, schedule = run.trainer, run.state, run.schedule
   steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
 

@@ -1,0 +1,183 @@
+"""The reports' tables, assembled from the runs a launch script made.
+
+    python -m jax_asc.eval.tables report000 WORKDIR [--smoke]
+
+reads the evaluation reports under WORKDIR (layout: `teachers/<role>/`, `students/<name>/`, as
+`launch/report00*_*.sh` create it) and writes `WORKDIR/tables/<report>.{md,json}`: our figures
+beside the report's, the latter labelled as the report's (and ours as smoke when `--smoke`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Dict, List, Optional
+
+# Figures stated in the reports (development-set accuracy, %).
+REPORT000_TABLE1 = {   # student accuracy by teacher configuration: overall, real, seen, unseen
+    "t_ce1": (59.78, 65.22, 56.77, 57.36), "t_ce2": (59.22, 64.97, 56.10, 56.60),
+    "t_dafa": (59.00, 64.70, 55.60, 56.71),
+    "t_ce1+t_ce2": (60.73, 66.47, 57.41, 58.31), "t_ce1+t_dafa": (60.73, 66.12, 57.73, 58.35)}
+REPORT000_TABLE2 = {   # per device after distillation / after DSFT
+    "before": {"a": 64.33, "b": 52.43, "c": 57.33, "s1": 51.39, "s2": 51.70, "s3": 54.58,
+               "s4": 54.67, "s5": 55.12, "s6": 50.00, "overall": 54.61},
+    "after": {"a": 69.82, "b": 60.67, "c": 64.80, "s1": 53.55, "s2": 54.94, "s3": 57.82,
+              "s4": 54.67, "s5": 55.12, "s6": 50.00, "overall": 57.93}}
+REPORT001_TABLE2 = {"student_ssfm": ("SSFM", "Stage 1–3", 58.80),
+                    "student_dfm": ("DFM", "Stage 3", 59.30)}
+REPORT002_BEST = 65.81
+
+
+def _load(path: str) -> Optional[Dict]:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _eval(run: str, split: str) -> Optional[Dict]:
+  return _load(os.path.join(run, "reports", f"{split}.json"))
+
+
+def _pct(value) -> str:
+  return "–" if value is None else f"{100 * value:.2f}"
+
+
+def _group(result, name):
+  return None if result is None else result.get("device_groups", {}).get(name)
+
+
+def _runs(folder: str) -> List[str]:
+  return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))) \
+      if os.path.isdir(folder) else []
+
+
+def _split_of(workdir: str) -> str:
+  for group in ("students", "teachers"):
+    for run in _runs(os.path.join(workdir, group)):
+      config = _load(os.path.join(workdir, group, run, "config.json"))
+      if config:
+        return config["evaluate"]["split"]
+  raise FileNotFoundError(f"no run with a config.json under {workdir}/students or /teachers")
+
+
+def report000(workdir: str, split: str, ours: str) -> tuple:
+  lines = ["## Report 000, table 1: student accuracy (%) by teacher configuration", "",
+           f"| teachers | overall | real | seen | unseen | report: overall | real | seen | "
+           f"unseen |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  data = {"table1": {}, "teachers": {}}
+  for name, reference in REPORT000_TABLE1.items():
+    result = _eval(os.path.join(workdir, "students", name), split)
+    row = [result and result["accuracy"]] + [_group(result, g) for g in ("real", "seen", "unseen")]
+    data["table1"][name] = row
+    lines.append(f"| {name.upper().replace('T_', 'T_')} | " + " | ".join(_pct(v) for v in row) +
+                 " | " + " | ".join(f"{v:.2f}" for v in reference) + " |")
+  lines += ["", f"Teachers alone ({ours}):", "", "| teacher | accuracy |", "|---|---:|"]
+  for name in _runs(os.path.join(workdir, "teachers")):
+    result = _eval(os.path.join(workdir, "teachers", name), split)
+    data["teachers"][name] = result and result["accuracy"]
+    lines.append(f"| {name} | {_pct(result and result['accuracy'])} |")
+  dsft = _load(os.path.join(workdir, "students", "t_ce1+t_dafa", "reports", f"dsft_{split}.json"))
+  lines += ["", "## Report 000, table 2: accuracy (%) by device, before and after DSFT", ""]
+  if dsft:
+    devices = list(REPORT000_TABLE2["before"])[:-1]
+    lines += ["| stage | " + " | ".join(d.upper() for d in devices) + " | overall |",
+              "|---|" + "---:|" * (len(devices) + 1)]
+    for key, label in (("before", "after distillation"), ("after", "after DSFT")):
+      per = dsft[key]["per_device"]
+      lines.append(f"| {label} ({ours}) | " + " | ".join(_pct(per.get(d)) for d in devices) +
+                   f" | {_pct(dsft[key]['accuracy'])} |")
+    for key, label in (("before", "after distillation"), ("after", "after DSFT")):
+      ref = REPORT000_TABLE2[key]
+      lines.append(f"| {label} (report) | " + " | ".join(f"{ref[d]:.2f}" for d in devices) +
+                   f" | {ref['overall']:.2f} |")
+    data["table2"] = {k: dsft[k]["per_device"] for k in ("before", "after")}
+  else:
+    lines.append("(no DSFT report yet: run the finetune_device stage)")
+  return "\n".join(lines) + "\n", data
+
+
+def report001(workdir: str, split: str, ours: str) -> tuple:
+  lines = ["## Report 001, table 2: submissions", "",
+           "| system | feature KD | stages | feature teacher | output KD teachers | params | "
+           "MACs | accuracy | fp16 accuracy | report accuracy |",
+           "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+  data = {"students": {}, "teachers": {}}
+  teachers = _runs(os.path.join(workdir, "teachers"))
+  for name, (method, stages, reference) in REPORT001_TABLE2.items():
+    run = os.path.join(workdir, "students", name)
+    result = _eval(run, split)
+    config = _load(os.path.join(run, "config.json")) or {}
+    feature_teacher = os.path.basename(config.get("teacher", {}).get("online", "")) or "–"
+    members = [os.path.basename(m) for m in config.get("teacher", {}).get("members", "").split(",")
+               if m]
+    fp16 = result and result.get("fp16", {}).get("accuracy")
+    row = dict(accuracy=result and result["accuracy"], fp16=fp16,
+               params=result and result.get("params"), macs=result and result.get("macs"))
+    data["students"][name] = row
+    lines.append(f"| {name} | {method} | {stages} | {feature_teacher} | "
+                 f"{' + '.join(members) or '–'} | {row['params'] or '–'} | {row['macs'] or '–'} | "
+                 f"{_pct(row['accuracy'])} | {_pct(fp16)} | {reference:.2f} |")
+  lines += ["", f"Teachers ({ours}; model soup of the best checkpoints):", "",
+            "| teacher | soup accuracy |", "|---|---:|"]
+  for name in teachers:
+    result = _eval(os.path.join(workdir, "teachers", name), split)
+    data["teachers"][name] = result and result["accuracy"]
+    lines.append(f"| {name} | {_pct(result and result['accuracy'])} |")
+  lines.append("\nThe report states 61.16 K parameters and 17.05 M MACs for its student and 58.80 / "
+               "59.30 % accuracy (S1 / S2).")
+  return "\n".join(lines) + "\n", data
+
+
+def report002(workdir: str, split: str, ours: str) -> tuple:
+  lines = ["## Report 002: teachers and their students", "",
+           "| teacher | parameters | device generalisation | teacher accuracy | student accuracy |",
+           "|---|---:|---|---:|---:|"]
+  data = {}
+  for name in _runs(os.path.join(workdir, "teachers")):
+    teacher = _eval(os.path.join(workdir, "teachers", name), split)
+    student = _eval(os.path.join(workdir, "students", name), split)
+    family, method = name.split("_")
+    row = dict(params=teacher and teacher.get("params"), method=method,
+               teacher=teacher and teacher["accuracy"], student=student and student["accuracy"])
+    data[name] = row
+    lines.append(f"| {family} | {row['params'] or '–'} | {method.upper()} | "
+                 f"{_pct(row['teacher'])} | {_pct(row['student'])} |")
+  for name in _runs(os.path.join(workdir, "students")):
+    if "+" in name:
+      student = _eval(os.path.join(workdir, "students", name), split)
+      data[name] = {"student": student and student["accuracy"]}
+      lines.append(f"| ensemble {name} | – | – | – | {_pct(student and student['accuracy'])} |")
+  lines.append(f"\nReport: best student {REPORT002_BEST:.2f} % (CP-ResNet + PaSST ensemble, "
+               "DIRFMS, TAU20 validation).")
+  return "\n".join(lines) + "\n", data
+
+
+REPORTS = {"report000": report000, "report001": report001, "report002": report002}
+
+
+def write(report: str, workdir: str, smoke: bool = False) -> str:
+  split = _split_of(workdir)
+  ours = "ours, smoke run: synthetic data, tiny models" if smoke else "ours"
+  markdown, data = REPORTS[report](workdir, split, ours)
+  header = f"# {report} ({ours}; evaluated on split {split!r})\n\n"
+  folder = os.path.join(workdir, "tables")
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, f"{report}.md"), "w") as f:
+    f.write(header + markdown)
+  with open(os.path.join(folder, f"{report}.json"), "w") as f:
+    json.dump({"split": split, "smoke": smoke, **data}, f, indent=1)
+  return header + markdown
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("report", choices=sorted(REPORTS))
+  parser.add_argument("workdir")
+  parser.add_argument("--smoke", action="store_true")
+  args = parser.parse_args(argv)
+  print(write(args.report, args.workdir, args.smoke))
+
+
+if __name__ == "__main__":
+  main()
