@@ -40,3 +40,14 @@ def test_dfm_adapter_resize_and_mse():
   assert float(features.dfm_loss(student, student)) == 0.0
   with pytest.raises(ValueError, match="equal channels"):
     features.dfm_loss(student, teacher)
+
+
+def test_ssfm_gradient_finite_with_zero_positions():
+  """A ReLU map that is zero at every channel of a position must not give NaN gradients."""
+  import jax
+  import jax.numpy as jnp
+  from jax_asc.losses import features
+  student = jnp.ones((2, 3, 4, 5)).at[:, 0, 0, :].set(0.0)
+  teacher = jnp.arange(2 * 3 * 4 * 7, dtype=jnp.float32).reshape(2, 3, 4, 7) % 5
+  grads = jax.grad(lambda s: features.ssfm_loss(s, teacher))(student)
+  assert bool(jnp.all(jnp.isfinite(grads)))

@@ -114,9 +114,9 @@ def test_training_inputs_apply_dir_roll_and_gain_on_the_device(tiny_config):
   batch = next(pipeline.eval_batches(split, global_batch=16))
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
   make = jax.jit(task.make_inputs)
-  train_inputs = make(jax.random.key(0), batch)
+  train_inputs = make(jax.random.key(0), batch).model_input   # a loop.Prepared in training
   assert np.all(np.isfinite(train_inputs))
-  np.testing.assert_array_equal(train_inputs, make(jax.random.key(0), batch))
+  np.testing.assert_array_equal(train_inputs, make(jax.random.key(0), batch).model_input)
   assert not np.allclose(train_inputs, make(None, batch))
   config.waveform_augment.dir_devices = ("z9",)
   with pytest.raises(ValueError, match="z9"):

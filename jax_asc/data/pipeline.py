@@ -14,7 +14,9 @@ Batches are dicts of NumPy arrays: `waveform` (b, samples) float32, `label`, `de
 """
 from __future__ import annotations
 
+import atexit
 import math
+import weakref
 from typing import Iterator, Optional
 
 import numpy as np
@@ -41,50 +43,100 @@ def steps_per_epoch(num_examples: int, global_batch: int) -> int:
   return steps
 
 
-def _gather_dataset(split: Split, rows: np.ndarray, per_host_batch: int, mask: np.ndarray):
-  """tf.data over row indices (already in order), batched, gathering examples per batch.
+def host_batch(split: Split, rows: np.ndarray) -> dict:
+  """The examples at `rows` as a batch of NumPy arrays (waveforms as float32), in that order.
 
   Waveforms are gathered with NumPy (the split's array may be a memory-mapped cache larger than
-  memory); the order, and so the batches, are fixed by `rows`.
+  memory), reading the rows in sorted order, which is faster on a memory map.
   """
-  columns = {name: getattr(split, name) for name in _FIELDS}
+  rows = np.asarray(rows)
+  order = np.argsort(rows)
+  waves = np.empty((len(rows), split.num_samples), np.float32)
+  waves[order] = split.float_waveforms(rows[order])
+  batch = {"waveform": waves}
+  batch.update({name: getattr(split, name)[rows] for name in _FIELDS})
+  return batch
+
+
+def _gather_dataset(split: Split, rows: tf.data.Dataset, per_host_batch: int):
+  """tf.data over (row index, mask) pairs already in order: batched, gathering each batch."""
+  dtypes = [tf.float32] + [tf.as_dtype(getattr(split, n).dtype) for n in _FIELDS]
 
   def gather_numpy(batch_rows):
-    order = np.argsort(batch_rows)          # sorted reads are faster on a memory map
-    waves = np.empty((len(batch_rows), split.num_samples), np.float32)
-    waves[order] = split.float_waveforms(batch_rows[order])
-    return (waves,) + tuple(columns[name][batch_rows] for name in _FIELDS)
+    batch = host_batch(split, batch_rows)
+    return (batch["waveform"],) + tuple(batch[name] for name in _FIELDS)
 
   def gather(batch_rows, batch_mask):
-    outputs = tf.numpy_function(gather_numpy, [batch_rows],
-                                [tf.float32] + [tf.as_dtype(columns[n].dtype) for n in _FIELDS])
+    outputs = tf.numpy_function(gather_numpy, [batch_rows], dtypes)
     out = {"waveform": tf.ensure_shape(outputs[0], [per_host_batch, split.num_samples])}
     for name, value in zip(_FIELDS, outputs[1:]):
       out[name] = tf.ensure_shape(value, [per_host_batch])
     out["mask"] = batch_mask
     return out
 
-  ds = tf.data.Dataset.from_tensor_slices((rows.astype(np.int64), mask))
-  ds = ds.batch(per_host_batch, drop_remainder=True)
+  ds = rows.batch(per_host_batch, drop_remainder=True)
   ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(2)
+
+
+_LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_iterators():
+  # A tf.data iterator destroyed during interpreter shutdown while a NumPy gather is in flight
+  # waits forever for the GIL; closing the unfinished ones before shutdown avoids the hang.
+  for generator in list(_LIVE_ITERATORS):
+    generator.close()
+
+
+def _iterate(ds: tf.data.Dataset) -> Iterator[dict]:
+  """The batches of `ds` as NumPy dicts (a generator; unfinished ones are closed at exit)."""
+  def generate():
+    iterator = ds.as_numpy_iterator()
+    try:
+      yield from iterator
+    finally:
+      del iterator
+  generator = generate()
+  _LIVE_ITERATORS.add(generator)
+  return generator
+
+
+def global_step_rows(num_examples: int, global_batch: int, seed: int, step: int) -> np.ndarray:
+  """The (global_batch,) row indices of global training step `step`; host p of P takes the
+  p-th contiguous slice. The same order feeds the tf.data and the on-device paths."""
+  steps = steps_per_epoch(num_examples, global_batch)
+  epoch, within = divmod(step, steps)
+  order = epoch_permutation(num_examples, seed, epoch)
+  return order[within * global_batch:(within + 1) * global_batch]
 
 
 def train_batches(split: Split, *, global_batch: int, seed: int, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1,
                   num_epochs: Optional[int] = None) -> Iterator[dict]:
-  """Endless (or `num_epochs`) training batches of this host, from global step `start_step`."""
+  """Endless (or `num_epochs`) training batches of this host, from global step `start_step`.
+
+  One tf.data pipeline serves every epoch (no per-epoch set-up); each epoch's order is drawn
+  when the pipeline reaches it.
+  """
   if global_batch % process_count:
     raise ValueError(f"global batch {global_batch} is not divisible by {process_count} hosts")
   per_host = global_batch // process_count
   steps = steps_per_epoch(len(split), global_batch)
-  epoch, skip = divmod(start_step, steps)
-  while num_epochs is None or epoch < num_epochs:
+  first_epoch, skip = divmod(start_step, steps)
+
+  def epoch_rows(epoch):
+    epoch = int(epoch)
     order = epoch_permutation(len(split), seed, epoch)[: steps * global_batch]
-    order = order.reshape(steps, process_count, per_host)[skip:, process_index].reshape(-1)
-    ds = _gather_dataset(split, order, per_host, np.ones(len(order), bool))
-    yield from ds.as_numpy_iterator()
-    epoch, skip = epoch + 1, 0
+    order = order.reshape(steps, process_count, per_host)[:, process_index]
+    return order[skip if epoch == first_epoch else 0:].reshape(-1).astype(np.int64)
+
+  last_epoch = np.iinfo(np.int64).max if num_epochs is None else num_epochs
+  rows = tf.data.Dataset.range(first_epoch, last_epoch).map(
+      lambda epoch: tf.numpy_function(epoch_rows, [epoch], tf.int64)).unbatch()
+  rows = rows.map(lambda row: (row, True))
+  return _iterate(_gather_dataset(split, rows, per_host))
 
 
 def eval_batches(split: Split, *, global_batch: int, process_index: int = 0,
@@ -97,4 +149,5 @@ def eval_batches(split: Split, *, global_batch: int, process_index: int = 0,
   rows = np.where(mask, rows, 0)
   rows = rows.reshape(num_batches, process_count, per_host)[:, process_index].reshape(-1)
   mask = mask.reshape(num_batches, process_count, per_host)[:, process_index].reshape(-1)
-  return _gather_dataset(split, rows, per_host, mask).as_numpy_iterator()
+  ds = tf.data.Dataset.from_tensor_slices((rows.astype(np.int64), mask))
+  return _iterate(_gather_dataset(split, ds, per_host))

@@ -43,6 +43,10 @@ def _pct(value) -> str:
   return "–" if value is None else f"{100 * value:.2f}"
 
 
+def _int(value) -> str:
+  return "–" if value is None else f"{int(value):,}"
+
+
 def _group(result, name):
   return None if result is None else result.get("device_groups", {}).get(name)
 
@@ -116,7 +120,7 @@ def report001(workdir: str, split: str, ours: str) -> tuple:
                params=result and result.get("params"), macs=result and result.get("macs"))
     data["students"][name] = row
     lines.append(f"| {name} | {method} | {stages} | {feature_teacher} | "
-                 f"{' + '.join(members) or '–'} | {row['params'] or '–'} | {row['macs'] or '–'} | "
+                 f"{' + '.join(members) or '–'} | {_int(row['params'])} | {_int(row['macs'])} | "
                  f"{_pct(row['accuracy'])} | {_pct(fp16)} | {reference:.2f} |")
   lines += ["", f"Teachers ({ours}; model soup of the best checkpoints):", "",
             "| teacher | soup accuracy |", "|---|---:|"]
@@ -141,7 +145,7 @@ def report002(workdir: str, split: str, ours: str) -> tuple:
     row = dict(params=teacher and teacher.get("params"), method=method,
                teacher=teacher and teacher["accuracy"], student=student and student["accuracy"])
     data[name] = row
-    lines.append(f"| {family} | {row['params'] or '–'} | {method.upper()} | "
+    lines.append(f"| {family} | {_int(row['params'])} | {method.upper()} | "
                  f"{_pct(row['teacher'])} | {_pct(row['student'])} |")
   for name in _runs(os.path.join(workdir, "students")):
     if "+" in name:

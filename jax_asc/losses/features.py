@@ -46,8 +46,10 @@ def self_similarity(features: jax.Array, eps: float = 1e-12) -> jax.Array:
   b, h, w, c = features.shape
   a = features.astype(jnp.float32).reshape(b, h * w, c)
   gram = jnp.einsum("bic,bjc->bij", a, a, precision=jax.lax.Precision.HIGHEST)
-  norm = jnp.sqrt(jnp.sum(jnp.square(gram), axis=-1, keepdims=True))
-  return gram / jnp.maximum(norm, eps)
+  # The floor sits inside the square root: an all-zero row (a ReLU map that is zero at every
+  # channel of a position) would otherwise give sqrt'(0) = inf and a NaN gradient.
+  norm = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(gram), axis=-1, keepdims=True), eps * eps))
+  return gram / norm
 
 
 def ssfm_loss(student: jax.Array, teacher: jax.Array, *,

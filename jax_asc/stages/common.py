@@ -74,7 +74,12 @@ def train_data(config, split: Split) -> loop.TrainData:
     return pipeline.train_batches(split, global_batch=config.batch_size, seed=config.seed,
                                   start_step=start_step, process_index=jax.process_index(),
                                   process_count=jax.process_count())
-  return loop.TrainData(pipeline.steps_per_epoch(len(split), config.batch_size), batches)
+  def example():
+    per_host = config.batch_size // jax.process_count()
+    batch = pipeline.host_batch(split, np.arange(per_host) % len(split))
+    return dict(batch, mask=np.ones(per_host, bool))
+  return loop.TrainData(pipeline.steps_per_epoch(len(split), config.batch_size), batches,
+                        example)
 
 
 def eval_batches(split: Split, batch_size: int):

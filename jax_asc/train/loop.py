@@ -19,6 +19,7 @@ every checkpoint save, so a bad state is never written over the last good one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Sequence
@@ -52,6 +53,17 @@ class TrainData:
   """
   steps_per_epoch: int
   batches: Callable[[int], Iterator[Dict[str, np.ndarray]]]
+  example: Optional[Callable[[], Dict[str, np.ndarray]]] = None
+
+  def example_batch(self) -> Dict[str, np.ndarray]:
+    """A host batch with the shapes of training (for initialisation)."""
+    if self.example is not None:
+      return self.example()
+    batches = self.batches(0)
+    try:
+      return next(batches)
+    finally:
+      getattr(batches, "close", lambda: None)()
 
 
 class Prepared(NamedTuple):
@@ -198,6 +210,20 @@ def _global_norm(tree) -> jax.Array:
 _NO_BAD_STEP = np.iinfo(np.int32).max
 
 
+@functools.partial(jax.jit, static_argnums=(3,), donate_argnums=(0,))
+def _track(tracker, metrics, step, restart: bool):
+  """Sums the step's scalar metrics (restarted after each log) and keeps the first step whose
+  loss is not finite; one dispatch per step, so the host never waits on the device here."""
+  metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+  bad = jnp.where(jnp.isfinite(metrics["loss"]), _NO_BAD_STEP, step).astype(jnp.int32)
+  if tracker is None:
+    return metrics, bad
+  sums, first_bad = tracker
+  if not restart:
+    metrics = jax.tree.map(jnp.add, sums, metrics)
+  return metrics, jnp.minimum(first_bad, bad)
+
+
 @dataclasses.dataclass
 class Setup:
   """A trainer with its optimizer and the initial state of a run (before any restore)."""
@@ -218,7 +244,7 @@ def setup(task: Task, config, train_data: TrainData, mesh=None,
   mesh = mesh_lib.make_mesh() if mesh is None else mesh
   mesh_lib.check_batch_size(config.batch_size, mesh)
   total_steps = config.num_epochs * train_data.steps_per_epoch
-  example = mesh_lib.global_batch(next(train_data.batches(0)), mesh)
+  example = mesh_lib.global_batch(train_data.example_batch(), mesh)
   abstract_params = jax.eval_shape(
       lambda b: task.model.init(jax.random.PRNGKey(0),
                                 _split_prepared(task.make_inputs(None, b))[0], train=False),
@@ -276,14 +302,14 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
   accum = int(config.optimizer.grad_accum_steps)
 
   batches = train_data.batches(start_step)
-  averages: Dict[str, clu_metrics.Average] = {}
-  first_bad = None
+  tracker = None          # (metric sums since the last log, first non-finite step), on device
+  steps_summed = 0
   last_eval: Dict[str, float] = {}
   epoch_start = time.time()
 
   def check_finite():
-    if first_bad is not None:
-      bad = int(first_bad)
+    if tracker is not None:
+      bad = int(tracker[1])
       if bad != _NO_BAD_STEP:
         raise FloatingPointError(
             f"non-finite loss at step {bad} (workdir {workdir}); the last good checkpoint is "
@@ -300,11 +326,8 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
     for step in range(start_step, total_steps):
       batch = mesh_lib.global_batch(next(batches), trainer.mesh)
       state, step_metrics = trainer.train_step(state, batch)
-      bad = jnp.where(jnp.isfinite(step_metrics["loss"]), _NO_BAD_STEP, step + 1)
-      first_bad = bad if first_bad is None else jnp.minimum(first_bad, bad)
-      for name, value in step_metrics.items():
-        new = clu_metrics.Average.from_model_output(value)
-        averages[name] = averages[name].merge(new) if name in averages else new
+      tracker = _track(tracker, step_metrics, step + 1, steps_summed == 0)
+      steps_summed += 1
       done = step + 1
       progress(done)
       for hook in hooks:
@@ -313,10 +336,11 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
       epoch_end = done % steps_per_epoch == 0
       if done % config.log_every_steps == 0 or epoch_end or done == total_steps:
         check_finite()
-        scalars = {f"train/{k}": float(v.compute()) for k, v in averages.items()}
+        scalars = {f"train/{k}": float(clu_metrics.Average(total=v, count=steps_summed).compute())
+                   for k, v in tracker[0].items()}
         scalars["train/learning_rate"] = float(schedule(max(done - 1, 0) // accum))
         writer.write_scalars(done, scalars)
-        averages = {}
+        steps_summed = 0
       if not (epoch_end or done == total_steps):
         if ckpt_cfg.every_steps and done % ckpt_cfg.every_steps == 0:
           save(done)
@@ -343,6 +367,7 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
       print(line, flush=True)
     check_finite()
   finally:
+    getattr(batches, "close", lambda: None)()
     checkpoints.wait()
     checkpoints.close()
     writer.flush()

@@ -1,0 +1,151 @@
+"""Pieces of the report chains: MixStyle/mixup, teacher caches and ensembles, soups, DSFT tables."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jax_asc.audio import augment
+from jax_asc.data.dataset import Split
+from jax_asc.losses import distillation
+from jax_asc.stages import finetune_device, soup, tasks, teachers
+
+
+def _numpy_freq_mixstyle(x, perm, lam, eps=1e-6):
+  mu = x.mean(axis=2, keepdims=True)
+  sig = np.sqrt(x.var(axis=2, ddof=1, keepdims=True) + eps)
+  lam = lam[:, None, None]
+  return ((x - mu) / sig * (lam * sig + (1 - lam) * sig[perm]) +
+          lam * mu + (1 - lam) * mu[perm])
+
+
+def test_mixstyle_matches_numpy_and_properties():
+  x = np.random.default_rng(0).normal(2.0, 3.0, size=(6, 8, 20)).astype(np.float32)
+  perm, lam = np.array([3, 0, 5, 1, 2, 4]), np.linspace(0.1, 0.9, 6).astype(np.float32)
+  ours = augment.mix_statistics(jnp.asarray(x), jnp.asarray(perm), jnp.asarray(lam), (2,))
+  np.testing.assert_allclose(ours, _numpy_freq_mixstyle(x, perm, lam), rtol=1e-4, atol=1e-4)
+  # λ = 0: each example takes its partner's per-frequency mean; λ = 1: unchanged.
+  swapped = augment.mix_statistics(jnp.asarray(x), jnp.asarray(perm), jnp.zeros(6), (2,))
+  np.testing.assert_allclose(np.mean(swapped, 2), x[perm].mean(2), atol=1e-4)
+  same = augment.mix_statistics(jnp.asarray(x), jnp.asarray(perm), jnp.ones(6), (2,))
+  np.testing.assert_allclose(same, x, atol=1e-4)
+  key = jax.random.key(0)
+  np.testing.assert_array_equal(augment.mixstyle(key, jnp.asarray(x), 0.0, 0.3), x)
+  applied = augment.mixstyle(key, jnp.asarray(x), 1.0, 0.3)
+  assert not np.allclose(applied, x)
+  # MixStyle (not frequency-wise) keeps the per-frequency shape of each example up to scale.
+  global_style = augment.mixstyle(key, jnp.asarray(x), 1.0, 0.3, frequency_wise=False)
+  assert np.allclose(np.corrcoef(np.asarray(global_style)[0].ravel(), x[0].ravel())[0, 1], 1,
+                     atol=1e-4)
+
+
+def test_mixup_draw_and_mix():
+  perm, lam = augment.mixup_draw(jax.random.key(1), 16, 0.3)
+  assert sorted(np.asarray(perm).tolist()) == list(range(16))
+  assert np.all(np.asarray(lam) >= 0.5) and np.all(np.asarray(lam) <= 1)
+  one_hot = jax.nn.one_hot(jnp.arange(16) % 4, 4)
+  mixed = augment.mix(one_hot, perm, lam)
+  np.testing.assert_allclose(mixed.sum(-1), 1.0, atol=1e-6)
+
+
+def _split(filenames, n_classes=3):
+  n = len(filenames)
+  return Split(name="train", waveform=np.zeros((n, 8), np.float32), label=np.zeros(n, np.int32),
+               device=np.zeros(n, np.int32), filename=np.asarray(filenames),
+               index=np.arange(n, dtype=np.int32) * 2, classes=[f"c{i}" for i in range(n_classes)],
+               devices=["a"], sample_rate=32000, dataset="test")
+
+
+def _teacher(tmp_path, name, split, logits, *, seed=0):
+  workdir = tmp_path / name
+  workdir.mkdir()
+  config_json = json.dumps({"seed": seed, "stage": "train", "model": {"name": "x"}})
+  (workdir / "config.json").write_text(config_json)
+  teachers.save_cache(teachers.predictions_path(str(workdir), "train"), split.filename, logits, {
+      "teacher_config_fingerprint": teachers.run_fingerprint(config_json),
+      "classes": list(split.classes), "split_fingerprint": teachers.split_fingerprint(split)})
+  return str(workdir)
+
+
+def _config(members, mode="logits"):
+  return ml_collections.ConfigDict({"teacher": {"members": ",".join(members), "ensemble": mode}})
+
+
+def test_ensemble_cache_aligns_checks_and_averages(tmp_path):
+  split = _split(["f1", "f2", "f3"])
+  rng = np.random.default_rng(0)
+  logits_a, logits_b = rng.normal(size=(2, 3, 3)).astype(np.float32)
+  shuffled = _split(["f3", "f1", "f2"])            # the teacher predicted in another order
+  a = _teacher(tmp_path, "a", shuffled, logits_a[[2, 0, 1]])
+  b = _teacher(tmp_path, "b", split, logits_b)
+  run = tmp_path / "student"
+  member_logits = teachers.load_ensemble(_config([a, b]), str(run), split)
+  np.testing.assert_allclose(member_logits, np.stack([logits_a, logits_b]), atol=1e-6)
+  assert os.path.exists(teachers.ensemble_path(str(run), "train"))
+  # Report 000 averages logits, report 001 probabilities: different targets.
+  by_logits = distillation.ensemble_log_probs(jnp.asarray(member_logits), 2.0, "logits")
+  by_probs = distillation.ensemble_log_probs(jnp.asarray(member_logits), 2.0, "probabilities")
+  expected = np.log(np.mean(np.exp(np.asarray(jax.nn.log_softmax(member_logits / 2.0))), 0))
+  np.testing.assert_allclose(by_probs, expected, atol=1e-5)
+  assert not np.allclose(by_logits, by_probs)
+  # The cache on disk was made for [a, b] in logits mode: other settings are refused.
+  with pytest.raises(teachers.CacheMismatchError, match="mode"):
+    teachers.load_ensemble(_config([a, b], "probabilities"), str(run), split)
+  with pytest.raises(teachers.CacheMismatchError, match="members"):
+    teachers.load_ensemble(_config([a]), str(run), split)
+  with pytest.raises(teachers.CacheMismatchError, match="split fingerprint"):
+    teachers.load_ensemble(_config([a, b]), str(run), _split(["f1", "f2", "f4"]))
+  # A member retrained with another configuration after predicting is refused.
+  (tmp_path / "b" / "config.json").write_text(json.dumps({"seed": 1, "stage": "train",
+                                                          "model": {"name": "x"}}))
+  with pytest.raises(teachers.CacheMismatchError, match="changed since it predicted"):
+    teachers.load_ensemble(_config([a, b]), str(run), split)
+  with pytest.raises(teachers.CacheMismatchError, match="configured as"):
+    teachers.build_ensemble(_config([a, b]), split)
+
+
+def test_ensemble_refuses_missing_files_and_absent_predictions(tmp_path):
+  split = _split(["f1", "f2", "f3"])
+  a = _teacher(tmp_path, "a", _split(["f1", "f2"]), np.zeros((2, 3), np.float32))
+  with pytest.raises(teachers.CacheMismatchError, match="no logits for 1 of the 3"):
+    teachers.build_ensemble(_config([a]), split)
+  (tmp_path / "c").mkdir()
+  (tmp_path / "c" / "config.json").write_text("{}")
+  with pytest.raises(FileNotFoundError, match="run the predict stage"):
+    teachers.build_ensemble(_config([str(tmp_path / "c")]), split)
+
+
+def test_index_table_gathers_by_split_index():
+  split = _split(["f1", "f2", "f3"])
+  rows = np.arange(9, dtype=np.float32).reshape(3, 3)
+  table = teachers.index_table(split, rows)
+  np.testing.assert_array_equal(table[split.index], rows)
+
+
+def test_soup_average_and_pretrained_merge():
+  trees = [{"w": np.full((2,), float(i)), "b": {"x": np.ones(3) * i}} for i in range(3)]
+  averaged = soup.average(trees)
+  np.testing.assert_allclose(averaged["w"], 1.0)
+  np.testing.assert_allclose(averaged["b"]["x"], 1.0)
+  target = {"head": {"kernel": jnp.zeros((4, 10))}, "body": {"kernel": jnp.zeros((3, 3))}}
+  source = {"head": {"kernel": np.ones((4, 527))}, "body": {"kernel": np.ones((3, 3))}}
+  merged, skipped = tasks._merge(target, source)
+  assert skipped == ["/head/kernel"]
+  np.testing.assert_array_equal(merged["body"]["kernel"], 1.0)
+  np.testing.assert_array_equal(merged["head"]["kernel"], 0.0)
+
+
+def test_dsft_table_deltas_only_for_tuned_devices():
+  before = {"per_device": {"a": 0.5, "s4": 0.4}, "accuracy": 0.45}
+  after = {"per_device": {"a": 0.6, "s4": 0.4}, "accuracy": 0.5}
+  table = finetune_device.routed_table(before, after, ["a"], ["a", "s4"])
+  assert "| Δ | +10.00 | – | +5.00 |" in table
+
+
+def test_feature_pairs_parse_and_errors():
+  assert tasks.feature_pairs("s1:s1, s3:s2") == [("s1", "s1"), ("s3", "s2")]
+  with pytest.raises(ValueError, match="student_stage:teacher_stage"):
+    tasks.feature_pairs("s1")
