@@ -10,6 +10,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow (tf.data) start-up chatter
 
+from jax_asc.native import allocator  # noqa: E402
+
+allocator.retain_freed_memory()   # before JAX starts its threads (see jax_asc/native/allocator.py)
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 

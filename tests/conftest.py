@@ -3,7 +3,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import pytest
+from jax_asc.native import allocator  # noqa: E402
+
+allocator.retain_freed_memory()
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

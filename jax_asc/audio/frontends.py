@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_asc import native
 from jax_asc.audio import augment
 
 MEL_SCALES = ("htk", "slaney", "kaldi")
@@ -151,8 +152,17 @@ def mel_filterbank(settings: MelSettings, fmin=None, fmax=None) -> jax.Array:
   evaluated at bins k·sr/n_fft for k < n_fft/2, the Nyquist bin is 0.
   """
   static = fmin is None and fmax is None
-  xp = np if static else jnp   # static corners: float64 on the host, as librosa computes them
-  dtype = np.float64 if static else jnp.float32
+  if static:
+    return jnp.asarray(static_mel_filterbank(settings), jnp.float32)
+  return _filterbank(settings, fmin, fmax, jnp, jnp.float32)
+
+
+def static_mel_filterbank(settings: MelSettings) -> np.ndarray:
+  """`mel_filterbank` of fixed corners as a float64 NumPy array (as librosa computes it)."""
+  return _filterbank(settings, None, None, np, np.float64)
+
+
+def _filterbank(settings: MelSettings, fmin, fmax, xp, dtype):
   fmin = xp.asarray(settings.fmin if fmin is None else fmin, dtype)
   fmax = xp.asarray((settings.fmax or settings.nyquist) if fmax is None else fmax, dtype)
   scale, n_mels = settings.mel_scale, settings.n_mels
@@ -176,7 +186,7 @@ def mel_filterbank(settings: MelSettings, fmin=None, fmax=None) -> jax.Array:
     weights = xp.maximum(0.0, xp.minimum(lower, upper))
     if settings.mel_norm == "slaney":
       weights = weights * (2.0 / (hz_points[2:] - hz_points[:-2]))
-  return jnp.asarray(weights, jnp.float32)
+  return weights
 
 
 # ----------------------------------------------------------------------------- STFT
@@ -190,17 +200,23 @@ def window_array(settings: MelSettings) -> np.ndarray:
   return np.pad(win, (left, settings.n_fft - n - left)).astype(np.float32)
 
 
-def power_spectrogram(waveform: jax.Array, settings: MelSettings) -> jax.Array:
-  """|STFT|^power of (B, samples) → (B, frames, n_freqs), float32."""
+def _framed_input(waveform: jax.Array, settings: MelSettings) -> jax.Array:
+  """(B, samples) → float32 (B, padded samples): pre-emphasis, then centre padding."""
   x = waveform.astype(jnp.float32)
   if settings.preemphasis:
     x = x[:, 1:] - settings.preemphasis * x[:, :-1]
   if settings.center:
     pad = settings.n_fft // 2
     x = jnp.pad(x, ((0, 0), (pad, pad)), mode=settings.pad_mode)
-  n_frames = 1 + (x.shape[1] - settings.n_fft) // settings.hop_length
-  if n_frames < 1:
+  if x.shape[1] < settings.n_fft:
     raise ValueError(f"clip of {waveform.shape[1]} samples is shorter than one frame")
+  return x
+
+
+def power_spectrogram(waveform: jax.Array, settings: MelSettings) -> jax.Array:
+  """|STFT|^power of (B, samples) → (B, frames, n_freqs), float32."""
+  x = _framed_input(waveform, settings)
+  n_frames = 1 + (x.shape[1] - settings.n_fft) // settings.hop_length
   starts = np.arange(n_frames) * settings.hop_length
   frames = x[:, starts[:, None] + np.arange(settings.n_fft)[None, :]]   # (B, T, n_fft)
   spectrum = jnp.fft.rfft(frames * window_array(settings), axis=-1)
@@ -210,12 +226,66 @@ def power_spectrogram(waveform: jax.Array, settings: MelSettings) -> jax.Array:
   return magnitude_sq ** (settings.power / 2.0)
 
 
-def mel_spectrogram(waveform, settings: MelSettings, fmin=None, fmax=None) -> jax.Array:
-  """Mel power spectrogram (B, n_mels, frames) of (B, samples)."""
-  spec = power_spectrogram(waveform, settings)
-  mel = jnp.einsum("btf,fm->bmt", spec, mel_filterbank(settings, fmin, fmax),
-                   precision=jax.lax.Precision.HIGHEST)
-  return mel
+def band_supports(settings: MelSettings, fmin_range: int = 0,
+                  fmax_range: int = 0) -> tuple:
+  """(lo, hi) int32 (n_mels,): FFT bins lo[m] ≤ k < hi[m] hold every nonzero weight of band m
+  for any corner jitter within the ranges (`jitter_corner`: fmin + [0, fmin_range),
+  fmax + fmax_range // 2 − [0, fmax_range)). Corners move every band edge monotonically, so the
+  two extreme filterbanks bound all others; one bin of margin covers float32 rounding."""
+  fmax = settings.fmax or settings.nyquist
+  low = dataclasses.replace(settings, fmin=settings.fmin,
+                            fmax=min(fmax + fmax_range // 2 - max(fmax_range - 1, 0),
+                                     settings.nyquist))
+  high = dataclasses.replace(settings, fmin=settings.fmin + max(fmin_range - 1, 0),
+                             fmax=min(fmax + fmax_range // 2, settings.nyquist))
+  n_freqs = settings.n_freqs
+  lo_nonzero = static_mel_filterbank(low) > 0
+  hi_nonzero = static_mel_filterbank(high) > 0
+  first = np.where(lo_nonzero.any(0), lo_nonzero.argmax(0), 0)
+  last = np.where(hi_nonzero.any(0), n_freqs - hi_nonzero[::-1].argmax(0), 0)
+  lo = np.clip(np.minimum(first, last) - 1, 0, n_freqs)
+  hi = np.clip(np.maximum(first, last) + 1, 0, n_freqs)
+  return lo.astype(np.int32), hi.astype(np.int32)
+
+
+def _native_mel(settings: MelSettings, supports):
+  """The CPU kernel (framing, window, real FFT, |·|², banded mel) for (waveform, filterbank)."""
+  lo, hi = supports
+
+  def compute(waveform, filterbank):
+    x = _framed_input(waveform, settings)
+    frames = 1 + (x.shape[1] - settings.n_fft) // settings.hop_length
+    out = jax.ShapeDtypeStruct((x.shape[0], settings.n_mels, frames), jnp.float32)
+    return jax.ffi.ffi_call("jax_asc_mel_spectrogram", out)(
+        x, jnp.asarray(window_array(settings)), filterbank.T, jnp.asarray(lo), jnp.asarray(hi),
+        n_fft=np.int64(settings.n_fft), hop=np.int64(settings.hop_length))
+  return compute
+
+
+def _xla_mel(settings: MelSettings):
+  def compute(waveform, filterbank):
+    spec = power_spectrogram(waveform, settings)                       # (B, T, F)
+    mel = jnp.dot(spec, filterbank, precision=jax.lax.Precision.HIGHEST)
+    return mel.transpose(0, 2, 1)
+  return compute
+
+
+def mel_spectrogram(waveform, settings: MelSettings, fmin=None, fmax=None, *,
+                    corner_ranges: tuple = (0, 0)) -> jax.Array:
+  """Mel power spectrogram (B, n_mels, frames) of (B, samples).
+
+  `fmin`/`fmax` may be traced (the corner jitter); `corner_ranges` = (fmin_aug_range,
+  fmax_aug_range) bounds them for the CPU kernel's banded mel projection. On CPU with the
+  native kernels (`jax_asc.native`; power 2, n_fft a power of two) one pass per frame computes
+  framing, window, FFT, power and mel; elsewhere XLA's FFT and a dense projection.
+  """
+  filterbank = mel_filterbank(settings, fmin, fmax)
+  xla = _xla_mel(settings)
+  n_fft = settings.n_fft
+  if not (native.available() and settings.power == 2.0 and n_fft & (n_fft - 1) == 0):
+    return xla(waveform, filterbank)
+  cpu = _native_mel(settings, band_supports(settings, *corner_ranges))
+  return jax.lax.platform_dependent(waveform, filterbank, cpu=cpu, default=xla)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,7 +319,8 @@ def log_mel(waveform: jax.Array, settings: MelSettings, *,
     fmax = augment.jitter_corner(k_fmax, settings.fmax or settings.nyquist, aug.fmax_aug_range,
                                  direction=-1)
     fmax = jnp.minimum(fmax, settings.nyquist)
-  mel = mel_spectrogram(waveform, settings, fmin, fmax)
+  ranges = (0, 0) if fmin is None else (aug.fmin_aug_range, aug.fmax_aug_range)
+  mel = mel_spectrogram(waveform, settings, fmin, fmax, corner_ranges=ranges)
 
   def masks(x):
     if key is None or aug is None:

@@ -1,9 +1,11 @@
 """Building blocks shared by the CNN students and teachers (NHWC: batch, freq, time, channels).
 
-`DepthwiseConv` and `PointwiseConv` keep the parameter names and shapes of
-`nn.Conv(feature_group_count=C)` and a 1×1 `nn.Conv` (`kernel` (kh, kw, 1, C) and (1, 1, Cin, Cout)),
-so checkpoints move freely between them and the plain layers, but compute as shifted
-multiply-adds and a matmul: XLA's CPU backend runs grouped convolutions several times slower.
+The layers keep the parameter names and shapes of the plain Flax layers, so checkpoints move
+freely between them: `DepthwiseConv` and `PointwiseConv` those of `nn.Conv(feature_group_count=C)`
+and a 1×1 `nn.Conv` (`kernel` (kh, kw, 1, C) and (1, 1, Cin, Cout)), `BatchNorm` those of
+`nn.BatchNorm` (`scale`, `bias`; `batch_stats` `mean`, `var`). They compute with the fast
+operations of `fast_ops` (native depthwise kernels on CPU, a written-out batch-norm gradient with
+the ReLU fused, 1×1 convolutions as 2-D matmuls).
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from typing import Any, Callable, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
+
+from jax_asc.models import fast_ops
 
 # PyTorch `kaiming_normal_(mode="fan_out")`: gain √2, untruncated normal, fan_out = out·kh·kw.
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -26,30 +30,33 @@ class DepthwiseConv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    channels = x.shape[-1]
-    kh, kw = self.kernel_size
-    sh, sw = self.strides
-    kernel = self.param("kernel", self.kernel_init, (kh, kw, 1, channels), jnp.float32)
-    kernel = kernel.astype(self.dtype)
-    x = x.astype(self.dtype)
-    ph, pw = (kh - 1) // 2, (kw - 1) // 2
-    x = jnp.pad(x, ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)))
-    batch, height, width, _ = x.shape
-    out_h = (height - kh) // sh + 1
-    out_w = (width - kw) // sw + 1
-    out = None
-    for i in range(kh):
-      for j in range(kw):
-        tap = lax.slice(x, (0, i, j, 0),
-                        (batch, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels),
-                        (1, sh, sw, 1))
-        term = tap * kernel[i, j, 0]
-        out = term if out is None else out + term
-    return out
+    kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, 1, x.shape[-1]),
+                        jnp.float32)
+    return fast_ops.depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype),
+                                   self.strides)
+
+
+class Conv(nn.Module):
+  """Dense k×k convolution, zero padding (k-1)//2, no bias (`nn.Conv`'s `kernel`, HWIO)."""
+  features: int
+  kernel_size: Tuple[int, int] = (3, 3)
+  strides: Tuple[int, int] = (1, 1)
+  kernel_init: Callable = kaiming_fan_out
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init,
+                        (*self.kernel_size, x.shape[-1], self.features), jnp.float32)
+    return fast_ops.conv(x.astype(self.dtype), kernel.astype(self.dtype), self.strides)
 
 
 class PointwiseConv(nn.Module):
-  """1×1 convolution as a matmul over channels, no bias. (B,H,W,Cin) → (B,H,W,features)."""
+  """1×1 convolution as a (N, Cin) × (Cin, Cout) matmul, no bias. (B,H,W,Cin) → (B,H,W,features).
+
+  The 2-D form matters on CPU: the gradient of a 4-D `dot_general` made XLA transpose the
+  activations through a slow strided copy.
+  """
   features: int
   kernel_init: Callable = kaiming_fan_out
   dtype: Any = jnp.float32
@@ -58,7 +65,43 @@ class PointwiseConv(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
                         jnp.float32)
-    return jnp.dot(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+    flat = x.reshape(-1, x.shape[-1]).astype(self.dtype)
+    if self.dtype == jnp.float32:
+      out = fast_ops.matmul(flat, kernel[0, 0])
+    else:
+      out = jnp.dot(flat, kernel[0, 0].astype(self.dtype))
+    return out.reshape(*x.shape[:-1], self.features)
+
+
+class BatchNorm(nn.Module):
+  """`nn.BatchNorm` (PyTorch defaults: momentum 0.1 → 0.9, eps 1e-5, two-pass variance) with an
+  optional fused ReLU and the written-out gradient of `fast_ops.batch_norm`.
+
+  Same variables as `nn.BatchNorm`; the running variance is the biased batch variance, as Flax's.
+  """
+  use_running_average: bool
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  relu: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    features = (x.shape[-1],)
+    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
+    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
+    scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    if self.use_running_average:
+      mul = lax.rsqrt(ra_var.value + self.epsilon) * scale
+      y = (x.astype(jnp.float32) - ra_mean.value) * mul + bias
+      y = jnp.maximum(y, 0) if self.relu else y
+      return y.astype(self.dtype)
+    y, mean, var = fast_ops.batch_norm(x, scale, bias, epsilon=self.epsilon, relu=self.relu)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * lax.stop_gradient(mean)
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * lax.stop_gradient(var)
+    return y.astype(self.dtype)
 
 
 class GRN(nn.Module):
@@ -77,14 +120,12 @@ class GRN(nn.Module):
 
 
 def make_norm(kind: str, train: bool, dtype, name: str | None = None) -> nn.Module:
-  """BatchNorm (PyTorch defaults: momentum 0.1 → Flax 0.9, eps 1e-5) or channel LayerNorm."""
-  # Two-pass variance: the one-pass E[x²] − E[x]² loses most float32 digits when the mean is
-  # large beside the spread (unnormalised log-mels are around −10), which made gradients depend
-  # on the reduction order (1 vs 8 devices differed by percents).
+  """BatchNorm (PyTorch defaults) or channel LayerNorm."""
   if kind == "batch":
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        dtype=dtype, use_fast_variance=False, name=name)
+    return BatchNorm(use_running_average=not train, dtype=dtype, name=name)
   if kind == "layer":
+    # Two-pass variance: the one-pass E[x²] − E[x]² loses most float32 digits when the mean is
+    # large beside the spread (unnormalised log-mels are around −10).
     return nn.LayerNorm(epsilon=1e-5, dtype=dtype, use_fast_variance=False, name=name)
   raise ValueError(f"norm must be 'batch' or 'layer', got {kind!r}")
 
@@ -109,9 +150,10 @@ class ConvNormAct(nn.Module):
     elif self.kernel_size == (1, 1) and self.strides == (1, 1):
       x = PointwiseConv(self.features, dtype=self.dtype, name="conv")(x)
     else:
-      pads = [((k - 1) // 2, (k - 1) // 2) for k in self.kernel_size]
-      x = nn.Conv(self.features, self.kernel_size, self.strides, padding=pads, use_bias=False,
-                  kernel_init=kaiming_fan_out, dtype=self.dtype, name="conv")(x)
+      x = Conv(self.features, self.kernel_size, self.strides, dtype=self.dtype, name="conv")(x)
+    if self.norm == "batch":   # ReLU fused into the normalisation and its gradient
+      return BatchNorm(use_running_average=not train, relu=self.activation, dtype=self.dtype,
+                       name="norm")(x)
     x = make_norm(self.norm, train, self.dtype, name="norm")(x)
     return nn.relu(x) if self.activation else x
 
@@ -126,5 +168,7 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 
 def avg_pool_shortcut(x, strides: Sequence[int]):
-  """AvgPool2d(3, stride, padding=1, count_include_pad=True): always divides by 9."""
-  return nn.avg_pool(x, (3, 3), tuple(strides), padding=((1, 1), (1, 1)), count_include_pad=True)
+  """AvgPool2d(3, stride, padding=1, count_include_pad=True): always divides by 9, so it is the
+  depthwise convolution with every tap 1/9 (XLA's CPU reduce-window gradient is slow)."""
+  kernel = jnp.full((3, 3, 1, x.shape[-1]), 1.0 / 9.0, x.dtype)
+  return fast_ops.depthwise_conv(x, kernel, tuple(strides))

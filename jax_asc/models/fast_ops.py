@@ -1,0 +1,274 @@
+"""Differentiable operations with hand-written gradients, chosen per backend where that matters.
+
+* `depthwise_conv`: on CPU the native kernels of `jax_asc.native` (forward, input and kernel
+  gradients, each one pass over its inputs); elsewhere (GPU, TPU) XLA's grouped convolution,
+  which cuDNN and the TPU compiler run well. Without the native kernels, CPU falls back to nine
+  shifted multiply-adds. All forms agree with `lax.conv_general_dilated` (tests/test_fast_layers.py).
+* `batch_norm`: training-mode batch normalisation with an optional fused ReLU and a backward
+  pass written out (two reductions and one elementwise pass), on a (N, C) view of the input.
+  XLA's own differentiation of the same arithmetic produced transposed copies and extra passes
+  that cost more than the convolutions around it.
+
+Shapes: NHWC activations; depthwise kernels (kh, kw, 1, C) as `nn.Conv(feature_group_count=C)`.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jax_asc import native
+
+
+# ----------------------------------------------------------------------------- depthwise
+def _padding(kernel_size: Tuple[int, int]):
+  return [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel_size]
+
+
+def depthwise_conv_xla(x, kernel, strides):
+  """XLA's grouped convolution (the reference the other forms are tested against)."""
+  return lax.conv_general_dilated(
+      x, kernel, tuple(strides), _padding(kernel.shape[:2]),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+
+
+def depthwise_conv_shifts(x, kernel, strides):
+  """The same as kh·kw strided slices of the padded input times the taps, summed."""
+  kh, kw = kernel.shape[:2]
+  sh, sw = strides
+  (pt, pb), (pl, pr) = _padding((kh, kw))
+  padded = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  batch, height, width, channels = padded.shape
+  out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      tap = lax.slice(padded, (0, i, j, 0),
+                      (batch, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels),
+                      (1, sh, sw, 1))
+      term = tap * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
+
+
+def _ffi(target, result_shape, *args, strides):
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(result_shape, jnp.float32))(
+      *args, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise_native(x, kernel, strides):
+  (pt, pb), (pl, pr) = _padding(kernel.shape[:2])
+  out_h = (x.shape[1] + pt + pb - kernel.shape[0]) // strides[0] + 1
+  out_w = (x.shape[2] + pl + pr - kernel.shape[1]) // strides[1] + 1
+  return _ffi("jax_asc_depthwise_forward", (x.shape[0], out_h, out_w, x.shape[3]),
+              x, kernel[:, :, 0, :], strides=strides)
+
+
+def _depthwise_native_fwd(x, kernel, strides):
+  return _depthwise_native(x, kernel, strides), (x, kernel)
+
+
+def _depthwise_native_bwd(strides, residuals, dy):
+  x, kernel = residuals
+  dx = _ffi("jax_asc_depthwise_input_grad", x.shape, dy, kernel[:, :, 0, :], strides=strides)
+  dk = _ffi("jax_asc_depthwise_kernel_grad", kernel.shape[:2] + kernel.shape[3:], x, dy,
+            strides=strides)
+  return dx, dk[:, :, None, :]
+
+
+_depthwise_native.defvjp(_depthwise_native_fwd, _depthwise_native_bwd)
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, strides=(1, 1)) -> jax.Array:
+  """Depthwise convolution, zero padding (k−1)//2 (+1 after for even k), no bias.
+
+  x (B, H, W, C), kernel (kh, kw, 1, C) → (B, ⌈H/sh⌉, ⌈W/sw⌉, C) for odd k, in x's dtype.
+  """
+  strides = tuple(int(s) for s in strides)
+  kernel = kernel.astype(x.dtype)
+  on_other = functools.partial(depthwise_conv_xla, strides=strides)
+  if not native.available():
+    on_cpu = functools.partial(depthwise_conv_shifts, strides=strides)
+  else:
+    def on_cpu(x, kernel):   # float32 kernels; half precision is computed in float32
+      out = _depthwise_native(x.astype(jnp.float32), kernel.astype(jnp.float32), strides)
+      return out.astype(x.dtype)
+  return lax.platform_dependent(x, kernel, cpu=on_cpu, default=on_other)
+
+
+# ----------------------------------------------------------------------------- small convolution
+MAX_NATIVE_CHANNELS = 64
+
+
+def conv_xla(x, kernel, strides):
+  """XLA's dense convolution, zero padding (k−1)//2 (+1 after for even k)."""
+  return lax.conv_general_dilated(x, kernel, tuple(strides), _padding(kernel.shape[:2]),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_native(x, kernel, strides):
+  (pt, pb), (pl, pr) = _padding(kernel.shape[:2])
+  out_h = (x.shape[1] + pt + pb - kernel.shape[0]) // strides[0] + 1
+  out_w = (x.shape[2] + pl + pr - kernel.shape[1]) // strides[1] + 1
+  return _ffi("jax_asc_conv_forward", (x.shape[0], out_h, out_w, kernel.shape[3]), x, kernel,
+              strides=strides)
+
+
+def _conv_native_fwd(x, kernel, strides):
+  return _conv_native(x, kernel, strides), (x, kernel)
+
+
+def _conv_native_bwd(strides, residuals, dy):
+  x, kernel = residuals
+  # The input gradient is XLA's transposed convolution (faster here than a gather kernel).
+  _, input_vjp = jax.vjp(lambda x: conv_xla(x, kernel, strides), x)
+  dk = _ffi("jax_asc_conv_kernel_grad", kernel.shape, x, dy, strides=strides)
+  return input_vjp(dy)[0], dk
+
+
+_conv_native.defvjp(_conv_native_fwd, _conv_native_bwd)
+
+
+def conv(x: jax.Array, kernel: jax.Array, strides=(1, 1)) -> jax.Array:
+  """Dense k×k convolution, zero padding (k−1)//2, no bias: x (B, H, W, Cin), kernel HWIO.
+
+  On CPU, for odd k and at most 64 input and output channels (the CP-Mobile stems), the native
+  kernels (vectorised over channels; the kernel gradient as im2col tiles); else XLA's.
+  """
+  strides = tuple(int(s) for s in strides)
+  kernel = kernel.astype(x.dtype)
+  xla = functools.partial(conv_xla, strides=strides)
+  kh, kw, cin, cout = kernel.shape
+  if not (native.available() and kh % 2 and kw % 2 and max(cin, cout) <= MAX_NATIVE_CHANNELS):
+    return xla(x, kernel)
+
+  def on_cpu(x, kernel):
+    out = _conv_native(x.astype(jnp.float32), kernel.astype(jnp.float32), strides)
+    return out.astype(x.dtype)
+  return lax.platform_dependent(x, kernel, cpu=on_cpu, default=xla)
+
+
+# ----------------------------------------------------------------------------- 1×1 convolution
+def _matmul_tn_native(x, y):
+  out = jax.ShapeDtypeStruct((x.shape[1], y.shape[1]), jnp.float32)
+  return jax.ffi.ffi_call("jax_asc_matmul_tn", out)(x, y)
+
+
+def matmul_tn(x: jax.Array, y: jax.Array) -> jax.Array:
+  """xᵀ·y for x (N, K), y (N, M) float32: a 1×1 convolution's weight gradient (N positions)."""
+  xla = lambda x, y: jnp.dot(x.T, y, precision=lax.Precision.HIGHEST)
+  if not native.available():
+    return xla(x, y)
+  return lax.platform_dependent(x, y, cpu=_matmul_tn_native, default=xla)
+
+
+@jax.custom_vjp
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """x (N, K) · kernel (K, M), float32; the kernel gradient by `matmul_tn` (one pass on CPU)."""
+  return jnp.dot(x, kernel)
+
+
+def _matmul_fwd(x, kernel):
+  return jnp.dot(x, kernel), (x, kernel)
+
+
+def _matmul_bwd(residuals, dy):
+  x, kernel = residuals
+  return jnp.dot(dy, kernel.T), matmul_tn(x, dy)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+# ----------------------------------------------------------------------------- batch norm
+def _moments_xla(x2):
+  mean = jnp.mean(x2, axis=0)
+  var = jnp.mean(jnp.square(x2 - mean), axis=0)   # two passes: exact for large means
+  return mean, var
+
+
+def _moments_native(x2):
+  stat = jax.ShapeDtypeStruct(x2.shape[1:], jnp.float32)
+  return tuple(jax.ffi.ffi_call("jax_asc_moments", (stat, stat))(x2))
+
+
+def _moments(x2):
+  """Mean and biased variance over axis 0 of (N, C): one pass on CPU, two with XLA."""
+  if not native.available():
+    return _moments_xla(x2)
+  return lax.platform_dependent(x2, cpu=_moments_native, default=_moments_xla)
+
+
+def _grad_sums_xla(x2, dy, mean, a, b, relu):
+  g = jnp.where(x2 * a + b > 0, dy, 0) if relu else dy
+  return jnp.sum(g, axis=0), jnp.sum(g * (x2 - mean), axis=0)
+
+
+def _grad_sums(x2, dy, mean, a, b, relu):
+  """(Σ g, Σ g·(x − mean)) over axis 0, g = dy masked by ReLU'(x·a + b) when `relu`."""
+  if not native.available():
+    return _grad_sums_xla(x2, dy, mean, a, b, relu)
+
+  def on_cpu(x2, dy, mean, a, b):
+    stat = jax.ShapeDtypeStruct(x2.shape[1:], jnp.float32)
+    return tuple(jax.ffi.ffi_call("jax_asc_norm_grad_sums", (stat, stat))(
+        x2, dy, mean, a, b, relu=np.int64(relu)))
+  return lax.platform_dependent(
+      x2, dy, mean, a, b, cpu=on_cpu,
+      default=lambda *args: _grad_sums_xla(*args, relu))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _batch_norm_2d(x2, scale, bias, epsilon, relu):
+  mean, var = _moments(x2)
+  # y = x·a + b rather than (x − mean)·a + bias: no centred copy shared with the variance pass.
+  a = lax.rsqrt(var + epsilon) * scale
+  y = x2 * a + (bias - mean * a)
+  return (jnp.maximum(y, 0) if relu else y), mean, var
+
+
+def _batch_norm_2d_fwd(x2, scale, bias, epsilon, relu):
+  out = _batch_norm_2d(x2, scale, bias, epsilon, relu)
+  _, mean, var = out
+  return out, (x2, scale, bias, mean, var)
+
+
+def _batch_norm_2d_bwd(epsilon, relu, residuals, cotangents):
+  x2, scale, bias, mean, var = residuals
+  dy, dmean, dvar = cotangents
+  n = x2.shape[0]
+  rstd = lax.rsqrt(var + epsilon)
+  a = rstd * scale
+  b = bias - mean * a
+  dbias, dscale = _grad_sums(x2, dy, mean, a, b, relu)
+  dscale = dscale * rstd
+  if relu:   # the mask from the pre-activation, recomputed rather than stored
+    dy = jnp.where(x2 * a + b > 0, dy, 0)
+  # dx = a·(dy − mean(dy) − x̂·mean(dy·x̂)), with x̂ = (x − mean)·rstd; plus the cotangents of
+  # the batch statistics, which are outputs too (for the running averages).
+  dx = a * dy + (x2 - mean) * (2.0 * dvar / n - a * rstd * dscale / n) + (dmean - a * dbias) / n
+  return dx, dscale, dbias
+
+
+_batch_norm_2d.defvjp(_batch_norm_2d_fwd, _batch_norm_2d_bwd)
+
+
+def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, *, epsilon: float = 1e-5,
+               relu: bool = False):
+  """Training-mode batch normalisation over every axis but the last, optionally then ReLU.
+
+  x (..., C); scale, bias (C,). Returns (y in x's dtype, batch mean (C,), biased batch
+  variance (C,)), statistics in float32, computed in two passes like
+  `nn.BatchNorm(use_fast_variance=False)`.
+  """
+  shape = x.shape
+  y, mean, var = _batch_norm_2d(x.reshape(-1, shape[-1]).astype(jnp.float32),
+                                scale.astype(jnp.float32), bias.astype(jnp.float32),
+                                float(epsilon), bool(relu))
+  return y.reshape(shape).astype(x.dtype), mean, var

@@ -1,0 +1,909 @@
+// Native CPU kernels for jax_asc, as XLA FFI handlers (float32):
+//   * depthwise k×k convolution (NHWC, zero padding): forward, input gradient, kernel gradient;
+//   * batch-norm statistics (one pass) and the two sums of its gradient;
+//   * the power spectrogram (framing, window, real FFT, |·|²) with a banded mel projection.
+//
+// Why: XLA's CPU backend runs a grouped convolution (and the reductions of its kernel gradient
+// when written with shifted slices) one to two orders of magnitude slower than the arithmetic
+// needs, its FFT uses one thread, and a dense mel matrix multiplies mostly zeros. Here every
+// pass reads its inputs once, vectorised over the minor axis.
+//
+// Depthwise convolution:
+// Shapes: x (B, H, W, C); kernel (KH, KW, C); y (B, OH, OW, C) with
+//   OH = (H + pad_top + pad_bottom - KH) / stride_h + 1 (likewise OW), pad_top = (KH - 1) / 2.
+// Work is split over the batch on XLA's intra-op thread pool. The kernel gradient sums fixed
+// batch chunks in a fixed order, so results do not depend on thread timing.
+//
+// Built on first use by jax_asc/models/cpu_kernels.py (c++ -O3 -march=native -shared).
+
+#include <algorithm>
+#include <cmath>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+struct Geometry {
+  int64_t batch, height, width, channels, kh, kw, out_h, out_w, stride_h, stride_w, pad_h, pad_w;
+};
+
+// Runs fn(0..n-1) on the caller and the pool. Each index is claimed by exactly one thread; the
+// caller waits only for claimed indices, never for a task that has not started, so a pool busy
+// with other work cannot deadlock this call.
+struct ParallelState {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  int64_t total = 0;
+  std::function<void(int64_t)> fn;
+};
+
+void RunClaimed(const std::shared_ptr<ParallelState>& state) {
+  for (;;) {
+    int64_t i = state->next.fetch_add(1, std::memory_order_relaxed);
+    if (i >= state->total) return;
+    state->fn(i);
+    state->done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, std::function<void(int64_t)> fn) {
+  if (n <= 0) return;
+  auto state = std::make_shared<ParallelState>();
+  state->total = n;
+  state->fn = std::move(fn);
+  int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([state] { RunClaimed(state); });
+  RunClaimed(state);
+  while (state->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+}
+
+constexpr int64_t kLanes = 16;
+constexpr int64_t kMaxTaps = 49;   // depthwise kernels up to 7×7
+// Sixteen floats as one value (GCC/Clang vector extension): one AVX-512 register, or two or
+// four narrower ones on other CPUs; the compiler emits the vector instructions directly.
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
+
+inline Lanes LoadLanes(const float* p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline void StoreLanes(float* p, Lanes v) { std::memcpy(p, &v, sizeof(v)); }
+
+ffi::Error CheckShapes(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel, int64_t out_h,
+                       int64_t out_w, int64_t stride_h, int64_t stride_w, Geometry* g) {
+  auto xd = x.dimensions();
+  auto kd = kernel.dimensions();
+  if (xd.size() != 4 || kd.size() != 3 || kd[2] != xd[3])
+    return ffi::Error::InvalidArgument("depthwise: expected x (B,H,W,C) and kernel (KH,KW,C)");
+  if (kd[0] * kd[1] > kMaxTaps)
+    return ffi::Error::InvalidArgument("depthwise: kernels up to 7×7");
+  *g = Geometry{xd[0], xd[1], xd[2], xd[3], kd[0], kd[1], out_h, out_w, stride_h, stride_w,
+                (kd[0] - 1) / 2, (kd[1] - 1) / 2};
+  return ffi::Error::Success();
+}
+
+// y[b, oh, ow, :] = Σ_ij x[b, oh·sh + i − ph, ow·sw + j − pw, :] · k[i, j, :]
+// Channels go 16 at a time as one vector, the remainder one by one.
+void ForwardRows(const Geometry& g, const float* x, const float* k, float* y, int64_t b) {
+  const int64_t c_n = g.channels;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      float* out = y + ((b * g.out_h + oh) * g.out_w + ow) * c_n;
+      const float* taps[kMaxTaps];
+      const float* weights[kMaxTaps];
+      int64_t n_taps = 0;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t ih = oh * g.stride_h + i - g.pad_h;
+        if (ih < 0 || ih >= g.height) continue;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t iw = ow * g.stride_w + j - g.pad_w;
+          if (iw < 0 || iw >= g.width) continue;
+          taps[n_taps] = x + ((b * g.height + ih) * g.width + iw) * c_n;
+          weights[n_taps++] = k + (i * g.kw + j) * c_n;
+        }
+      }
+      int64_t c = 0;
+      for (; c + kLanes <= c_n; c += kLanes) {
+        Lanes acc = {};
+        for (int64_t t = 0; t < n_taps; ++t) acc += LoadLanes(taps[t] + c) * LoadLanes(weights[t] + c);
+        StoreLanes(out + c, acc);
+      }
+      for (; c < c_n; ++c) {
+        float acc = 0.0f;
+        for (int64_t t = 0; t < n_taps; ++t) acc += taps[t][c] * weights[t][c];
+        out[c] = acc;
+      }
+    }
+  }
+}
+
+// dx[b, ih, iw, :] = Σ over (i, j, oh, ow) with oh·sh + i − ph = ih, ow·sw + j − pw = iw of
+// dy[b, oh, ow, :] · k[i, j, :]  (the transposed convolution, written as a gather).
+void InputGradRows(const Geometry& g, const float* dy, const float* k, float* dx, int64_t b) {
+  const int64_t c_n = g.channels;
+  for (int64_t ih = 0; ih < g.height; ++ih) {
+    for (int64_t iw = 0; iw < g.width; ++iw) {
+      float* out = dx + ((b * g.height + ih) * g.width + iw) * c_n;
+      const float* taps[kMaxTaps];
+      const float* weights[kMaxTaps];
+      int64_t n_taps = 0;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t oh_s = ih + g.pad_h - i;
+        if (oh_s < 0 || oh_s % g.stride_h) continue;
+        const int64_t oh = oh_s / g.stride_h;
+        if (oh >= g.out_h) continue;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t ow_s = iw + g.pad_w - j;
+          if (ow_s < 0 || ow_s % g.stride_w) continue;
+          const int64_t ow = ow_s / g.stride_w;
+          if (ow >= g.out_w) continue;
+          taps[n_taps] = dy + ((b * g.out_h + oh) * g.out_w + ow) * c_n;
+          weights[n_taps++] = k + (i * g.kw + j) * c_n;
+        }
+      }
+      int64_t c = 0;
+      for (; c + kLanes <= c_n; c += kLanes) {
+        Lanes acc = {};
+        for (int64_t t = 0; t < n_taps; ++t) acc += LoadLanes(taps[t] + c) * LoadLanes(weights[t] + c);
+        StoreLanes(out + c, acc);
+      }
+      for (; c < c_n; ++c) {
+        float acc = 0.0f;
+        for (int64_t t = 0; t < n_taps; ++t) acc += taps[t][c] * weights[t][c];
+        out[c] = acc;
+      }
+    }
+  }
+}
+
+// acc[i, j, :] += Σ_{oh, ow} x[b, oh·sh + i − ph, ow·sw + j − pw, :] · dy[b, oh, ow, :]
+// For each vector of 16 channels the KH·KW tap sums of one output row stay in registers
+// (row sums also keep the float sums short); remaining channels go one by one.
+template <int KH, int KW>
+void KernelGradRowsFixed(const Geometry& g, const float* x, const float* dy, float* acc,
+                         int64_t b) {
+  const int64_t c_n = g.channels;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    int64_t c = 0;
+    for (; c + kLanes <= c_n; c += kLanes) {
+      Lanes sums[KH * KW] = {};
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        const Lanes grad = LoadLanes(dy + ((b * g.out_h + oh) * g.out_w + ow) * c_n + c);
+        for (int i = 0; i < KH; ++i) {
+          const int64_t ih = oh * g.stride_h + i - g.pad_h;
+          if (ih < 0 || ih >= g.height) continue;
+          for (int j = 0; j < KW; ++j) {
+            const int64_t iw = ow * g.stride_w + j - g.pad_w;
+            if (iw < 0 || iw >= g.width) continue;
+            sums[i * KW + j] += LoadLanes(x + ((b * g.height + ih) * g.width + iw) * c_n + c) * grad;
+          }
+        }
+      }
+      for (int t = 0; t < KH * KW; ++t)
+        StoreLanes(acc + t * c_n + c, LoadLanes(acc + t * c_n + c) + sums[t]);
+    }
+    for (; c < c_n; ++c) {
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        const float grad = dy[((b * g.out_h + oh) * g.out_w + ow) * c_n + c];
+        for (int i = 0; i < KH; ++i) {
+          const int64_t ih = oh * g.stride_h + i - g.pad_h;
+          if (ih < 0 || ih >= g.height) continue;
+          for (int j = 0; j < KW; ++j) {
+            const int64_t iw = ow * g.stride_w + j - g.pad_w;
+            if (iw < 0 || iw >= g.width) continue;
+            acc[(i * KW + j) * c_n + c] += x[((b * g.height + ih) * g.width + iw) * c_n + c] * grad;
+          }
+        }
+      }
+    }
+  }
+}
+
+void KernelGradRows(const Geometry& g, const float* x, const float* dy, float* acc, float* row,
+                    int64_t b) {
+  if (g.kh == 3 && g.kw == 3) return KernelGradRowsFixed<3, 3>(g, x, dy, acc, b);
+  const int64_t c_n = g.channels, taps = g.kh * g.kw;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    std::fill(row, row + taps * c_n, 0.0f);
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      const float* grad = dy + ((b * g.out_h + oh) * g.out_w + ow) * c_n;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t ih = oh * g.stride_h + i - g.pad_h;
+        if (ih < 0 || ih >= g.height) continue;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t iw = ow * g.stride_w + j - g.pad_w;
+          if (iw < 0 || iw >= g.width) continue;
+          const float* in = x + ((b * g.height + ih) * g.width + iw) * c_n;
+          float* r = row + (i * g.kw + j) * c_n;
+          int64_t c = 0;
+          for (; c + kLanes <= c_n; c += kLanes)
+            StoreLanes(r + c, LoadLanes(r + c) + LoadLanes(in + c) * LoadLanes(grad + c));
+          for (; c < c_n; ++c) r[c] += in[c] * grad[c];
+        }
+      }
+    }
+    int64_t t = 0;
+    for (; t + kLanes <= taps * c_n; t += kLanes)
+      StoreLanes(acc + t, LoadLanes(acc + t) + LoadLanes(row + t));
+    for (; t < taps * c_n; ++t) acc[t] += row[t];
+  }
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t stride_h, int64_t stride_w) {
+  Geometry g;
+  auto yd = y->dimensions();
+  if (auto e = CheckShapes(x, kernel, yd[1], yd[2], stride_h, stride_w, &g); e.failure()) return e;
+  const float* xp = x.typed_data();
+  const float* kp = kernel.typed_data();
+  float* yp = y->typed_data();
+  ParallelFor(pool, g.batch, [&](int64_t b) { ForwardRows(g, xp, kp, yp, b); });
+  return ffi::Error::Success();
+}
+
+ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
+                     ffi::ResultBuffer<ffi::F32> dx, int64_t stride_h, int64_t stride_w) {
+  Geometry g;
+  auto dyd = dy.dimensions();
+  auto dxd = dx->dimensions();
+  // Geometry of the forward convolution: x has dx's shape, y has dy's.
+  if (dyd.size() != 4 || dxd.size() != 4)
+    return ffi::Error::InvalidArgument("depthwise input gradient: expected 4-D arrays");
+  auto kd = kernel.dimensions();
+  g = Geometry{dxd[0], dxd[1], dxd[2], dxd[3], kd[0], kd[1], dyd[1], dyd[2], stride_h, stride_w,
+               (kd[0] - 1) / 2, (kd[1] - 1) / 2};
+  const float* dyp = dy.typed_data();
+  const float* kp = kernel.typed_data();
+  float* dxp = dx->typed_data();
+  ParallelFor(pool, g.batch, [&](int64_t b) { InputGradRows(g, dyp, kp, dxp, b); });
+  return ffi::Error::Success();
+}
+
+ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                      ffi::ResultBuffer<ffi::F32> dk, int64_t stride_h, int64_t stride_w) {
+  auto xd = x.dimensions();
+  auto dyd = dy.dimensions();
+  auto kd = dk->dimensions();
+  if (xd.size() != 4 || dyd.size() != 4 || kd.size() != 3)
+    return ffi::Error::InvalidArgument("depthwise kernel gradient: expected x, dy 4-D, dk 3-D");
+  Geometry g{xd[0], xd[1], xd[2], xd[3], kd[0], kd[1], dyd[1], dyd[2], stride_h, stride_w,
+             (kd[0] - 1) / 2, (kd[1] - 1) / 2};
+  const int64_t size = g.kh * g.kw * g.channels;
+  // Fixed chunks of the batch, summed in order: the result is independent of thread timing.
+  const int64_t chunks = std::min<int64_t>(g.batch, 16);
+  std::vector<float> partial(chunks * size, 0.0f);
+  const float* xp = x.typed_data();
+  const float* dyp = dy.typed_data();
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    std::vector<float> row(size);
+    float* acc = partial.data() + chunk * size;
+    for (int64_t b = chunk * g.batch / chunks; b < (chunk + 1) * g.batch / chunks; ++b)
+      KernelGradRows(g, xp, dyp, acc, row.data(), b);
+  });
+  float* out = dk->typed_data();
+  std::memcpy(out, partial.data(), size * sizeof(float));
+  for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+    const float* p = partial.data() + chunk * size;
+    for (int64_t t = 0; t < size; ++t) out[t] += p[t];
+  }
+  return ffi::Error::Success();
+}
+
+// ----------------------------------------------------------------------------- batch norm
+// Batch statistics of x (N, C) in one pass: mean and biased variance per channel. Sums are
+// taken relative to the first row (a shift close to the mean) in double precision, so the
+// variance keeps its digits when the mean is large beside the spread.
+constexpr int64_t kStatChunks = 16;
+
+ffi::Error Moments(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> mean,
+                   ffi::ResultBuffer<ffi::F32> var) {
+  auto xd = x.dimensions();
+  if (xd.size() != 2 || xd[0] < 1)
+    return ffi::Error::InvalidArgument("moments: expected x (N, C) with N >= 1");
+  const int64_t n = xd[0], c_n = xd[1];
+  const float* xp = x.typed_data();
+  const int64_t chunks = std::min<int64_t>(n, kStatChunks);
+  std::vector<double> sums(chunks * 2 * c_n, 0.0);
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    double* s1 = sums.data() + chunk * 2 * c_n;
+    double* s2 = s1 + c_n;
+    std::vector<float> r1(c_n), r2(c_n);
+    const int64_t begin = chunk * n / chunks, end = (chunk + 1) * n / chunks;
+    constexpr int64_t kBlock = 64;   // float partial sums over short runs of rows
+    for (int64_t start = begin; start < end; start += kBlock) {
+      std::fill(r1.begin(), r1.end(), 0.0f);
+      std::fill(r2.begin(), r2.end(), 0.0f);
+      for (int64_t row = start; row < std::min(end, start + kBlock); ++row) {
+        const float* in = xp + row * c_n;
+#pragma GCC ivdep
+        for (int64_t c = 0; c < c_n; ++c) {
+          const float d = in[c] - xp[c];
+          r1[c] += d;
+          r2[c] += d * d;
+        }
+      }
+      for (int64_t c = 0; c < c_n; ++c) {
+        s1[c] += r1[c];
+        s2[c] += r2[c];
+      }
+    }
+  });
+  float* mp = mean->typed_data();
+  float* vp = var->typed_data();
+  for (int64_t c = 0; c < c_n; ++c) {
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      s1 += sums[chunk * 2 * c_n + c];
+      s2 += sums[chunk * 2 * c_n + c_n + c];
+    }
+    const double m = s1 / n;
+    mp[c] = static_cast<float>(xp[c] + m);
+    vp[c] = static_cast<float>(std::max(0.0, s2 / n - m * m));
+  }
+  return ffi::Error::Success();
+}
+
+// The two sums of the batch-norm gradient in one pass over x (N, C) and dy (N, C):
+//   dbias = Σ g,  dxc = Σ g·(x − mean),  g = dy · [x·a + b > 0] with relu, else dy.
+ffi::Error NormGradSums(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                        ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> a,
+                        ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> dbias,
+                        ffi::ResultBuffer<ffi::F32> dxc, int64_t relu) {
+  auto xd = x.dimensions();
+  if (xd.size() != 2 || dy.dimensions().size() != 2 || dy.dimensions()[0] != xd[0] ||
+      dy.dimensions()[1] != xd[1])
+    return ffi::Error::InvalidArgument("norm gradient sums: expected x and dy of shape (N, C)");
+  const int64_t n = xd[0], c_n = xd[1];
+  const float *xp = x.typed_data(), *gp = dy.typed_data(), *mp = mean.typed_data(),
+              *ap = a.typed_data(), *bp = b.typed_data();
+  const int64_t chunks = std::min<int64_t>(std::max<int64_t>(n, 1), kStatChunks);
+  std::vector<double> sums(chunks * 2 * c_n, 0.0);
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    double* s1 = sums.data() + chunk * 2 * c_n;
+    double* s2 = s1 + c_n;
+    std::vector<float> r1(c_n), r2(c_n);
+    const int64_t begin = chunk * n / chunks, end = (chunk + 1) * n / chunks;
+    constexpr int64_t kBlock = 64;
+    for (int64_t start = begin; start < end; start += kBlock) {
+      std::fill(r1.begin(), r1.end(), 0.0f);
+      std::fill(r2.begin(), r2.end(), 0.0f);
+      for (int64_t row = start; row < std::min(end, start + kBlock); ++row) {
+        const float* in = xp + row * c_n;
+        const float* grad = gp + row * c_n;
+        if (relu) {
+#pragma GCC ivdep
+          for (int64_t c = 0; c < c_n; ++c) {
+            const float g = in[c] * ap[c] + bp[c] > 0.0f ? grad[c] : 0.0f;
+            r1[c] += g;
+            r2[c] += g * (in[c] - mp[c]);
+          }
+        } else {
+#pragma GCC ivdep
+          for (int64_t c = 0; c < c_n; ++c) {
+            r1[c] += grad[c];
+            r2[c] += grad[c] * (in[c] - mp[c]);
+          }
+        }
+      }
+      for (int64_t c = 0; c < c_n; ++c) {
+        s1[c] += r1[c];
+        s2[c] += r2[c];
+      }
+    }
+  });
+  float* o1 = dbias->typed_data();
+  float* o2 = dxc->typed_data();
+  for (int64_t c = 0; c < c_n; ++c) {
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      s1 += sums[chunk * 2 * c_n + c];
+      s2 += sums[chunk * 2 * c_n + c_n + c];
+    }
+    o1[c] = static_cast<float>(s1);
+    o2[c] = static_cast<float>(s2);
+  }
+  return ffi::Error::Success();
+}
+
+// ----------------------------------------------------------------------------- spectrogram
+// mel[b, m, t] = Σ_{k = lo[m]}^{hi[m] − 1} fb_t[m, k] · |rfft(frame_bt · window)[k]|²,
+// frame_bt = wave[b, t·hop : t·hop + n_fft] (the caller pads and pre-emphasises the waveform).
+// The real FFT of n_fft points is a complex FFT of n_fft/2 points (even samples real, odd
+// imaginary) and a post-processing step. Sixteen frames are transformed together, one per SIMD
+// lane (structure-of-arrays), so every butterfly is a vector operation.
+struct FftPlan {
+  int64_t m = 0;                                   // complex FFT size (n_fft / 2)
+  std::vector<int64_t> bitrev;
+  std::vector<float> cos_m, sin_m;                 // e^{−2πij/m}, j < m/2
+  std::vector<float> cos_n, sin_n;                 // e^{−2πik/n_fft}, k ≤ m
+  explicit FftPlan(int64_t n_fft) : m(n_fft / 2) {
+    int64_t bits = 0;
+    while ((int64_t{1} << bits) < m) ++bits;
+    bitrev.resize(m);
+    for (int64_t i = 0; i < m; ++i) {
+      int64_t r = 0;
+      for (int64_t b = 0; b < bits; ++b) r |= ((i >> b) & 1) << (bits - 1 - b);
+      bitrev[i] = r;
+    }
+    for (int64_t j = 0; j < m / 2; ++j) {
+      cos_m.push_back(static_cast<float>(std::cos(2.0 * M_PI * j / m)));
+      sin_m.push_back(static_cast<float>(-std::sin(2.0 * M_PI * j / m)));
+    }
+    for (int64_t k = 0; k <= m; ++k) {
+      cos_n.push_back(static_cast<float>(std::cos(M_PI * k / m)));
+      sin_n.push_back(static_cast<float>(-std::sin(M_PI * k / m)));
+    }
+  }
+};
+
+// One radix-2 stage over [begin, end) of the bit-reversed data, butterflies of size `len`.
+inline void FftStage(const FftPlan& plan, float* re, float* im, int64_t len, int64_t begin,
+                     int64_t end) {
+  const int64_t half = len / 2, step = plan.m / len;
+  for (int64_t start = begin; start < end; start += len) {
+    for (int64_t j = 0; j < half; ++j) {
+      const float wr = plan.cos_m[j * step], wi = plan.sin_m[j * step];
+      float* ar = re + (start + j) * kLanes;
+      float* ai = im + (start + j) * kLanes;
+      float* br = ar + half * kLanes;
+      float* bi = ai + half * kLanes;
+      const Lanes xr = LoadLanes(ar), xi = LoadLanes(ai), yr = LoadLanes(br), yi = LoadLanes(bi);
+      const Lanes tr = yr * wr - yi * wi, ti = yr * wi + yi * wr;
+      StoreLanes(br, xr - tr);
+      StoreLanes(bi, xi - ti);
+      StoreLanes(ar, xr + tr);
+      StoreLanes(ai, xi + ti);
+    }
+  }
+}
+
+// Two consecutive radix-2 stages (sizes len and 2·len) in one pass over [begin, end): four
+// points are loaded, combined as the two stages would, and stored once (the same arithmetic as
+// the two separate stages, half the memory traffic).
+inline void FftStagePair(const FftPlan& plan, float* re, float* im, int64_t len, int64_t begin,
+                         int64_t end) {
+  const int64_t half = len / 2, step1 = plan.m / len, step2 = plan.m / (2 * len);
+  for (int64_t start = begin; start < end; start += 2 * len) {
+    for (int64_t j = 0; j < half; ++j) {
+      float* p0r = re + (start + j) * kLanes;
+      float* p0i = im + (start + j) * kLanes;
+      float* p1r = p0r + half * kLanes;
+      float* p1i = p0i + half * kLanes;
+      float* p2r = p0r + len * kLanes;
+      float* p2i = p0i + len * kLanes;
+      float* p3r = p2r + half * kLanes;
+      float* p3i = p2i + half * kLanes;
+      Lanes ar = LoadLanes(p0r), ai = LoadLanes(p0i), br = LoadLanes(p1r), bi = LoadLanes(p1i);
+      Lanes cr = LoadLanes(p2r), ci = LoadLanes(p2i), dr = LoadLanes(p3r), di = LoadLanes(p3i);
+      // Stage len: (a, b) and (c, d) with w_len^j.
+      const float w1r = plan.cos_m[j * step1], w1i = plan.sin_m[j * step1];
+      Lanes tr = br * w1r - bi * w1i, ti = br * w1i + bi * w1r;
+      br = ar - tr; bi = ai - ti; ar = ar + tr; ai = ai + ti;
+      tr = dr * w1r - di * w1i; ti = dr * w1i + di * w1r;
+      dr = cr - tr; di = ci - ti; cr = cr + tr; ci = ci + ti;
+      // Stage 2·len: (a, c) with w_2len^j, (b, d) with w_2len^(j + len/2).
+      const float w2r = plan.cos_m[j * step2], w2i = plan.sin_m[j * step2];
+      const float w3r = plan.cos_m[(j + half) * step2], w3i = plan.sin_m[(j + half) * step2];
+      tr = cr * w2r - ci * w2i; ti = cr * w2i + ci * w2r;
+      StoreLanes(p2r, ar - tr); StoreLanes(p2i, ai - ti);
+      StoreLanes(p0r, ar + tr); StoreLanes(p0i, ai + ti);
+      tr = dr * w3r - di * w3i; ti = dr * w3i + di * w3r;
+      StoreLanes(p3r, br - tr); StoreLanes(p3i, bi - ti);
+      StoreLanes(p1r, br + tr); StoreLanes(p1i, bi + ti);
+    }
+  }
+}
+
+// Stages from size `first` up to `last` (powers of two) over [begin, end), two at a time.
+inline void FftStages(const FftPlan& plan, float* re, float* im, int64_t first, int64_t last,
+                      int64_t begin, int64_t end) {
+  int64_t len = first;
+  for (; len * 2 <= last; len *= 4) FftStagePair(plan, re, im, len, begin, end);
+  if (len <= last) FftStage(plan, re, im, len, begin, end);
+}
+
+void Fft(const FftPlan& plan, float* re, float* im) {
+  // Stages up to 64 points stay within 64-point blocks (in L1), the rest span the array.
+  const int64_t block = std::min<int64_t>(64, plan.m);
+  for (int64_t begin = 0; begin < plan.m; begin += block)
+    FftStages(plan, re, im, 2, block, begin, begin + block);
+  FftStages(plan, re, im, block * 2, plan.m, 0, plan.m);
+}
+
+ffi::Error MelSpectrogram(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wave,
+                          ffi::Buffer<ffi::F32> window, ffi::Buffer<ffi::F32> fb_t,
+                          ffi::Buffer<ffi::S32> lo, ffi::Buffer<ffi::S32> hi,
+                          ffi::ResultBuffer<ffi::F32> mel, int64_t n_fft, int64_t hop) {
+  auto wd = wave.dimensions();
+  auto fd = fb_t.dimensions();
+  auto md = mel->dimensions();
+  if (n_fft < 4 || (n_fft & (n_fft - 1)) != 0)
+    return ffi::Error::InvalidArgument("mel spectrogram: n_fft must be a power of two");
+  if (wd.size() != 2 || fd.size() != 2 || md.size() != 3 || fd[1] != n_fft / 2 + 1 ||
+      window.dimensions()[0] != n_fft || md[0] != wd[0] || md[1] != fd[0])
+    return ffi::Error::InvalidArgument("mel spectrogram: inconsistent shapes");
+  const int64_t batch = wd[0], length = wd[1], n_mels = fd[0], frames = md[2];
+  if (frames < 1 || (frames - 1) * hop + n_fft > length)
+    return ffi::Error::InvalidArgument("mel spectrogram: waveform shorter than the frames");
+  const FftPlan plan(n_fft);
+  const int64_t m = plan.m, total = batch * frames;
+  const int64_t blocks = (total + kLanes - 1) / kLanes;
+  const float *wp = wave.typed_data(), *win = window.typed_data(), *fbp = fb_t.typed_data();
+  const int32_t *lop = lo.typed_data(), *hip = hi.typed_data();
+  float* out = mel->typed_data();
+  ParallelFor(pool, blocks, [&](int64_t block) {
+    thread_local std::vector<float> re, im, power;
+    re.resize(m * kLanes);
+    im.resize(m * kLanes);
+    power.resize((m + 1) * kLanes);
+    int64_t bt[kLanes];
+    const float* src[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const int64_t f = std::min(block * kLanes + l, total - 1);   // tail lanes repeat a frame
+      bt[l] = f;
+      src[l] = wp + (f / frames) * length + (f % frames) * hop;
+    }
+    // Even samples to the real parts, odd to the imaginary parts, in bit-reversed order; one
+    // contiguous row of 16 lanes per sample pair, gathered from the 16 frames.
+#if defined(__AVX512F__)
+    alignas(64) int32_t offsets[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) offsets[l] = static_cast<int32_t>(src[l] - src[0]);
+    const __m512i index = _mm512_load_si512(offsets);
+    for (int64_t n = 0; n < m; ++n) {
+      const __m512 even = _mm512_i32gather_ps(index, src[0] + 2 * n, 4);
+      const __m512 odd = _mm512_i32gather_ps(index, src[0] + 2 * n + 1, 4);
+      _mm512_storeu_ps(re.data() + plan.bitrev[n] * kLanes, _mm512_mul_ps(even, _mm512_set1_ps(win[2 * n])));
+      _mm512_storeu_ps(im.data() + plan.bitrev[n] * kLanes, _mm512_mul_ps(odd, _mm512_set1_ps(win[2 * n + 1])));
+    }
+#else
+    for (int64_t n = 0; n < m; ++n) {
+      float* r = re.data() + plan.bitrev[n] * kLanes;
+      float* i = im.data() + plan.bitrev[n] * kLanes;
+      const float w0 = win[2 * n], w1 = win[2 * n + 1];
+      for (int64_t l = 0; l < kLanes; ++l) {
+        r[l] = src[l][2 * n] * w0;
+        i[l] = src[l][2 * n + 1] * w1;
+      }
+    }
+#endif
+    Fft(plan, re.data(), im.data());
+    for (int64_t k = 0; k <= m; ++k) {
+      // E = (Z_k + conj Z_{m−k}) / 2, O = (Z_k − conj Z_{m−k}) / (2i), X_k = E + w^k O.
+      const Lanes zr = LoadLanes(re.data() + (k % m) * kLanes);
+      const Lanes zi = LoadLanes(im.data() + (k % m) * kLanes);
+      const Lanes cr = LoadLanes(re.data() + ((m - k) % m) * kLanes);
+      const Lanes ci = LoadLanes(im.data() + ((m - k) % m) * kLanes);
+      const float wr = plan.cos_n[k], wi = plan.sin_n[k];
+      const Lanes er = 0.5f * (zr + cr), ei = 0.5f * (zi - ci);
+      const Lanes or_ = 0.5f * (zi + ci), oi = -0.5f * (zr - cr);
+      const Lanes xr = er + wr * or_ - wi * oi, xi = ei + wr * oi + wi * or_;
+      StoreLanes(power.data() + k * kLanes, xr * xr + xi * xi);
+    }
+    for (int64_t mel_bin = 0; mel_bin < n_mels; ++mel_bin) {
+      const float* weights = fbp + mel_bin * (m + 1);
+      Lanes acc0 = {}, acc1 = {};   // two chains hide the add latency
+      int64_t k = lop[mel_bin];
+      for (; k + 1 < hip[mel_bin]; k += 2) {
+        acc0 += weights[k] * LoadLanes(power.data() + k * kLanes);
+        acc1 += weights[k + 1] * LoadLanes(power.data() + (k + 1) * kLanes);
+      }
+      if (k < hip[mel_bin]) acc0 += weights[k] * LoadLanes(power.data() + k * kLanes);
+      const Lanes acc = acc0 + acc1;
+      for (int64_t l = 0; l < kLanes && block * kLanes + l < total; ++l) {
+        const int64_t f = bt[l];
+        out[((f / frames) * n_mels + mel_bin) * frames + f % frames] = acc[l];
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// ----------------------------------------------------------------------------- X^T·Y
+// out (K, M) = Σ_n x[n, :]ᵀ y[n, :] for x (N, K), y (N, M): the weight gradient of a 1×1
+// convolution (N positions). XLA hands this long, thin contraction to a general matmul that
+// transposes and packs both operands; here each row is read once. Rows are split into fixed
+// chunks summed in order (deterministic); within a chunk, tiles of 4 columns of x by 16 of y
+// accumulate in registers.
+// acc (k_pad, m_pad) += xtᵀ·yt for row tiles xt (rows, k_pad), yt (rows, m_pad) (k_pad a
+// multiple of 8, m_pad of 16): blocks of 8 × 32 (or 8 × 16 at the edge) of the product
+// accumulate in registers, 16 (8) fused multiply-adds per 10 (9) loads.
+void AccumulateTile(const float* xt, const float* yt, int64_t rows, int64_t k_pad, int64_t m_pad,
+                    float* acc) {
+  int64_t mb = 0;
+  for (; mb + 2 * kLanes <= m_pad; mb += 2 * kLanes) {
+    for (int64_t kb = 0; kb < k_pad; kb += 8) {
+      Lanes a[8] = {}, b[8] = {};
+      for (int64_t r = 0; r < rows; ++r) {
+        const Lanes v0 = LoadLanes(yt + r * m_pad + mb);
+        const Lanes v1 = LoadLanes(yt + r * m_pad + mb + kLanes);
+        const float* u = xt + r * k_pad + kb;
+        for (int q = 0; q < 8; ++q) {
+          a[q] += u[q] * v0;
+          b[q] += u[q] * v1;
+        }
+      }
+      for (int q = 0; q < 8; ++q) {
+        float* o = acc + (kb + q) * m_pad + mb;
+        StoreLanes(o, LoadLanes(o) + a[q]);
+        StoreLanes(o + kLanes, LoadLanes(o + kLanes) + b[q]);
+      }
+    }
+  }
+  for (; mb < m_pad; mb += kLanes) {
+    for (int64_t kb = 0; kb < k_pad; kb += 8) {
+      Lanes a[8] = {};
+      for (int64_t r = 0; r < rows; ++r) {
+        const Lanes v = LoadLanes(yt + r * m_pad + mb);
+        const float* u = xt + r * k_pad + kb;
+        for (int q = 0; q < 8; ++q) a[q] += u[q] * v;
+      }
+      for (int q = 0; q < 8; ++q) {
+        float* o = acc + (kb + q) * m_pad + mb;
+        StoreLanes(o, LoadLanes(o) + a[q]);
+      }
+    }
+  }
+}
+
+ffi::Error MatmulTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
+                    ffi::ResultBuffer<ffi::F32> out) {
+  auto xd = x.dimensions();
+  auto yd = y.dimensions();
+  if (xd.size() != 2 || yd.size() != 2 || xd[0] != yd[0])
+    return ffi::Error::InvalidArgument("matmul_tn: expected x (N, K) and y (N, M)");
+  const int64_t n = xd[0], k_n = xd[1], m_n = yd[1];
+  const int64_t m_pad = (m_n + kLanes - 1) / kLanes * kLanes;
+  const int64_t k_pad = (k_n + 7) / 8 * 8;
+  const int64_t chunks = std::min<int64_t>(std::max<int64_t>(n, 1), kStatChunks);
+  std::vector<float> partial(chunks * k_pad * m_pad, 0.0f);
+  const float* xp = x.typed_data();
+  const float* yp = y.typed_data();
+  constexpr int64_t kRows = 64;
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    float* acc = partial.data() + chunk * k_pad * m_pad;
+    // A tile of rows, zero-padded to (kRows, k_pad) and (kRows, m_pad).
+    std::vector<float> xt(kRows * k_pad, 0.0f), yt(kRows * m_pad, 0.0f);
+    const int64_t begin = chunk * n / chunks, end = (chunk + 1) * n / chunks;
+    for (int64_t start = begin; start < end; start += kRows) {
+      const int64_t rows = std::min(kRows, end - start);
+      for (int64_t r = 0; r < rows; ++r) {
+        std::memcpy(xt.data() + r * k_pad, xp + (start + r) * k_n, k_n * sizeof(float));
+        std::memcpy(yt.data() + r * m_pad, yp + (start + r) * m_n, m_n * sizeof(float));
+      }
+      AccumulateTile(xt.data(), yt.data(), rows, k_pad, m_pad, acc);
+    }
+  });
+  float* op = out->typed_data();
+  for (int64_t kk = 0; kk < k_n; ++kk) {
+    for (int64_t mm = 0; mm < m_n; ++mm) {
+      float total = 0.0f;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk)
+        total += partial[(chunk * k_pad + kk) * m_pad + mm];
+      op[kk * m_n + mm] = total;
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// ----------------------------------------------------------------------------- small convolution
+// Dense k×k convolution (NHWC, HWIO kernel, zero padding (k−1)/2, stride) for few channels (the
+// CP-Mobile stems: 1 → 8 and 8 → 32): the forward pass vectorised over the output channels, the
+// kernel gradient as im2col tiles through AccumulateTile (the input gradient stays with XLA).
+struct ConvGeometry {
+  int64_t batch, height, width, cin, cout, kh, kw, out_h, out_w, stride_h, stride_w, pad_h, pad_w;
+};
+
+constexpr int64_t kMaxVectors = 4;   // channels ≤ 64 on the vectorised side
+
+template <int NB>
+void ConvForwardImage(const ConvGeometry& g, const float* x, const float* kp, float* y, int64_t b) {
+  const int64_t co_pad = NB * kLanes;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      Lanes acc[NB] = {};
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t ih = oh * g.stride_h + i - g.pad_h;
+        if (ih < 0 || ih >= g.height) continue;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t iw = ow * g.stride_w + j - g.pad_w;
+          if (iw < 0 || iw >= g.width) continue;
+          const float* in = x + ((b * g.height + ih) * g.width + iw) * g.cin;
+          const float* w = kp + (i * g.kw + j) * g.cin * co_pad;
+          for (int64_t ci = 0; ci < g.cin; ++ci)
+            for (int v = 0; v < NB; ++v) acc[v] += in[ci] * LoadLanes(w + ci * co_pad + v * kLanes);
+        }
+      }
+      float tmp[NB * kLanes];
+      for (int v = 0; v < NB; ++v) StoreLanes(tmp + v * kLanes, acc[v]);
+      std::memcpy(y + ((b * g.out_h + oh) * g.out_w + ow) * g.cout, tmp, g.cout * sizeof(float));
+    }
+  }
+}
+
+ConvGeometry MakeConvGeometry(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> kd,
+                              ffi::Span<const int64_t> yd, int64_t stride_h, int64_t stride_w) {
+  return ConvGeometry{xd[0], xd[1], xd[2], xd[3], kd[3], kd[0], kd[1], yd[1], yd[2], stride_h,
+                      stride_w, (kd[0] - 1) / 2, (kd[1] - 1) / 2};
+}
+
+template <typename F>
+ffi::Error DispatchVectors(int64_t channels, F&& run) {
+  switch ((channels + kLanes - 1) / kLanes) {
+    case 1: run(std::integral_constant<int, 1>()); break;
+    case 2: run(std::integral_constant<int, 2>()); break;
+    case 3: run(std::integral_constant<int, 3>()); break;
+    case 4: run(std::integral_constant<int, 4>()); break;
+    default: return ffi::Error::InvalidArgument("small convolution: at most 64 channels");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                       ffi::ResultBuffer<ffi::F32> y, int64_t stride_h, int64_t stride_w) {
+  const ConvGeometry g = MakeConvGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(),
+                                          stride_h, stride_w);
+  const int64_t co_pad = (g.cout + kLanes - 1) / kLanes * kLanes;
+  // Kernel rows (i, j, ci) with the output channels zero-padded to whole vectors.
+  std::vector<float> kp(g.kh * g.kw * g.cin * co_pad, 0.0f);
+  const float* k = kernel.typed_data();
+  for (int64_t row = 0; row < g.kh * g.kw * g.cin; ++row)
+    std::memcpy(kp.data() + row * co_pad, k + row * g.cout, g.cout * sizeof(float));
+  const float* xp = x.typed_data();
+  float* yp = y->typed_data();
+  return DispatchVectors(g.cout, [&](auto nb) {
+    ParallelFor(pool, g.batch, [&](int64_t b) {
+      ConvForwardImage<decltype(nb)::value>(g, xp, kp.data(), yp, b);
+    });
+  });
+}
+
+ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                          ffi::ResultBuffer<ffi::F32> dk, int64_t stride_h, int64_t stride_w) {
+  const ConvGeometry g = MakeConvGeometry(x.dimensions(), dk->dimensions(), dy.dimensions(),
+                                          stride_h, stride_w);
+  const int64_t k_n = g.kh * g.kw * g.cin, k_pad = (k_n + 7) / 8 * 8;
+  const int64_t m_pad = (g.cout + kLanes - 1) / kLanes * kLanes;
+  const int64_t positions = g.batch * g.out_h * g.out_w;
+  const int64_t chunks = std::min<int64_t>(std::max<int64_t>(positions, 1), kStatChunks);
+  std::vector<float> partial(chunks * k_pad * m_pad, 0.0f);
+  const float* xp = x.typed_data();
+  const float* dyp = dy.typed_data();
+  constexpr int64_t kRows = 64;
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    float* acc = partial.data() + chunk * k_pad * m_pad;
+    std::vector<float> xt(kRows * k_pad), yt(kRows * m_pad, 0.0f);
+    const int64_t begin = chunk * positions / chunks, end = (chunk + 1) * positions / chunks;
+    for (int64_t start = begin; start < end; start += kRows) {
+      const int64_t rows = std::min(kRows, end - start);
+      std::fill(xt.begin(), xt.end(), 0.0f);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t pos = start + r, b = pos / (g.out_h * g.out_w);
+        const int64_t oh = pos / g.out_w % g.out_h, ow = pos % g.out_w;
+        float* patch = xt.data() + r * k_pad;
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t ih = oh * g.stride_h + i - g.pad_h;
+          if (ih < 0 || ih >= g.height) continue;
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t iw = ow * g.stride_w + j - g.pad_w;
+            if (iw < 0 || iw >= g.width) continue;
+            std::memcpy(patch + (i * g.kw + j) * g.cin,
+                        xp + ((b * g.height + ih) * g.width + iw) * g.cin, g.cin * sizeof(float));
+          }
+        }
+        std::memcpy(yt.data() + r * m_pad, dyp + pos * g.cout, g.cout * sizeof(float));
+      }
+      AccumulateTile(xt.data(), yt.data(), rows, k_pad, m_pad, acc);
+    }
+  });
+  float* op = dk->typed_data();
+  for (int64_t kk = 0; kk < k_n; ++kk) {
+    for (int64_t mm = 0; mm < g.cout; ++mm) {
+      float total = 0.0f;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk)
+        total += partial[(chunk * k_pad + kk) * m_pad + mm];
+      op[kk * g.cout + mm] = total;
+    }
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscDepthwiseForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscDepthwiseInputGrad, InputGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscDepthwiseKernelGrad, KernelGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscMoments, Moments,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscNormGradSums, NormGradSums,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("relu"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscMelSpectrogram, MelSpectrogram,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("n_fft")
+                                  .Attr<int64_t>("hop"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscMatmulTN, MatmulTN,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscConvForward, ConvForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscConvKernelGrad, ConvKernelGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w"));
