@@ -50,6 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       name="synthetic", root="", split_dir="", sample_rate=32000, cache_dir="",
       cache_dtype="float16",
+      # Training input: "tf_data" (batches gathered on the host) or "device" (the split held in
+      # device memory as device_dtype, steps_per_call steps per jitted call; same order).
+      pipeline="tf_data", device_dtype="float16", steps_per_call=8,
       skip_bad_files=False, tut17_fold=1,
       train_split="train", validation_split="validation", test_split="test"))
   config.data.synthetic = ml_collections.ConfigDict(dict(

@@ -10,6 +10,17 @@ allocator.retain_freed_memory()
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One XLA compilation cache for the session: tests that build the same step (fits of the
+  tiny config, resumed runs) compile it once. Subprocesses inherit it."""
+  from jax_asc import main
+  folder = str(tmp_path_factory.mktemp("xla_cache"))
+  os.environ.setdefault("JAX_ASC_COMPILATION_CACHE", folder)
+  main.enable_compilation_cache()
+  return folder
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """A fresh synthetic-dataset cache for the session (never the user's ~/.cache)."""

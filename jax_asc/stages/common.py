@@ -69,7 +69,37 @@ def classification_task(config, split: Split) -> loop.Task:
   return tasks.build_task(config, split)
 
 
+PIPELINES = ("tf_data", "device")
+DEVICE_DTYPES = ("float16", "float32")
+
+
+def device_data(config, split: Split) -> loop.DeviceData:
+  """The split for the on-device path (`data.pipeline = "device"`): waveforms in
+  `data.device_dtype` (int16 PCM stays int16: as small, and exact), the same step order as
+  the tf.data pipeline."""
+  cfg = config.data
+  if cfg.device_dtype not in DEVICE_DTYPES:
+    raise ValueError(f"data.device_dtype must be one of {DEVICE_DTYPES}, got "
+                     f"{cfg.device_dtype!r}")
+  waveform, scale = split.waveform, float(split.waveform_scale)
+  if waveform.dtype != np.int16 and (waveform.dtype != np.dtype(cfg.device_dtype) or scale != 1):
+    converted = np.empty(waveform.shape, cfg.device_dtype)
+    for start in range(0, len(split), 1024):   # in chunks: the cache may be a memory map
+      rows = np.arange(start, min(start + 1024, len(split)))
+      converted[rows] = split.float_waveforms(rows)
+    waveform, scale = converted, 1.0
+  arrays = {"waveform": np.asarray(waveform), "label": split.label, "device": split.device,
+            "index": split.index}
+  rows = lambda step: pipeline.global_step_rows(len(split), config.batch_size, config.seed, step)
+  return loop.DeviceData(arrays, rows, steps_per_call=cfg.steps_per_call, waveform_scale=scale)
+
+
 def train_data(config, split: Split) -> loop.TrainData:
+  """The training split for the loop: tf.data batches from the host (`data.pipeline`
+  "tf_data") or the split held on the devices ("device"), in the same order."""
+  if config.data.pipeline not in PIPELINES:
+    raise ValueError(f"data.pipeline must be one of {PIPELINES}, got {config.data.pipeline!r}")
+
   def batches(start_step):
     return pipeline.train_batches(split, global_batch=config.batch_size, seed=config.seed,
                                   start_step=start_step, process_index=jax.process_index(),
@@ -78,8 +108,9 @@ def train_data(config, split: Split) -> loop.TrainData:
     per_host = config.batch_size // jax.process_count()
     batch = pipeline.host_batch(split, np.arange(per_host) % len(split))
     return dict(batch, mask=np.ones(per_host, bool))
+  on_device = device_data(config, split) if config.data.pipeline == "device" else None
   return loop.TrainData(pipeline.steps_per_epoch(len(split), config.batch_size), batches,
-                        example)
+                        example, on_device)
 
 
 def eval_batches(split: Split, batch_size: int):

@@ -44,16 +44,37 @@ Batch = Dict[str, jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
+class DeviceData:
+  """The training split held in device memory: each step gathers its batch by row index inside
+  the jitted program, and `steps_per_call` steps run per call (a scan), so an accelerator never
+  waits on the host.
+
+  arrays: `waveform` (N, samples) in its storage dtype (float16, float32 or int16 PCM) and the
+    per-example columns `label`, `device`, `index` (N,), all NumPy; replicated on every device.
+  waveform_scale: float32 factor applied after the cast to float32 (int16 PCM), as
+    `Split.float_waveforms` does, so both paths see the same samples.
+  rows: global step → (global_batch,) row indices: the same order as the host pipeline.
+  """
+  arrays: Dict[str, np.ndarray]
+  rows: Callable[[int], np.ndarray]
+  steps_per_call: int = 8
+  waveform_scale: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainData:
   """The training data as the loop sees it (built by a stage from `jax_asc.data`).
 
   steps_per_epoch: global steps in one epoch.
   batches: start_step → iterator of this host's batches (dicts of NumPy arrays) from that
     global step on, in the deterministic order of the run.
+  example: a host batch with the shapes of training (default: the first of `batches`).
+  on_device: when set, `fit` trains from the split held on the devices instead of `batches`.
   """
   steps_per_epoch: int
   batches: Callable[[int], Iterator[Dict[str, np.ndarray]]]
   example: Optional[Callable[[], Dict[str, np.ndarray]]] = None
+  on_device: Optional[DeviceData] = None
 
   def example_batch(self) -> Dict[str, np.ndarray]:
     """A host batch with the shapes of training (for initialisation)."""
@@ -133,10 +154,50 @@ class Trainer:
     self._train = jax.jit(self._train_step, in_shardings=(rep, data, rep),
                           out_shardings=(rep, rep), donate_argnums=(0,))
     self._predict = jax.jit(self._predict_step, in_shardings=(rep, rep, data), out_shardings=data)
+    self._train_many = None
 
   def train_step(self, state: TrainState, batch: Batch):
     """One optimizer step on a global batch: (new state, {metric: scalar})."""
     return self._train(state, batch, self._frozen)
+
+  def put_device_data(self, data: DeviceData) -> Dict[str, jax.Array]:
+    """The split's arrays on every device (replicated), for `train_steps`."""
+    return jax.device_put({k: np.asarray(v) for k, v in data.arrays.items()}, self._rep)
+
+  def train_steps(self, state: TrainState, arrays: Dict[str, jax.Array], rows: np.ndarray,
+                  active: int, waveform_scale: float = 1.0):
+    """`active` optimizer steps (the first rows of `rows`, (K, global_batch) this host's
+    columns) on batches gathered from `arrays` inside one compiled scan of length K; rows past
+    `active` are skipped. Returns (new state, {metric: (K,) per step, 0 where skipped})."""
+    if self._train_many is None:
+      data = mesh_lib.batch_sharded(self.mesh, axis=1)
+      self._train_many = jax.jit(self._train_scan, in_shardings=(self._rep, self._rep, data,
+                                                                 self._rep, self._rep),
+                                 out_shardings=(self._rep, self._rep), static_argnums=(5,),
+                                 donate_argnums=(0,))
+    rows = mesh_lib.global_array(np.asarray(rows, np.int32), self.mesh, axis=1)
+    return self._train_many(state, arrays, rows, jnp.int32(active), self._frozen,
+                            float(waveform_scale))
+
+  def _train_scan(self, state, arrays, rows, active, frozen, waveform_scale):
+    def gather(step_rows):
+      waveform = arrays["waveform"][step_rows].astype(jnp.float32)
+      if waveform_scale != 1.0:
+        waveform = waveform * jnp.float32(waveform_scale)
+      batch = {k: v[step_rows] for k, v in arrays.items() if k != "waveform"}
+      return dict(batch, waveform=waveform, mask=jnp.ones(step_rows.shape, bool))
+
+    def body(state, inputs):
+      index, step_rows = inputs
+
+      def run(state):
+        return self._train_step(state, gather(step_rows), frozen)
+
+      def skip(state):
+        shapes = jax.eval_shape(run, state)[1]
+        return state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+      return jax.lax.cond(index < active, run, skip, state)
+    return jax.lax.scan(body, state, (jnp.arange(rows.shape[0]), rows))
 
   def init(self, seed: int, example_batch: Batch) -> TrainState:
     def init_fn(batch):
@@ -210,18 +271,28 @@ def _global_norm(tree) -> jax.Array:
 _NO_BAD_STEP = np.iinfo(np.int32).max
 
 
-@functools.partial(jax.jit, static_argnums=(3,), donate_argnums=(0,))
-def _track(tracker, metrics, step, restart: bool):
-  """Sums the step's scalar metrics (restarted after each log) and keeps the first step whose
-  loss is not finite; one dispatch per step, so the host never waits on the device here."""
-  metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-  bad = jnp.where(jnp.isfinite(metrics["loss"]), _NO_BAD_STEP, step).astype(jnp.int32)
+@functools.partial(jax.jit, static_argnums=(4,), donate_argnums=(0,))
+def _track(tracker, metrics, first_step, active, restart: bool):
+  """Sums the scalar metrics of `active` steps (per-step values along axis 0, the first from
+  global step `first_step`; restarted after each log) and keeps the first step whose loss is
+  not finite; one dispatch per call, so the host never waits on the device here."""
+  metrics = {k: jnp.asarray(v, jnp.float32).reshape(-1) for k, v in metrics.items()}
+  steps = first_step + jnp.arange(metrics["loss"].shape[0])
+  valid = jnp.arange(metrics["loss"].shape[0]) < active
+  bad = jnp.min(jnp.where(valid & ~jnp.isfinite(metrics["loss"]), steps, _NO_BAD_STEP))
+  metrics = {k: jnp.sum(jnp.where(valid, v, 0.0)) for k, v in metrics.items()}
+  bad = bad.astype(jnp.int32)
   if tracker is None:
     return metrics, bad
   sums, first_bad = tracker
   if not restart:
     metrics = jax.tree.map(jnp.add, sums, metrics)
   return metrics, jnp.minimum(first_bad, bad)
+
+
+def _next_stop(step: int, total_steps: int, every: Sequence[int]) -> int:
+  """The first step after `step` at which the loop logs, evaluates or saves."""
+  return min([total_steps] + [(step // e + 1) * e for e in every if e])
 
 
 @dataclasses.dataclass
@@ -275,8 +346,8 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
   Config keys used: seed, batch_size, num_epochs, optimizer.*, schedule.*, ema_decay,
   eval_every_epochs, log_every_steps, checkpoint.{every_steps, best_metric, best_mode, keep_best}.
   `evaluate(trainer, state)` returns scalar metrics (logged; `checkpoint.best_metric` picks the
-  best-k checkpoints). `hooks` run after every step with (steps done, state). `initialize`: see
-  `setup`.
+  best-k checkpoints). `hooks` run after every step with (steps done, state) (on the device
+  path after every call, which may cover several steps). `initialize`: see `setup`.
   """
   run = setup(task, config, train_data, mesh, initialize)
   trainer, state, schedule = run.trainer, run.state, run.schedule
@@ -301,7 +372,13 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
                                              every_steps=max(steps_per_epoch, 1))
   accum = int(config.optimizer.grad_accum_steps)
 
-  batches = train_data.batches(start_step)
+  device_data = train_data.on_device
+  if device_data is not None:
+    batches, arrays = None, trainer.put_device_data(device_data)
+    per_call = max(int(device_data.steps_per_call), 1)
+  else:
+    batches = train_data.batches(start_step)
+  stops = (steps_per_epoch, config.log_every_steps, ckpt_cfg.every_steps)
   tracker = None          # (metric sums since the last log, first non-finite step), on device
   steps_summed = 0
   last_eval: Dict[str, float] = {}
@@ -323,13 +400,27 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
       checkpoints.save_best(step, state, meta, eval_metrics)
 
   try:
-    for step in range(start_step, total_steps):
-      batch = mesh_lib.global_batch(next(batches), trainer.mesh)
-      state, step_metrics = trainer.train_step(state, batch)
-      tracker = _track(tracker, step_metrics, step + 1, steps_summed == 0)
-      steps_summed += 1
-      done = step + 1
-      progress(done)
+    done = start_step
+    while done < total_steps:
+      step = done
+      if device_data is None:
+        batch = mesh_lib.global_batch(next(batches), trainer.mesh)
+        state, step_metrics = trainer.train_step(state, batch)
+        count = 1
+      else:   # up to the next log, evaluation or checkpoint, at most `per_call` steps
+        count = min(per_call, _next_stop(step, total_steps, stops) - step)
+        rows = np.stack([device_data.rows(s) for s in range(step, step + count)] +
+                        [device_data.rows(step)] * (per_call - count))
+        host = jax.process_index()
+        per_host = rows.shape[1] // jax.process_count()
+        state, step_metrics = trainer.train_steps(
+            state, arrays, rows[:, host * per_host:(host + 1) * per_host], count,
+            device_data.waveform_scale)
+      tracker = _track(tracker, step_metrics, step + 1, count, steps_summed == 0)
+      steps_summed += count
+      done = step + count
+      for finished in range(step + 1, done + 1):   # clu's progress expects every step
+        progress(finished)
       for hook in hooks:
         hook(done, state)
 
@@ -367,7 +458,7 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
       print(line, flush=True)
     check_finite()
   finally:
-    getattr(batches, "close", lambda: None)()
+    getattr(batches, "close", lambda: None)()   # a tf.data generator (None on the device path)
     checkpoints.wait()
     checkpoints.close()
     writer.flush()

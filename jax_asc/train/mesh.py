@@ -35,15 +35,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
+def batch_sharded(mesh: Mesh, axis: int = 0) -> NamedSharding:
+  """Split along `axis` (the batch axis) over the `data` mesh axis."""
+  return NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
+
+
+def global_array(local: np.ndarray, mesh: Mesh, axis: int = 0) -> jax.Array:
+  """This host's slice (NumPy, split along `axis`) → one globally sharded jax.Array."""
+  return jax.make_array_from_process_local_data(batch_sharded(mesh, axis), np.asarray(local))
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """This host's slice of a batch (NumPy) → globally sharded jax.Arrays."""
-  sharding = batch_sharded(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {k: global_array(v, mesh) for k, v in local_batch.items()}
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:

@@ -1,0 +1,204 @@
+"""The fast layers against XLA's own operations, forward and gradients (jax_asc/models/fast_ops.py,
+jax_asc/native), and their parameters against the plain Flax layers they replace."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_asc import native
+from jax_asc.audio import frontends
+from jax_asc.models import fast_ops, layers
+
+needs_native = pytest.mark.skipif(not native.available(),
+                                  reason="native CPU kernels unavailable (no C++ compiler?)")
+
+
+def _random(key, shape, scale=1.0):
+  return scale * jax.random.normal(jax.random.key(key), shape, jnp.float32)
+
+
+def _grads(fn, x, kernel, cotangent):
+  return jax.grad(lambda x, k: jnp.sum(fn(x, k) * cotangent), argnums=(0, 1))(x, kernel)
+
+
+def _close(a, b, rtol=1e-5, atol=1e-5):
+  scale = max(float(jnp.max(jnp.abs(b))), 1.0)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol * scale)
+
+
+@pytest.mark.parametrize("shape,kernel_size,strides", [
+    ((3, 9, 7, 16), (3, 3), (1, 1)), ((2, 8, 9, 20), (3, 3), (1, 2)),
+    ((2, 9, 8, 35), (3, 3), (2, 1)), ((4, 6, 6, 16), (3, 3), (2, 2)),
+    ((2, 7, 9, 12), (5, 5), (1, 1)), ((2, 5, 4, 3), (3, 1), (1, 1))])
+def test_depthwise_matches_grouped_convolution(shape, kernel_size, strides):
+  """Every form (native, shifted slices, the layer) = `lax.conv_general_dilated` with
+  feature_group_count = C: output, input and kernel gradients; channels beyond whole vectors of
+  16, odd sizes, every stride of CP-Mobile, and a 5×5 kernel."""
+  x = _random(0, shape)
+  kernel = _random(1, (*kernel_size, 1, shape[-1]))
+  reference = jax.jit(lambda x, k: fast_ops.depthwise_conv_xla(x, k, strides))
+  y = reference(x, kernel)
+  cotangent = _random(2, y.shape)
+  ref_grads = _grads(reference, x, kernel, cotangent)
+  forms = {"shifts": lambda x, k: fast_ops.depthwise_conv_shifts(x, k, strides),
+           "dispatch": lambda x, k: fast_ops.depthwise_conv(x, k, strides)}
+  for name, fn in forms.items():
+    _close(jax.jit(fn)(x, kernel), y)
+    for ours, ref in zip(jax.jit(lambda x, k: _grads(fn, x, k, cotangent))(x, kernel), ref_grads):
+      _close(ours, ref)
+
+
+@needs_native
+def test_native_kernels_are_used_deterministic_and_match_the_xla_forms():
+  x = _random(3, (8, 12, 10, 40))
+  kernel = _random(4, (3, 3, 1, 40))
+  fn = jax.jit(jax.value_and_grad(
+      lambda x, k: jnp.sum(jnp.sin(fast_ops.depthwise_conv(x, k, (2, 1)))), argnums=(0, 1)))
+  assert "jax_asc_depthwise" in fn.lower(x, kernel).as_text()
+  first, second = fn(x, kernel), fn(x, kernel)
+  for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
+    np.testing.assert_array_equal(a, b)   # fixed reduction order, whatever the threads did
+  with native.disabled():
+    xla = jax.jit(jax.value_and_grad(
+        lambda x, k: jnp.sum(jnp.sin(fast_ops.depthwise_conv(x, k, (2, 1)))), argnums=(0, 1)))
+    assert "jax_asc_depthwise" not in xla.lower(x, kernel).as_text()
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(xla(x, kernel))):
+      _close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,kernel_shape,strides", [
+    ((2, 16, 13, 1), (3, 3, 1, 8), (2, 2)), ((2, 9, 7, 8), (3, 3, 8, 32), (2, 2)),
+    ((3, 8, 8, 5), (3, 3, 5, 20), (1, 1)), ((2, 8, 9, 3), (5, 3, 3, 7), (2, 1))])
+def test_small_convolution_matches_xla(shape, kernel_shape, strides):
+  x = _random(5, shape)
+  kernel = _random(6, kernel_shape, 0.3)
+  reference = lambda x, k: fast_ops.conv_xla(x, k, strides)
+  y = reference(x, kernel)
+  cotangent = _random(7, y.shape)
+  fn = lambda x, k: fast_ops.conv(x, k, strides)
+  _close(jax.jit(fn)(x, kernel), y)
+  for ours, ref in zip(jax.jit(lambda x, k: _grads(fn, x, k, cotangent))(x, kernel),
+                       _grads(reference, x, kernel, cotangent)):
+    _close(ours, ref)
+
+
+@pytest.mark.parametrize("n,k,m", [(5000, 32, 64), (777, 120, 56), (3, 5, 17), (64, 8, 33)])
+def test_matmul_and_its_weight_gradient(n, k, m):
+  x, kernel = _random(8, (n, k)), _random(9, (k, m))
+  cotangent = _random(10, (n, m))
+  _close(jax.jit(fast_ops.matmul)(x, kernel), x @ kernel)
+  _close(jax.jit(fast_ops.matmul_tn)(x, cotangent),
+         np.asarray(x, np.float64).T @ np.asarray(cotangent, np.float64))
+  ours = jax.jit(lambda x, w: _grads(fast_ops.matmul, x, w, cotangent))(x, kernel)
+  ref = _grads(lambda x, w: jnp.dot(x, w, precision=jax.lax.Precision.HIGHEST), x, kernel,
+               cotangent)
+  for a, b in zip(ours, ref):
+    _close(a, b)
+
+
+def _reference_bn(x, scale, bias, relu, eps=1e-5):
+  mean = jnp.mean(x, axis=(0, 1, 2))
+  var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+  y = (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+  return (jax.nn.relu(y) if relu else y), mean, var
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_batch_norm_forward_statistics_and_gradients(relu):
+  # A large mean beside the spread (unnormalised log-mels): the one-pass shortcut would fail.
+  x = _random(11, (6, 5, 7, 24), 0.5) - 10.0
+  scale, bias = _random(12, (24,)) + 1.0, _random(13, (24,))
+  cotangent = _random(14, x.shape)
+  ours = jax.jit(lambda x, s, b: fast_ops.batch_norm(x, s, b, relu=relu))(x, scale, bias)
+  ref = _reference_bn(x, scale, bias, relu)
+  for a, b in zip(ours, ref):
+    _close(a, b, rtol=1e-4, atol=1e-5)
+
+  # Gradients of the output and of the statistics (they feed the running averages).
+  def total(fn):
+    def f(x, s, b):
+      y, mean, var = fn(x, s, b)
+      return jnp.sum(y * cotangent) + 0.3 * jnp.sum(mean) + 0.7 * jnp.sum(var)
+    return jax.grad(f, argnums=(0, 1, 2))
+  ours = jax.jit(total(lambda x, s, b: fast_ops.batch_norm(x, s, b, relu=relu)))(x, scale, bias)
+  ref = total(lambda x, s, b: _reference_bn(x, s, b, relu))(x, scale, bias)
+  for a, b in zip(ours, ref):
+    _close(a, b, rtol=1e-4, atol=1e-4)
+
+
+class _PlainConvNormAct(nn.Module):
+  """The plain Flax layers the fast ConvNormAct replaces (the pre-speed-work definition)."""
+  features: int
+  kernel_size: tuple
+  strides: tuple
+  depthwise: bool
+
+  @nn.compact
+  def __call__(self, x, train):
+    groups = x.shape[-1] if self.depthwise else 1
+    features = x.shape[-1] if self.depthwise else self.features
+    pads = [((k - 1) // 2, (k - 1) // 2) for k in self.kernel_size]
+    x = nn.Conv(features, self.kernel_size, self.strides, padding=pads, use_bias=False,
+                feature_group_count=groups, name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     use_fast_variance=False, name="norm")(x)
+    return nn.relu(x)
+
+
+@pytest.mark.parametrize("features,kernel_size,strides,depthwise", [
+    (24, (3, 3), (2, 2), False), (24, (1, 1), (1, 1), False), (16, (3, 3), (1, 2), True)])
+def test_conv_norm_act_keeps_the_plain_layers_variables_and_results(features, kernel_size,
+                                                                    strides, depthwise):
+  """Checkpoints move between the fast and plain layers: same variable names and shapes, and
+  the same outputs, running statistics and parameter gradients from the same variables."""
+  x = _random(15, (4, 10, 9, 16))
+  fast = layers.ConvNormAct(features, kernel_size, strides, depthwise=depthwise)
+  plain = _PlainConvNormAct(features, kernel_size, strides, depthwise)
+  variables = plain.init(jax.random.key(0), x, train=False)
+  fast_vars = fast.init(jax.random.key(0), x, train=False)
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, fast_vars)
+
+  def run(module):
+    def loss(params):
+      y, updates = module.apply(dict(variables, params=params), x, train=True,
+                                mutable=["batch_stats"])
+      return jnp.sum(jnp.sin(y)), (y, updates)
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+  (_, (y_fast, stats_fast)), g_fast = run(fast)
+  (_, (y_plain, stats_plain)), g_plain = run(plain)
+  _close(y_fast, y_plain, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(stats_fast), jax.tree.leaves(stats_plain)):
+    _close(a, b, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)):
+    _close(a, b, rtol=1e-3, atol=1e-4)
+  _close(fast.apply(variables, x, train=False), plain.apply(variables, x, train=False),
+         rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", sorted(frontends.PRESETS))
+def test_native_mel_spectrogram_matches_the_xla_frontend(preset):
+  settings = frontends.PRESETS[preset]
+  waveform = _random(16, (5, 16000), 0.1)
+  aug = frontends.FrontendAugment(fmin_aug_range=10, fmax_aug_range=1000, freq_mask=8)
+  key = jax.random.key(3)
+  evaluate = jax.jit(lambda w: frontends.log_mel(w, settings))
+  train = jax.jit(lambda w, k: frontends.log_mel(w, settings, key=k, aug=aug))
+  ours_eval, ours_train = evaluate(waveform), train(waveform, key)
+  with native.disabled():
+    ref_eval = jax.jit(lambda w: frontends.log_mel(w, settings))(waveform)
+    ref_train = jax.jit(lambda w, k: frontends.log_mel(w, settings, key=k, aug=aug))(waveform, key)
+  # Log-mel features agree to float32 rounding of the power (1e-4 in the log domain).
+  np.testing.assert_allclose(ours_eval, ref_eval, atol=2e-4)
+  np.testing.assert_allclose(ours_train, ref_train, atol=2e-4)
+
+
+def test_band_supports_cover_every_jittered_filterbank():
+  settings = frontends.DCASE23
+  lo, hi = frontends.band_supports(settings, 10, 1000)
+  for fmin in (0.0, 9.0):
+    for fmax in (15000.0, 15500.0, 16000.0):
+      bank = np.asarray(frontends.mel_filterbank(settings, fmin=fmin, fmax=fmax))
+      rows = np.arange(bank.shape[0])[:, None]
+      outside = (rows < lo[None, :]) | (rows >= hi[None, :])
+      assert not np.any(bank[outside] > 0), (fmin, fmax)
