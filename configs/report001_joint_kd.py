@@ -62,6 +62,8 @@ def get_config(arg=None):
     family = ("student" if role.startswith("student") else
               "passt" if role.startswith("passt") else "cp_resnet")
     common.smoke(config, family)
+    if family != "student":
+      config.eval_every_epochs = 1   # the soup averages the best of several evaluations
     if role == "passt2":
       config.frontend.n_fft = 2048
     elif role == "cpresnet1":

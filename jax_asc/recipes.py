@@ -103,30 +103,71 @@ def remaining_stages(run_dir: str, stages: str) -> List[str]:
           if not os.path.exists(os.path.join(run_dir, f"{s}.done.json"))]
 
 
-def run_chain(report: str, workdir: str, *, smoke: bool, root: str = "", dirs: str = "",
-              passt_checkpoint: str = "") -> str:
-  """Runs the report's plan under `workdir`; returns the tables' Markdown."""
+def dependencies(plan: List[Run]) -> List[List[int]]:
+  """For each run, the earlier runs it needs: those it names in its overrides (teacher runs)
+  and earlier runs of the same workdir (a later stage of the same model)."""
+  deps = []
+  for i, run in enumerate(plan):
+    named = {item.strip() for value in run.overrides.values() if isinstance(value, str)
+             for item in value.split(",")}
+    deps.append([j for j, other in enumerate(plan[:i])
+                 if other.path == run.path or f"{{workdir}}/{other.path}" in named])
+  return deps
+
+
+def _run_one(report: str, index: int, workdir: str, base: str, smoke: bool,
+             passt_checkpoint: str) -> None:
   from jax_asc import main
+  run = PLANS[report]()[index]
+  run_dir = os.path.join(workdir, run.path)
+  todo = remaining_stages(run_dir, run.stages)
+  if not todo:
+    print(f"== {run.path}: {run.stages} done, skipped", flush=True)
+    return
+  print(f"== {run.path}: {','.join(todo)}", flush=True)
+  config = load_config(run.config, f"{run.role},{base}")
+  config.stage = ",".join(todo)
+  for key, value in run.overrides.items():
+    _set(config, key, value.format(workdir=workdir) if isinstance(value, str) else value)
+  if run.passt and not smoke:
+    config.model_init.path = os.path.abspath(passt_checkpoint)
+  config.lock()
+  main.run(config, run_dir)
+
+
+def run_chain(report: str, workdir: str, *, smoke: bool, root: str = "", dirs: str = "",
+              passt_checkpoint: str = "", jobs: int = 1) -> str:
+  """Runs the report's plan under `workdir`; returns the tables' Markdown.
+
+  `jobs` > 1 runs independent runs (teachers, students of finished teachers) in that many
+  worker processes at once; each run is the same as in a sequential chain.
+  """
   from jax_asc.eval import tables
   workdir = os.path.abspath(workdir)
   base = "smoke" if smoke else f"root={os.path.abspath(root)}"
   if dirs:
     base += f",dirs={os.path.abspath(dirs)}"
-  for run in PLANS[report]():
-    run_dir = os.path.join(workdir, run.path)
-    todo = remaining_stages(run_dir, run.stages)
-    if not todo:
-      print(f"== {run.path}: {run.stages} done, skipped", flush=True)
-      continue
-    print(f"== {run.path}: {','.join(todo)}", flush=True)
-    config = load_config(run.config, f"{run.role},{base}")
-    config.stage = ",".join(todo)
-    for key, value in run.overrides.items():
-      _set(config, key, value.format(workdir=workdir) if isinstance(value, str) else value)
-    if run.passt and not smoke:
-      config.model_init.path = os.path.abspath(passt_checkpoint)
-    config.lock()
-    main.run(config, run_dir)
+  plan = PLANS[report]()
+  args = (workdir, base, smoke, passt_checkpoint)
+  if jobs <= 1:
+    for index in range(len(plan)):
+      _run_one(report, index, *args)
+  else:
+    import concurrent.futures
+    import multiprocessing
+    deps = dependencies(plan)
+    done, running = set(), {}
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+      while len(done) < len(plan):
+        for index in range(len(plan)):
+          if index not in done and index not in running.values() and \
+              all(d in done for d in deps[index]):
+            running[pool.submit(_run_one, report, index, *args)] = index
+        finished, _ = concurrent.futures.wait(running, return_when="FIRST_COMPLETED")
+        for future in finished:
+          future.result()   # a failed run stops the chain with its error
+          done.add(running.pop(future))
   return tables.write(report, workdir, smoke)
 
 
@@ -141,9 +182,15 @@ def main_cli(argv=None) -> None:
   parser.add_argument("--dirs", default="",
                       help="MicIRP impulse responses for DIR (smoke: ../shared/data/micirp "
                            "when present); without it DIR is off")
+  parser.add_argument("--jobs", type=int, default=1,
+                      help="runs at once (independent teachers and students), in worker processes")
   parser.add_argument("--passt-checkpoint", default="",
                       help="AudioSet PaSST-S weights (passt-s-f128-p16-s10-ap.476-swa.pt)")
   args = parser.parse_args(argv)
+  if args.smoke and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    # Tiny models: compiling dominates a smoke chain, and LLVM's optimisations do not pay off.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_backend_optimization_level=0").strip()
   if args.smoke:
     if args.root:
       parser.error("--smoke takes no dataset folder")
@@ -157,7 +204,7 @@ def main_cli(argv=None) -> None:
     dirs = args.dirs
   workdir = args.workdir or os.path.join("workdirs", args.report + ("_smoke" if args.smoke else ""))
   print(run_chain(args.report, workdir, smoke=args.smoke, root=args.root, dirs=dirs,
-                  passt_checkpoint=args.passt_checkpoint))
+                  passt_checkpoint=args.passt_checkpoint, jobs=args.jobs))
 
 
 if __name__ == "__main__":

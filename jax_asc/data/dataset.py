@@ -38,6 +38,10 @@ class Split:
   identifier: Optional[np.ndarray] = None   # recording location / source id (str), where known
   skipped: Sequence[tuple] = ()             # (filename, problem) of bad files left out
   dataset: str = ""
+  # Input pipelines built for this split (data/pipeline.py reuses them across evaluations);
+  # not an init field, so `dataclasses.replace` gives a new split an empty one.
+  pipelines: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                      compare=False)
 
   def __post_init__(self):
     n = len(self.filename)

@@ -141,7 +141,18 @@ def train_batches(split: Split, *, global_batch: int, seed: int, start_step: int
 
 def eval_batches(split: Split, *, global_batch: int, process_index: int = 0,
                  process_count: int = 1) -> Iterator[dict]:
-  """Every example once, padded with masked rows to whole global batches; this host's part."""
+  """Every example once, padded with masked rows to whole global batches; this host's part.
+
+  The tf.data pipeline is built once per split and batch layout and reused by later calls
+  (evaluation every few epochs)."""
+  key = ("eval", global_batch, process_index, process_count)
+  if key not in split.pipelines:
+    split.pipelines[key] = _eval_dataset(split, global_batch, process_index, process_count)
+  return _iterate(split.pipelines[key])
+
+
+def _eval_dataset(split: Split, global_batch: int, process_index: int,
+                  process_count: int) -> tf.data.Dataset:
   per_host = global_batch // process_count
   num_batches = max(1, math.ceil(len(split) / global_batch))
   rows = np.arange(num_batches * global_batch)
@@ -150,4 +161,4 @@ def eval_batches(split: Split, *, global_batch: int, process_index: int = 0,
   rows = rows.reshape(num_batches, process_count, per_host)[:, process_index].reshape(-1)
   mask = mask.reshape(num_batches, process_count, per_host)[:, process_index].reshape(-1)
   ds = tf.data.Dataset.from_tensor_slices((rows.astype(np.int64), mask))
-  return _iterate(_gather_dataset(split, ds, per_host))
+  return _gather_dataset(split, ds, per_host)
