@@ -1,120 +1,227 @@
-"""`make bench`: CP-Mobile DCASE25 train-step and frontend throughput on the available devices.
+"""`make bench`: training-step, frontend and input-path throughput, beside PyTorch on this machine.
 
-Batch 64 of 1-s clips at 32 kHz (256 mel × 65 frames), float32, the training configuration of
-configs/cp_mobile_dcase25.py (AdamW, frontend augmentation on). Prints the median over timed
-repetitions after warm-up, with versions and the device. The PyTorch reference (CPJKU DCASE25
-baseline, 2 threads on a 2-core CPU) takes about 325 ms per step (≈195 samples/s) and 60–75 ms per
-64 clips for its frontend (../shared/reference/models_and_frontends.md §9).
+For the CP-Mobile DCASE25 (61,148 parameters, 256 mel × 65 frames) and DCASE23 (126,952, GRN,
+256 × 64) configurations at batch 64 of 1-s clips at 32 kHz, float32:
 
-    python benchmarks/bench.py [--batch 64] [--repeats 10]
+* jax_asc train step: frontend (with its training augmentation) + forward + backward + update,
+  the configs' optimizer (AdamW / Adam), on a batch already on the device; median ms.
+* PyTorch (2.13.0 CPU, when installed): the same architecture in plain torch.nn
+  (benchmarks/torch_reference.py), the same batch, threads and input: one step with torch.stft
+  + mel frontend, and the model step alone (the reference's 325 ms figure is model-only).
+* the frontend alone (log-mel, evaluation) both ways.
+* the two input paths end to end over a synthetic split of float16 clips: tf.data (host
+  gather → device → step) and on-device (split in device memory, 8 steps per call).
+* memory: the train state's bytes on the device and the process's peak resident memory.
+
+    python benchmarks/bench.py [--batch 64] [--repeats 10] [--no-torch]
 """
 from __future__ import annotations
 
-import argparse
 import os
-import platform
-import statistics
 import sys
-import time
-
-import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import cp_mobile_dcase25  # noqa: E402
+from jax_asc.native import allocator  # noqa: E402
+
+allocator.retain_freed_memory()
+
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import cp_mobile_dcase23, cp_mobile_dcase25  # noqa: E402
+from jax_asc import native  # noqa: E402
 from jax_asc.audio import frontends  # noqa: E402
-from jax_asc.data import pipeline  # noqa: E402
 from jax_asc.data.dataset import Split  # noqa: E402
 from jax_asc.stages import common  # noqa: E402
 from jax_asc.train import loop, mesh as mesh_lib  # noqa: E402
 
-REFERENCE_STEP_MS = 325.0
-REFERENCE_FRONTEND_MS = (60.0, 75.0)
+CONFIGS = {"dcase25": cp_mobile_dcase25, "dcase23": cp_mobile_dcase23}
+SAMPLES = 32000
 
 
 def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
   for _ in range(warmup):
-    jax.block_until_ready(fn())
+    fn()
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(fn())
+    fn()
     times.append((time.perf_counter() - start) * 1000)
   return statistics.median(times)
 
 
-def _pipeline_throughput(batch: int, num_clips: int = 4096) -> float:
-  """Clips/s of the tf.data training pipeline over a float16 cache of 1-s clips at 32 kHz."""
-  rng = np.random.default_rng(1)
-  split = Split(name="bench", waveform=(rng.standard_normal((num_clips, 32000)) * 0.1
-                                        ).astype(np.float16),
-                label=rng.integers(0, 10, num_clips).astype(np.int32),
-                device=np.zeros(num_clips, np.int32),
-                filename=np.array([f"{i}.wav" for i in range(num_clips)]),
-                index=np.arange(num_clips, dtype=np.int32), classes=tuple(map(str, range(10))),
-                devices=("a",), sample_rate=32000)
-  batches = pipeline.train_batches(split, global_batch=batch, seed=0, num_epochs=2)
-  next(batches)
-  start, clips = time.perf_counter(), 0
-  for local in batches:
-    clips += len(local["waveform"])
-  return clips / (time.perf_counter() - start)
+def _split(num_clips: int, seed: int = 0) -> Split:
+  rng = np.random.default_rng(seed)
+  return Split(name="bench", waveform=(rng.standard_normal((num_clips, SAMPLES)) * 0.1
+                                       ).astype(np.float16),
+               label=rng.integers(0, 10, num_clips).astype(np.int32),
+               device=np.zeros(num_clips, np.int32),
+               filename=np.array([f"{i}.wav" for i in range(num_clips)]),
+               index=np.arange(num_clips, dtype=np.int32), classes=tuple(map(str, range(10))),
+               devices=("a",), sample_rate=32000)
+
+
+def _config(variant: str, batch: int, pipeline: str = "tf_data"):
+  config = CONFIGS[variant].get_config()
+  config.batch_size = batch
+  config.data.pipeline = pipeline
+  return config
+
+
+def jax_train_step(variant: str, batch: int, repeats: int):
+  """Median ms of one jitted train step on a batch already on the device; the train state."""
+  config = _config(variant, batch)
+  split = _split(batch)
+  task = common.classification_task(config, split)
+  data = common.train_data(config, split)
+  run = loop.setup(task, config, data)
+  trainer = run.trainer
+  device_batch = mesh_lib.global_batch(data.example_batch(), trainer.mesh)
+  holder = {"state": run.state}
+
+  def step():
+    holder["state"], metrics = trainer.train_step(holder["state"], device_batch)
+    jax.block_until_ready(metrics["loss"])
+  return _median_ms(step, repeats), holder["state"]
+
+
+def jax_input_paths(variant: str, batch: int, steps: int = 24, clips: int = 1024):
+  """Samples/s over `steps` training steps from a split of float16 clips, both input paths
+  (after a warm-up that compiles each)."""
+  split = _split(clips, seed=1)
+  rates = {}
+  for pipeline in ("tf_data", "device"):
+    config = _config(variant, batch, pipeline)
+    config.data.steps_per_call = 8
+    task = common.classification_task(config, split)
+    data = common.train_data(config, split)
+    run = loop.setup(task, config, data)
+    trainer, state = run.trainer, run.state
+    if pipeline == "tf_data":
+      batches = data.batches(0)
+
+      def advance(state, count, start):
+        for _ in range(count):
+          state, metrics = trainer.train_step(
+              state, mesh_lib.global_batch(next(batches), trainer.mesh))
+        return state, metrics
+    else:
+      arrays = trainer.put_device_data(data.on_device)
+
+      def advance(state, count, start):
+        for first in range(start, start + count, 8):
+          rows = np.stack([data.on_device.rows(s) for s in range(first, first + 8)])
+          state, metrics = trainer.train_steps(state, arrays, rows, 8,
+                                               data.on_device.waveform_scale)
+        return state, metrics
+    state, metrics = advance(state, 8, 0)   # compile and warm up
+    jax.block_until_ready(metrics["loss"])
+    begin = time.perf_counter()
+    state, metrics = advance(state, steps, 8)
+    jax.block_until_ready(metrics["loss"])
+    rates[pipeline] = steps * batch / (time.perf_counter() - begin)
+    if pipeline == "tf_data":
+      batches.close()
+  return rates
+
+
+def jax_frontend(batch: int, repeats: int) -> float:
+  settings = frontends.DCASE25
+  waveform = jax.device_put(np.random.default_rng(2).standard_normal((batch, SAMPLES)
+                                                                    ).astype(np.float32) * 0.1)
+  fn = jax.jit(lambda w: frontends.log_mel(w, settings))
+  return _median_ms(lambda: jax.block_until_ready(fn(waveform)), repeats)
+
+
+def state_bytes(state) -> int:
+  return sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)
+             if hasattr(x, "dtype") and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
+
+
+def torch_figures(batch: int, repeats: int):
+  """PyTorch ms per step (with frontend, model only) per variant and frontend ms; None when
+  torch is not installed."""
+  if importlib.util.find_spec("torch") is None:
+    return None
+  import librosa
+  import torch
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import torch_reference as ref
+  torch.set_num_threads(os.cpu_count() or 1)
+  filterbank = librosa.filters.mel(sr=32000, n_fft=4096, n_mels=256, fmin=0.0, fmax=16000.0,
+                                   htk=True, norm=None)
+  frontend = ref.LogMel(filterbank.T)
+  out = {"version": torch.__version__, "threads": torch.get_num_threads()}
+  for variant, kwargs in ref.VARIANTS.items():
+    model = ref.CPMobile(**kwargs).train()
+    step, waveform = ref.train_step_fn(model, frontend, batch, SAMPLES)
+    with torch.no_grad():
+      features = frontend(waveform).unsqueeze(1)
+    model_step = ref.model_step_fn(model, features)
+    out[variant] = (_median_ms(step, repeats, warmup=3), _median_ms(model_step, repeats, 3),
+                    ref.count_parameters(model))
+  with torch.no_grad():
+    out["frontend"] = _median_ms(lambda: frontend(waveform), repeats)
+  return out
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--no-torch", action="store_true")
   args = parser.parse_args()
-  batch = args.batch
-
-  config = cp_mobile_dcase25.get_config()
-  config.batch_size = batch
-  rng = np.random.default_rng(0)
-  local = dict(waveform=(rng.standard_normal((batch, 32000)) * 0.1).astype(np.float32),
-               label=rng.integers(0, 10, batch).astype(np.int32),
-               device=np.zeros(batch, np.int32), index=np.arange(batch, dtype=np.int32),
-               mask=np.ones(batch, bool))
-
-  split = Split(name="bench", waveform=local["waveform"], label=local["label"],
-                device=local["device"], filename=np.array([f"{i}.wav" for i in range(batch)]),
-                index=local["index"], classes=tuple(map(str, range(10))), devices=("a",),
-                sample_rate=32000)
-  task = common.classification_task(config, split)
-  data = loop.TrainData(steps_per_epoch=1000, batches=lambda start: iter([local]))
-  run = loop.setup(task, config, data)
-  trainer = run.trainer
-  device_batch = mesh_lib.global_batch(local, trainer.mesh)
-  holder = {"state": run.state}
-
-  def train_step():
-    holder["state"], metrics = trainer.train_step(holder["state"], device_batch)
-    return metrics["loss"]
-
-  settings = frontends.settings_from_config(config.frontend)
-  frontend = jax.jit(lambda w: frontends.log_mel(w, settings))
-  waveform = device_batch["waveform"]
-
-  step_ms = _median_ms(train_step, args.repeats)
-  frontend_ms = _median_ms(lambda: frontend(waveform), args.repeats)
-  pipeline_clips_per_s = _pipeline_throughput(batch)
-
+  batch, repeats = args.batch, args.repeats
   device = jax.devices()[0]
-  print(f"jax {jax.__version__} | jaxlib {jax.lib.__version__ if hasattr(jax.lib, '__version__') else ''}"
-        f" | flax {__import__('flax').__version__} | optax {__import__('optax').__version__}"
-        f" | python {platform.python_version()}")
-  print(f"device: {jax.device_count()} × {device.platform} ({device.device_kind}), "
-        f"{os.cpu_count()} CPU cores")
-  print(f"CP-Mobile DCASE25 train step (frontend + forward + backward + AdamW), batch {batch}: "
-        f"{step_ms:.1f} ms/step = {batch / step_ms * 1000:.0f} samples/s "
-        f"(PyTorch reference ≈{REFERENCE_STEP_MS:.0f} ms, ×{REFERENCE_STEP_MS / step_ms:.2f})")
-  print(f"frontend (log-mel 4096/3072/500, 256 mels), batch {batch}: {frontend_ms:.1f} ms = "
-        f"{batch / frontend_ms * 1000:.0f} clips/s "
-        f"(PyTorch reference {REFERENCE_FRONTEND_MS[0]:.0f}–{REFERENCE_FRONTEND_MS[1]:.0f} ms)")
-  print(f"input pipeline (tf.data, float16 cache, 1-s clips), batch {batch}: "
-        f"{pipeline_clips_per_s:.0f} clips/s (the train step consumes "
-        f"{batch / step_ms * 1000:.0f} clips/s)")
+  print(f"jax {jax.__version__} | flax {__import__('flax').__version__} | optax "
+        f"{__import__('optax').__version__} | python {platform.python_version()} | "
+        f"{jax.device_count()} × {device.platform} ({device.device_kind}), {os.cpu_count()} CPU "
+        f"cores | native CPU kernels: {'on' if native.available() else 'off'}")
+
+  steps, states = {}, {}
+  for variant in CONFIGS:
+    steps[variant], states[variant] = jax_train_step(variant, batch, repeats)
+  frontend_ms = jax_frontend(batch, repeats)
+  rates = jax_input_paths("dcase25", batch)
+  torch = None if args.no_torch else torch_figures(batch, repeats)
+
+  print(f"\nTrain step, batch {batch}, float32 (frontend + forward + backward + update):")
+  print("| model | jax_asc ms | samples/s | PyTorch ms (with frontend / model only) | ratio |")
+  print("|---|---:|---:|---:|---:|")
+  for variant, ms in steps.items():
+    row = f"| CP-Mobile {variant} | {ms:.0f} | {batch / ms * 1000:.0f} |"
+    if torch:
+      with_frontend, model_only, _ = torch[variant]
+      row += f" {with_frontend:.0f} / {model_only:.0f} | ×{with_frontend / ms:.2f} |"
+    else:
+      row += " (torch not installed) | |"
+    print(row)
+  line = (f"\nFrontend (log-mel 4096/3072/500, 256 mels), {batch} clips: {frontend_ms:.1f} ms = "
+          f"{batch / frontend_ms * 1000:.0f} clips/s")
+  if torch:
+    line += (f"; PyTorch (torch.stft + mel matmul) {torch['frontend']:.1f} ms, "
+             f"×{torch['frontend'] / frontend_ms:.2f}")
+  print(line)
+  print(f"Input paths (dcase25, float16 clips, 24 steps): tf.data {rates['tf_data']:.0f} "
+        f"samples/s, on-device (8 steps per call) {rates['device']:.0f} samples/s")
+  for variant, state in states.items():
+    print(f"Train state on the device ({variant}: params, batch stats, optimizer): "
+          f"{state_bytes(state) / 1e6:.2f} MB")
+  stats = getattr(device, "memory_stats", lambda: None)()
+  if stats and "peak_bytes_in_use" in stats:
+    print(f"Device peak memory in use: {stats['peak_bytes_in_use'] / 1e9:.2f} GB")
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux: KiB
+  print(f"Peak host memory (resident) of this process: {peak / 1e9:.2f} GB")
+  if torch:
+    print(f"PyTorch {torch['version']}, {torch['threads']} threads, same batch and input.")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ needs only `torch` (2.13.0 CPU).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -132,7 +130,21 @@ def train_step_fn(model, frontend, batch: int, samples: int, lr: float = 1e-3):
   return step, waveform
 
 
+def model_step_fn(model, features, lr: float = 1e-3):
+  """A closure running one AdamW step of the model alone on fixed log-mel `features`
+  (B, 1, mels, frames): the reference's train-step figure (no frontend)."""
+  optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+  labels = torch.arange(features.shape[0]) % 10
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    loss = nn.functional.cross_entropy(model(features), labels)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+  return step
+
+
 if __name__ == "__main__":
   for name, kwargs in VARIANTS.items():
     print(name, count_parameters(CPMobile(**kwargs)))
-  print(math.pi)

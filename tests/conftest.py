@@ -1,5 +1,8 @@
-"""Shared test set-up: quiet TF, a per-session cache for the synthetic dataset."""
+"""Shared test set-up: quiet TF, a per-session cache for the synthetic dataset, the report
+chains started in the background when tests/test_launch.py is collected."""
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -35,3 +38,21 @@ def tiny_config(data_dir):
   config = quickstart.get_config("tiny")
   config.data.cache_dir = data_dir
   return config
+
+
+def pytest_collection_finish(session):
+  """Starts the smoke chains of tests/test_launch.py now (see tests/chains.py)."""
+  if any(item.nodeid.startswith("tests/test_launch.py") or "test_launch.py" in item.nodeid
+         for item in session.items):
+    import chains
+    root = tempfile.mkdtemp(prefix="jax_asc_chains_")
+    session.config.jax_asc_chains = (root, chains.start(root))
+
+
+def pytest_sessionfinish(session):
+  started = getattr(session.config, "jax_asc_chains", None)
+  if started:
+    import chains
+    root, procs = started
+    chains.stop(procs)
+    shutil.rmtree(root, ignore_errors=True)

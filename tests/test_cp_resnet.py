@@ -1,4 +1,6 @@
 """CP-ResNet teacher: reference parameter and MAC counts, sizes, shapes, init."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,8 +42,8 @@ def test_sizes_report_002(base):
 def test_shapes_features_and_fixup_init():
   model = CPResNet()
   x = jax.random.normal(jax.random.key(0), (2, 256, 43))
-  variables = model.init(jax.random.key(1), x)
-  out = model.apply(variables, x, return_features=True)
+  variables = jax.jit(model.init)(jax.random.key(1), x)
+  out = jax.jit(functools.partial(model.apply, return_features=True))(variables, x)
   assert out["stem"].shape == (2, 127, 21, 32)
   assert out["s1"].shape == (2, 15, 10, 32)
   assert out["s3"].shape == (2, 15, 10, 92) and out["embedding"].shape == (2, 92)

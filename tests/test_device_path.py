@@ -48,7 +48,7 @@ def test_device_batches_are_the_host_pipelines_batches(tiny_config):
 
 def test_device_path_trains_like_the_host_path(tiny_config, tmp_path):
   """Same data, keys and update rule: after 8 steps (chunks of 3, cut at every log step) the
-  parameters agree to float32 noise; the device path is deterministic."""
+  parameters agree to float32 noise (bit-exact determinism: the resume test below)."""
   config = tiny_config
   config.waveform_augment.update(roll_samples=200, gain_db=2.0)
   config.mix.update(mixstyle_p=1.0)
@@ -58,12 +58,9 @@ def test_device_path_trains_like_the_host_path(tiny_config, tmp_path):
   device_config = _device_config(config.copy_and_resolve_references())
   device_data = common.train_data(device_config, split)
   device = loop.fit(task, device_config, str(tmp_path / "device"), device_data).state
-  again = loop.fit(task, device_config, str(tmp_path / "again"), device_data).state
   assert int(device.step) == int(host.step) == 8
   assert _max_relative_difference(device.params, host.params) < 1e-3
   assert _max_relative_difference(device.batch_stats, host.batch_stats) < 1e-3
-  for a, b in zip(jax.tree.leaves(device.params), jax.tree.leaves(again.params)):
-    np.testing.assert_array_equal(a, b)
 
 
 def test_device_path_resumes_bit_exactly_and_names_a_bad_step(tiny_config, tmp_path):

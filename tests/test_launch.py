@@ -1,45 +1,35 @@
 """The three report chains in their --smoke mode, end to end (launch/report00*_*.sh).
 
-The three scripts run concurrently (each is mostly one busy thread) and share an XLA compilation
-cache; each test then checks its report's tables and artefacts, and that a second call resumes
-by skipping every finished stage.
+The chains start in the background when the session has collected this file (tests/chains.py,
+conftest.py), run concurrently and overlap with the other tests; each test then checks its
+report's tables and artefacts, and that a second call resumes by skipping every finished stage.
 """
 import json
 import os
+import pathlib
 import subprocess
-import sys
+import tempfile
 import time
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = {"report000": "report000_dafa.sh", "report001": "report001_joint_kd.sh",
-           "report002": "report002_teachers.sh"}
-# Worker processes per chain: report 002's nineteen runs would be the critical path alone.
-JOBS = {"report000": 2, "report001": 1, "report002": 2}
+import chains as chain_runs
+
+REPO = chain_runs.REPO
+SCRIPTS = chain_runs.SCRIPTS
 
 
 @pytest.fixture(scope="module")
-def chains(tmp_path_factory):
-  root = tmp_path_factory.mktemp("chains")
-  env = dict(os.environ, PYTHON=sys.executable,
-             JAX_ASC_COMPILATION_CACHE=str(root / "xla_cache"))
-  procs = {}
-  for report, script in SCRIPTS.items():
-    log = open(root / f"{report}.log", "w")
-    procs[report] = (subprocess.Popen(
-        ["bash", os.path.join(REPO, "launch", script), "--smoke", "--jobs", str(JOBS[report]),
-         "--workdir", str(root / report)], stdout=log, stderr=subprocess.STDOUT, env=env), log)
-  failed = []
-  for report, (proc, log) in procs.items():
-    proc.wait(timeout=1200)
-    log.close()
-    if proc.returncode:
-      failed.append(f"{report} (exit {proc.returncode}):\n" +
-                    (root / f"{report}.log").read_text()[-4000:])
+def chains(request):
+  started = getattr(request.config, "jax_asc_chains", None)
+  if started is None:   # collected some other way: start them here
+    root = tempfile.mkdtemp(prefix="jax_asc_chains_")
+    started = request.config.jax_asc_chains = (root, chain_runs.start(root))
+  root, procs = started
+  failed = chain_runs.wait(root, procs)
   assert not failed, "\n".join(failed)
-  return root, env
+  return pathlib.Path(root), chain_runs.environment(root)
 
 
 def _tables(root, report):

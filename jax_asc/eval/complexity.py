@@ -142,7 +142,8 @@ def count(model: nn.Module, input_shape: Sequence[int], **apply_kwargs) -> Compl
 
 def xla_flops(model: nn.Module, variables, input_shape: Sequence[int], **apply_kwargs) -> float:
   """XLA's own flop estimate for one forward pass (compiled cost analysis), with the layers in
-  their XLA forms: XLA cannot count inside the native CPU kernels."""
+  their XLA forms: XLA cannot count inside the native CPU kernels. `variables` may be arrays or
+  their shapes (`jax.eval_shape(model.init, ...)`)."""
   fn = jax.jit(lambda v, x: model.apply(v, x, **apply_kwargs))
   with native.disabled():
     compiled = fn.lower(variables, jnp.zeros(input_shape, jnp.float32)).compile()

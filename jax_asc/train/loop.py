@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Sequence
 
@@ -39,6 +40,10 @@ from jax_asc.train import optim
 from jax_asc.train import state as state_lib
 from jax_asc.train import writers
 from jax_asc.train.state import TrainState
+
+# Models with fewer numbers in their train state than this are initialised by an unoptimised
+# (faster to compile) program.
+INIT_O0_LIMIT = 10_000_000
 
 Batch = Dict[str, jax.Array]
 
@@ -209,7 +214,12 @@ class Trainer:
                     else self.task.init_loss_state(loss_rng))
       return state_lib.create(variables, self.tx, state_rng, ema=self.ema_decay > 0,
                               loss_state=loss_state)
-    return jax.jit(init_fn, out_shardings=self._rep)(example_batch)
+    lowered = jax.jit(init_fn, out_shardings=self._rep).lower(example_batch)
+    numbers = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(lowered.out_info))
+    # Initialisation runs once. For small models LLVM's optimisations cost more compile time than
+    # they save (tiny CP-Mobile: 4.5 s → 1.5 s); for PaSST-S (86 M parameters) they pay off.
+    options = {"xla_backend_optimization_level": 0} if numbers < INIT_O0_LIMIT else {}
+    return lowered.compile(compiler_options=options)(example_batch)
 
   def _train_step(self, state: TrainState, batch: Batch, frozen):
     rng = jax.random.fold_in(state.rng, state.step)

@@ -1,0 +1,54 @@
+"""Starts the three report chains' --smoke runs (launch/report00*_*.sh) in the background.
+
+conftest.py starts them as soon as the session has collected tests/test_launch.py, so the
+chains (mostly single-threaded compiling) overlap with the rest of the suite; test_launch.py
+waits for them. Each chain gets its own workdir, dataset cache and XLA compilation cache under
+`root`.
+"""
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = {"report000": "report000_dafa.sh", "report001": "report001_joint_kd.sh",
+           "report002": "report002_teachers.sh"}
+# Worker processes per chain: report 002's nineteen runs would be the critical path alone.
+JOBS = {"report000": 2, "report001": 1, "report002": 2}
+
+
+def environment(root: str) -> dict:
+  return dict(os.environ, PYTHON=sys.executable, JAX_ASC_DATA_DIR=os.path.join(root, "data"),
+              JAX_ASC_COMPILATION_CACHE=os.path.join(root, "xla_cache"))
+
+
+def start(root: str) -> dict:
+  """{report: (process, log file)} of the three chains, started now."""
+  env = environment(root)
+  procs = {}
+  for report, script in SCRIPTS.items():
+    log = open(os.path.join(root, f"{report}.log"), "w")
+    procs[report] = (subprocess.Popen(
+        ["bash", os.path.join(REPO, "launch", script), "--smoke", "--jobs", str(JOBS[report]),
+         "--workdir", os.path.join(root, report)], stdout=log, stderr=subprocess.STDOUT,
+        env=env), log)
+  return procs
+
+
+def wait(root: str, procs: dict, timeout: float = 1500) -> list:
+  """Waits for every chain; the failures, each with the tail of its log."""
+  failed = []
+  for report, (proc, log) in procs.items():
+    proc.wait(timeout=timeout)
+    log.close()
+    if proc.returncode:
+      with open(os.path.join(root, f"{report}.log")) as f:
+        failed.append(f"{report} (exit {proc.returncode}):\n" + f.read()[-4000:])
+  return failed
+
+
+def stop(procs: dict) -> None:
+  for proc, log in procs.values():
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+    log.close()
