@@ -41,7 +41,7 @@ from jax_asc import native  # noqa: E402
 from jax_asc.audio import frontends  # noqa: E402
 from jax_asc.data.dataset import Split  # noqa: E402
 from jax_asc.stages import common  # noqa: E402
-from jax_asc.train import loop, mesh as mesh_lib  # noqa: E402
+from jax_asc.train import loop, mesh as mesh_lib, state as state_lib  # noqa: E402
 
 CONFIGS = {"dcase25": cp_mobile_dcase25, "dcase23": cp_mobile_dcase23}
 SAMPLES = 32000
@@ -141,11 +141,6 @@ def jax_frontend(batch: int, repeats: int) -> float:
   return _median_ms(lambda: jax.block_until_ready(fn(waveform)), repeats)
 
 
-def state_bytes(state) -> int:
-  return sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)
-             if hasattr(x, "dtype") and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
-
-
 def torch_figures(batch: int, repeats: int):
   """PyTorch ms per step (with frontend, model only) per variant and frontend ms; None when
   torch is not installed."""
@@ -176,7 +171,7 @@ def torch_figures(batch: int, repeats: int):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--no-torch", action="store_true")
   args = parser.parse_args()
   batch, repeats = args.batch, args.repeats
@@ -214,7 +209,7 @@ def main():
         f"samples/s, on-device (8 steps per call) {rates['device']:.0f} samples/s")
   for variant, state in states.items():
     print(f"Train state on the device ({variant}: params, batch stats, optimizer): "
-          f"{state_bytes(state) / 1e6:.2f} MB")
+          f"{state_lib.memory_bytes(state) / 2**20:.2f} MB")
   stats = getattr(device, "memory_stats", lambda: None)()
   if stats and "peak_bytes_in_use" in stats:
     print(f"Device peak memory in use: {stats['peak_bytes_in_use'] / 1e9:.2f} GB")

@@ -40,6 +40,11 @@ def tiny_config(data_dir):
   return config
 
 
+def pytest_collection_modifyitems(config, items):
+  """tests/test_launch.py last: its chains then run beside every other test before it waits."""
+  items.sort(key=lambda item: "test_launch.py" in item.nodeid)
+
+
 def pytest_collection_finish(session):
   """Starts the smoke chains of tests/test_launch.py now (see tests/chains.py)."""
   if any(item.nodeid.startswith("tests/test_launch.py") or "test_launch.py" in item.nodeid

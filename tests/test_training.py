@@ -137,6 +137,11 @@ def test_quickstart_tiny_end_to_end(tiny_config, tmp_path, capsys):
     report = json.load(f)
   assert report["count"] == 36 and sum(map(sum, report["confusion"])) == 36
   assert results["evaluate"]["accuracy"] == report["accuracy"]
+  with open(os.path.join(workdir, "train.done.json")) as f:
+    memory = json.load(f)["outputs"]["memory"]
+  state = 4 * 3 * results["train"]["params"] / 2**20   # params + Adam's two moments, float32
+  assert state < memory["train_state_mb"] < state + 0.05   # + batch stats, counts, key
+  assert memory["peak_host_mb"] > 100
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert any("validation/macro_accuracy" in r for r in rows)
   assert any("train/loss" in r for r in rows)

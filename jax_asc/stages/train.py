@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 
 import jax
 
 from jax_asc.eval import metrics
 from jax_asc.stages import common, tasks
+from jax_asc.train import state as state_lib
 
 
 def fit_run(config, workdir: str, stage: str) -> dict:
@@ -36,10 +38,25 @@ def fit_run(config, workdir: str, stage: str) -> dict:
 
   result = common.loop.fit(task, config, workdir, common.train_data(config, train_split),
                            evaluate=evaluate, initialize=tasks.pretrained_initializer(config))
+  memory = memory_report(result.state)
+  print(f"Memory: train state {memory['train_state_mb']:.2f} MB on the devices, peak host "
+        f"{memory['peak_host_mb']:.0f} MB resident", flush=True)
   outputs = {"final_step": int(result.state.step), "validation": result.last_eval,
-             "params": cost.params, "macs": cost.macs}
+             "params": cost.params, "macs": cost.macs, "memory": memory}
   common.write_done(workdir, stage, config, outputs)
   return outputs
+
+
+def memory_report(state) -> dict:
+  """Train-state MB on the devices, this process's peak resident host MB, and the first
+  device's peak MB in use where the backend reports it (GPU/TPU)."""
+  report = {"train_state_mb": state_lib.memory_bytes(state) / 2**20,
+            # ru_maxrss is in KiB on Linux.
+            "peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10}
+  stats = getattr(jax.local_devices()[0], "memory_stats", lambda: None)()
+  if stats and "peak_bytes_in_use" in stats:
+    report["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
+  return report
 
 
 def run(config, workdir: str) -> dict:

@@ -26,3 +26,11 @@ def create(variables, tx, rng, ema: bool, loss_state: Any = None) -> TrainState:
       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
       ema_params=jax.tree.map(jnp.copy, params) if ema else None, rng=rng,
       loss_state=loss_state)
+
+
+def memory_bytes(state: TrainState) -> int:
+  """Bytes of the train state's arrays (parameters, batch statistics, optimizer state, EMA,
+  loss state) on the devices, counted once per global array (not per replica)."""
+  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state)
+             if hasattr(leaf, "dtype") and not jax.dtypes.issubdtype(leaf.dtype,
+                                                                    jax.dtypes.prng_key))
