@@ -117,13 +117,13 @@ def dependencies(plan: List[Run]) -> List[List[int]]:
 
 def _run_one(report: str, index: int, workdir: str, base: str, smoke: bool,
              passt_checkpoint: str) -> None:
-  from jax_asc import main
   run = PLANS[report]()[index]
   run_dir = os.path.join(workdir, run.path)
   todo = remaining_stages(run_dir, run.stages)
   if not todo:
     print(f"== {run.path}: {run.stages} done, skipped", flush=True)
     return
+  from jax_asc import main   # JAX and TF: only when a stage is left to run
   print(f"== {run.path}: {','.join(todo)}", flush=True)
   config = load_config(run.config, f"{run.role},{base}")
   config.stage = ",".join(todo)
