@@ -67,8 +67,8 @@ def _split_of(workdir: str) -> str:
 
 def report000(workdir: str, split: str, ours: str) -> tuple:
   lines = ["## Report 000, table 1: student accuracy (%) by teacher configuration", "",
-           f"| teachers | overall | real | seen | unseen | report: overall | real | seen | "
-           f"unseen |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| teachers | overall | real | seen | unseen | report: overall | real | seen | "
+           "unseen |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   data = {"table1": {}, "teachers": {}}
   for name, reference in REPORT000_TABLE1.items():
     result = _eval(os.path.join(workdir, "students", name), split)
