@@ -30,11 +30,15 @@ def _close(a, b, rtol=1e-5, atol=1e-5):
 @pytest.mark.parametrize("shape,kernel_size,strides", [
     ((3, 9, 7, 16), (3, 3), (1, 1)), ((2, 8, 9, 20), (3, 3), (1, 2)),
     ((2, 9, 8, 35), (3, 3), (2, 1)), ((4, 6, 6, 16), (3, 3), (2, 2)),
-    ((2, 7, 9, 12), (5, 5), (1, 1)), ((2, 5, 4, 3), (3, 1), (1, 1))])
+    ((2, 7, 9, 12), (5, 5), (1, 1)), ((2, 5, 4, 3), (3, 1), (1, 1)),
+    ((2, 3, 2, 17), (3, 3), (1, 1)), ((2, 2, 3, 33), (3, 3), (2, 2)),
+    ((2, 1, 1, 16), (3, 3), (1, 2)), ((3, 7, 5, 120), (3, 3), (1, 2))])
 def test_depthwise_matches_grouped_convolution(shape, kernel_size, strides):
   """Every form (native, shifted slices, the layer) = `lax.conv_general_dilated` with
   feature_group_count = C: output, input and kernel gradients; channels beyond whole vectors of
-  16, odd sizes, every stride of CP-Mobile, and a 5×5 kernel."""
+  16 (the 3×3 fast paths' overlapping last vector), fewer than 16 (the general kernels), odd
+  sizes, images narrower than the kernel (no interior columns), every stride of CP-Mobile, and
+  a 5×5 kernel."""
   x = _random(0, shape)
   kernel = _random(1, (*kernel_size, 1, shape[-1]))
   reference = jax.jit(lambda x, k: fast_ops.depthwise_conv_xla(x, k, strides))
@@ -69,8 +73,14 @@ def test_native_kernels_are_used_deterministic_and_match_the_xla_forms():
 
 @pytest.mark.parametrize("shape,kernel_shape,strides", [
     ((2, 16, 13, 1), (3, 3, 1, 8), (2, 2)), ((2, 9, 7, 8), (3, 3, 8, 32), (2, 2)),
-    ((3, 8, 8, 5), (3, 3, 5, 20), (1, 1)), ((2, 8, 9, 3), (5, 3, 3, 7), (2, 1))])
+    ((3, 8, 8, 5), (3, 3, 5, 20), (1, 1)), ((2, 8, 9, 3), (5, 3, 3, 7), (2, 1)),
+    ((2, 7, 1, 3), (3, 3, 3, 16), (1, 2)), ((3, 5, 6, 9), (3, 3, 9, 48), (2, 1)),
+    ((2, 6, 5, 2), (3, 3, 2, 64), (1, 1))])
 def test_small_convolution_matches_xla(shape, kernel_shape, strides):
+  """Output and both gradients against XLA's convolution: the CP-Mobile stems (1 → 8 and
+  8 → 32 channels, stride 2), output channels of every fast path (8, 16, 32, 48, 64) at every
+  stride, input channels beyond a register block (9), a one-column image, and the general
+  kernels (20 and 7 output channels, a 5×3 kernel)."""
   x = _random(5, shape)
   kernel = _random(6, kernel_shape, 0.3)
   reference = lambda x, k: fast_ops.conv_xla(x, k, strides)

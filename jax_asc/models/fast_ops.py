@@ -126,10 +126,11 @@ def _conv_native_fwd(x, kernel, strides):
 
 def _conv_native_bwd(strides, residuals, dy):
   x, kernel = residuals
-  # The input gradient is XLA's transposed convolution (faster here than a gather kernel).
+  # The input gradient is XLA's transposed convolution (a native gather kernel was no faster).
   _, input_vjp = jax.vjp(lambda x: conv_xla(x, kernel, strides), x)
+  dx = input_vjp(dy)[0]
   dk = _ffi("jax_asc_conv_kernel_grad", kernel.shape, x, dy, strides=strides)
-  return input_vjp(dy)[0], dk
+  return dx, dk
 
 
 _conv_native.defvjp(_conv_native_fwd, _conv_native_bwd)
@@ -139,7 +140,8 @@ def conv(x: jax.Array, kernel: jax.Array, strides=(1, 1)) -> jax.Array:
   """Dense k×k convolution, zero padding (k−1)//2, no bias: x (B, H, W, Cin), kernel HWIO.
 
   On CPU, for odd k and at most 64 input and output channels (the CP-Mobile stems), the native
-  kernels (vectorised over channels; the kernel gradient as im2col tiles); else XLA's.
+  kernels (3×3 fast paths vectorised over the output channels; the general kernel gradient as
+  im2col tiles); else XLA's.
   """
   strides = tuple(int(s) for s in strides)
   kernel = kernel.astype(x.dtype)

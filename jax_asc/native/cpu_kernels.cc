@@ -172,6 +172,180 @@ void InputGradRows(const Geometry& g, const float* dy, const float* k, float* dx
   }
 }
 
+// ----------------------------------------------------------------------------- depthwise, 3×3 fast paths
+// For 3×3 kernels, strides 1 or 2 and at least 16 channels, the three passes below replace the
+// general ones: per output row and vector of 16 channels the nine tap weights stay in registers,
+// and columns whose taps all lie inside the image (all but the edges) run without bounds checks.
+// A last partial vector of channels overlaps the one before it: the forward and gathered passes
+// recompute those outputs with identical values, the accumulating passes mask the repeated lanes.
+inline int64_t VectorStart(int64_t v, int64_t c_n) { return std::min(v * kLanes, c_n - kLanes); }
+
+// 1 for the lanes this vector adds first, 0 for the lanes the previous vector already covered.
+inline Lanes FreshLanes(int64_t v, int64_t c_n) {
+  const int64_t repeated = v * kLanes - VectorStart(v, c_n);
+  Lanes mask;
+  for (int64_t l = 0; l < kLanes; ++l) mask[l] = l < repeated ? 0.0f : 1.0f;
+  return mask;
+}
+
+// Columns ow in [lo, hi) have every tap ow·S − pad + j (j < K) inside [0, width).
+template <int K, int S>
+inline void InteriorColumns(int64_t out_w, int64_t width, int64_t pad, int64_t* lo, int64_t* hi) {
+  *lo = std::min<int64_t>((pad + S - 1) / S, out_w);
+  *hi = *lo;
+  while (*hi < out_w && *hi * S - pad + K <= width) ++*hi;
+}
+
+// y = x ⋆ k (cross-correlation) for one image; `g` the geometry of this correlation.
+template <int KH, int KW, int SH, int SW>
+void CorrelateImage3(const Geometry& g, const float* x, const float* k, float* y, int64_t b) {
+  const int64_t c_n = g.channels, vectors = (c_n + kLanes - 1) / kLanes;
+  const float* xb = x + b * g.height * g.width * c_n;
+  float* yb = y + b * g.out_h * g.out_w * c_n;
+  int64_t ow_lo, ow_hi;
+  InteriorColumns<KW, SW>(g.out_w, g.width, g.pad_w, &ow_lo, &ow_hi);
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const int64_t ih0 = oh * SH - g.pad_h;
+    const int i_lo = static_cast<int>(std::max<int64_t>(0, -ih0));
+    const int i_hi = static_cast<int>(std::min<int64_t>(KH, g.height - ih0));
+    for (int64_t v = 0; v < vectors; ++v) {
+      const int64_t c = VectorStart(v, c_n);
+      Lanes w[KH * KW];
+      for (int t = 0; t < KH * KW; ++t) w[t] = LoadLanes(k + t * c_n + c);
+      float* out = yb + oh * g.out_w * c_n + c;
+      auto tap = [&](int64_t ih, int64_t iw) { return xb + (ih * g.width + iw) * c_n + c; };
+      auto edge = [&](int64_t ow) {
+        const int64_t iw0 = ow * SW - g.pad_w;
+        Lanes acc = {};
+        for (int i = i_lo; i < i_hi; ++i)
+          for (int j = 0; j < KW; ++j)
+            if (iw0 + j >= 0 && iw0 + j < g.width)
+              acc += LoadLanes(tap(ih0 + i, iw0 + j)) * w[i * KW + j];
+        StoreLanes(out + ow * c_n, acc);
+      };
+      for (int64_t ow = 0; ow < ow_lo; ++ow) edge(ow);
+      if (i_lo == 0 && i_hi == KH) {
+        for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
+          const float* in = tap(ih0, ow * SW - g.pad_w);
+          Lanes acc = {};
+          for (int i = 0; i < KH; ++i)
+            for (int j = 0; j < KW; ++j)
+              acc += LoadLanes(in + (i * g.width + j) * c_n) * w[i * KW + j];
+          StoreLanes(out + ow * c_n, acc);
+        }
+      } else {
+        for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
+          const float* in = tap(ih0, ow * SW - g.pad_w);
+          Lanes acc = {};
+          for (int i = i_lo; i < i_hi; ++i)
+            for (int j = 0; j < KW; ++j)
+              acc += LoadLanes(in + (i * g.width + j) * c_n) * w[i * KW + j];
+          StoreLanes(out + ow * c_n, acc);
+        }
+      }
+      for (int64_t ow = ow_hi; ow < g.out_w; ++ow) edge(ow);
+    }
+  }
+}
+
+// dx of one image for a strided forward pass, as a scatter: dx[oh·S + i − pad] += dy[oh]·k[i].
+template <int KH, int KW, int SH, int SW>
+void ScatterInputGradImage3(const Geometry& g, const float* dy, const float* k, float* dx,
+                            int64_t b) {
+  const int64_t c_n = g.channels, vectors = (c_n + kLanes - 1) / kLanes;
+  const float* dyb = dy + b * g.out_h * g.out_w * c_n;
+  float* dxb = dx + b * g.height * g.width * c_n;
+  std::memset(dxb, 0, g.height * g.width * c_n * sizeof(float));
+  int64_t ow_lo, ow_hi;
+  InteriorColumns<KW, SW>(g.out_w, g.width, g.pad_w, &ow_lo, &ow_hi);
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const int64_t ih0 = oh * SH - g.pad_h;
+    const int i_lo = static_cast<int>(std::max<int64_t>(0, -ih0));
+    const int i_hi = static_cast<int>(std::min<int64_t>(KH, g.height - ih0));
+    for (int64_t v = 0; v < vectors; ++v) {
+      const int64_t c = VectorStart(v, c_n);
+      const Lanes fresh = FreshLanes(v, c_n);
+      Lanes w[KH * KW];
+      for (int t = 0; t < KH * KW; ++t) w[t] = LoadLanes(k + t * c_n + c) * fresh;
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        const Lanes grad = LoadLanes(dyb + (oh * g.out_w + ow) * c_n + c);
+        const int64_t iw0 = ow * SW - g.pad_w;
+        const bool inside = ow >= ow_lo && ow < ow_hi;
+        for (int i = i_lo; i < i_hi; ++i) {
+          float* row = dxb + ((ih0 + i) * g.width + iw0) * c_n + c;
+          for (int j = 0; j < KW; ++j) {
+            if (!inside && (iw0 + j < 0 || iw0 + j >= g.width)) continue;
+            StoreLanes(row + j * c_n, LoadLanes(row + j * c_n) + grad * w[i * KW + j]);
+          }
+        }
+      }
+    }
+  }
+}
+
+// acc[i, j, :] += Σ_{oh, ow} x[oh·S + i − pad, ow·S + j − pad, :] · dy[oh, ow, :] for one image;
+// the nine sums of one output row stay in registers.
+template <int KH, int KW, int SH, int SW>
+void KernelGradImage3(const Geometry& g, const float* x, const float* dy, float* acc, int64_t b) {
+  const int64_t c_n = g.channels, vectors = (c_n + kLanes - 1) / kLanes;
+  const float* xb = x + b * g.height * g.width * c_n;
+  const float* dyb = dy + b * g.out_h * g.out_w * c_n;
+  int64_t ow_lo, ow_hi;
+  InteriorColumns<KW, SW>(g.out_w, g.width, g.pad_w, &ow_lo, &ow_hi);
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const int64_t ih0 = oh * SH - g.pad_h;
+    const int i_lo = static_cast<int>(std::max<int64_t>(0, -ih0));
+    const int i_hi = static_cast<int>(std::min<int64_t>(KH, g.height - ih0));
+    for (int64_t v = 0; v < vectors; ++v) {
+      const int64_t c = VectorStart(v, c_n);
+      const Lanes fresh = FreshLanes(v, c_n);
+      Lanes sums[KH * KW] = {};
+      auto add = [&](int64_t ow, bool inside) {
+        const Lanes grad = LoadLanes(dyb + (oh * g.out_w + ow) * c_n + c);
+        const int64_t iw0 = ow * SW - g.pad_w;
+        const float* in = xb + (ih0 * g.width + iw0) * c_n + c;
+        for (int i = i_lo; i < i_hi; ++i)
+          for (int j = 0; j < KW; ++j)
+            if (inside || (iw0 + j >= 0 && iw0 + j < g.width))
+              sums[i * KW + j] += LoadLanes(in + (i * g.width + j) * c_n) * grad;
+      };
+      for (int64_t ow = 0; ow < ow_lo; ++ow) add(ow, false);
+      if (i_lo == 0 && i_hi == KH) {
+        for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
+          const Lanes grad = LoadLanes(dyb + (oh * g.out_w + ow) * c_n + c);
+          const float* in = xb + (ih0 * g.width + ow * SW - g.pad_w) * c_n + c;
+          for (int i = 0; i < KH; ++i)
+            for (int j = 0; j < KW; ++j)
+              sums[i * KW + j] += LoadLanes(in + (i * g.width + j) * c_n) * grad;
+        }
+      } else {
+        for (int64_t ow = ow_lo; ow < ow_hi; ++ow) add(ow, true);
+      }
+      for (int64_t ow = ow_hi; ow < g.out_w; ++ow) add(ow, false);
+      for (int t = 0; t < KH * KW; ++t)
+        StoreLanes(acc + t * c_n + c, LoadLanes(acc + t * c_n + c) + sums[t] * fresh);
+    }
+  }
+}
+
+// Calls run(std::integral_constant<int, SH>, std::integral_constant<int, SW>) for strides in
+// {1, 2}²; false (nothing run) for other strides.
+template <typename F>
+bool DispatchStrides(int64_t sh, int64_t sw, F&& run) {
+  using One = std::integral_constant<int, 1>;
+  using Two = std::integral_constant<int, 2>;
+  if (sh == 1 && sw == 1) run(One(), One());
+  else if (sh == 1 && sw == 2) run(One(), Two());
+  else if (sh == 2 && sw == 1) run(Two(), One());
+  else if (sh == 2 && sw == 2) run(Two(), Two());
+  else return false;
+  return true;
+}
+
+inline bool FastDepthwise(const Geometry& g) {
+  return g.kh == 3 && g.kw == 3 && g.channels >= kLanes;
+}
+
 // acc[i, j, :] += Σ_{oh, ow} x[b, oh·sh + i − ph, ow·sw + j − pw, :] · dy[b, oh, ow, :]
 // For each vector of 16 channels the KH·KW tap sums of one output row stay in registers
 // (row sums also keep the float sums short); remaining channels go one by one.
@@ -217,6 +391,10 @@ void KernelGradRowsFixed(const Geometry& g, const float* x, const float* dy, flo
 
 void KernelGradRows(const Geometry& g, const float* x, const float* dy, float* acc, float* row,
                     int64_t b) {
+  if (FastDepthwise(g) && DispatchStrides(g.stride_h, g.stride_w, [&](auto sh, auto sw) {
+        KernelGradImage3<3, 3, decltype(sh)::value, decltype(sw)::value>(g, x, dy, acc, b);
+      }))
+    return;
   if (g.kh == 3 && g.kw == 3) return KernelGradRowsFixed<3, 3>(g, x, dy, acc, b);
   const int64_t c_n = g.channels, taps = g.kh * g.kw;
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
@@ -253,6 +431,12 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   const float* xp = x.typed_data();
   const float* kp = kernel.typed_data();
   float* yp = y->typed_data();
+  if (FastDepthwise(g) && DispatchStrides(stride_h, stride_w, [&](auto sh, auto sw) {
+        ParallelFor(pool, g.batch, [&](int64_t b) {
+          CorrelateImage3<3, 3, decltype(sh)::value, decltype(sw)::value>(g, xp, kp, yp, b);
+        });
+      }))
+    return ffi::Error::Success();
   ParallelFor(pool, g.batch, [&](int64_t b) { ForwardRows(g, xp, kp, yp, b); });
   return ffi::Error::Success();
 }
@@ -271,6 +455,25 @@ ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
   const float* dyp = dy.typed_data();
   const float* kp = kernel.typed_data();
   float* dxp = dx->typed_data();
+  if (FastDepthwise(g) && stride_h == 1 && stride_w == 1) {
+    // A stride-1 input gradient is the correlation of dy with the flipped kernel.
+    std::vector<float> flipped(9 * g.channels);
+    for (int64_t t = 0; t < 9; ++t)
+      std::memcpy(flipped.data() + (8 - t) * g.channels, kp + t * g.channels,
+                  g.channels * sizeof(float));
+    const Geometry gt{g.batch, g.out_h, g.out_w, g.channels, 3, 3, g.height, g.width, 1, 1,
+                      2 - g.pad_h, 2 - g.pad_w};
+    ParallelFor(pool, g.batch, [&](int64_t b) {
+      CorrelateImage3<3, 3, 1, 1>(gt, dyp, flipped.data(), dxp, b);
+    });
+    return ffi::Error::Success();
+  }
+  if (FastDepthwise(g) && DispatchStrides(stride_h, stride_w, [&](auto sh, auto sw) {
+        ParallelFor(pool, g.batch, [&](int64_t b) {
+          ScatterInputGradImage3<3, 3, decltype(sh)::value, decltype(sw)::value>(g, dyp, kp, dxp, b);
+        });
+      }))
+    return ffi::Error::Success();
   ParallelFor(pool, g.batch, [&](int64_t b) { InputGradRows(g, dyp, kp, dxp, b); });
   return ffi::Error::Success();
 }
@@ -754,10 +957,174 @@ ffi::Error DispatchVectors(int64_t channels, F&& run) {
   return ffi::Error::Success();
 }
 
+// Fast paths of the small convolution, for 3×3 kernels, strides 1 or 2, and output channels
+// filling whole vectors: 8 (one 8-lane vector) or 16·NB. The forward pass holds a position's
+// outputs in registers; the kernel gradient, per output row and tap, the products of CB input
+// channels with the output vectors. Columns whose taps lie inside the image run unchecked.
+typedef float Lanes8 __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
+
+template <typename V>
+inline V LoadVec(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename V>
+inline void StoreVec(float* p, V v) { std::memcpy(p, &v, sizeof(v)); }
+
+// CIN > 0: that many input channels, known at compile time (the stems: 1 and 8); 0: g.cin.
+template <typename V, int NB, int SH, int SW, int CIN>
+void ConvForwardImage3(const ConvGeometry& g, const float* x, const float* k, float* y,
+                       int64_t b) {
+  constexpr int64_t L = sizeof(V) / sizeof(float);
+  const int64_t cin = CIN > 0 ? CIN : g.cin, cout = NB * L;
+  int64_t ow_lo, ow_hi;
+  InteriorColumns<3, SW>(g.out_w, g.width, g.pad_w, &ow_lo, &ow_hi);
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const int64_t ih0 = oh * SH - g.pad_h;
+    const int i_lo = static_cast<int>(std::max<int64_t>(0, -ih0));
+    const int i_hi = static_cast<int>(std::min<int64_t>(3, g.height - ih0));
+    const float* rows = x + (b * g.height + ih0) * g.width * cin;
+    float* out = y + (b * g.out_h + oh) * g.out_w * cout;
+    // A independent sums per output vector (by tap column and input channel) keep the
+    // multiply-adds from waiting on each other's latency.
+    constexpr int A = NB == 1 ? 4 : NB == 2 ? 4 : 2;
+    auto position = [&](int64_t ow, auto inside) {
+      const int64_t iw0 = ow * SW - g.pad_w;
+      V acc[A][NB] = {};
+      for (int i = i_lo; i < i_hi; ++i) {
+        for (int j = 0; j < 3; ++j) {
+          if (!decltype(inside)::value && (iw0 + j < 0 || iw0 + j >= g.width)) continue;
+          const float* in = rows + (i * g.width + iw0 + j) * cin;
+          const float* w = k + (i * 3 + j) * cin * cout;
+          for (int64_t ci = 0; ci < cin; ++ci)
+            for (int v = 0; v < NB; ++v)
+              acc[(j * cin + ci) % A][v] += in[ci] * LoadVec<V>(w + ci * cout + v * L);
+        }
+      }
+      for (int v = 0; v < NB; ++v) {
+        V total = acc[0][v];
+        for (int a = 1; a < A; ++a) total += acc[a][v];
+        StoreVec(out + ow * cout + v * L, total);
+      }
+    };
+    for (int64_t ow = 0; ow < ow_lo; ++ow) position(ow, std::false_type());
+    for (int64_t ow = ow_lo; ow < ow_hi; ++ow) position(ow, std::true_type());
+    for (int64_t ow = ow_hi; ow < g.out_w; ++ow) position(ow, std::false_type());
+  }
+}
+
+// acc (9·cin, cout) += the kernel gradient of one image.
+template <typename V, int NB, int CB, int SH, int SW>
+void ConvKernelGradImage3(const ConvGeometry& g, const float* x, const float* dy, float* acc,
+                          int64_t b) {
+  constexpr int64_t L = sizeof(V) / sizeof(float);
+  const int64_t cin = g.cin, cout = NB * L;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const int64_t ih0 = oh * SH - g.pad_h;
+    const float* grads = dy + (b * g.out_h + oh) * g.out_w * cout;
+    for (int i = 0; i < 3; ++i) {
+      if (ih0 + i < 0 || ih0 + i >= g.height) continue;
+      const float* row = x + (b * g.height + ih0 + i) * g.width * cin;
+      for (int j = 0; j < 3; ++j) {
+        // Columns ow with 0 ≤ ow·SW − pad + j < width.
+        const int64_t ow_lo = std::max<int64_t>(0, (g.pad_w - j + SW - 1) / SW);
+        const int64_t last = g.width - 1 + g.pad_w - j;   // ow·SW ≤ last
+        const int64_t ow_hi = last < 0 ? 0 : std::min<int64_t>(g.out_w, last / SW + 1);
+        for (int64_t c0 = 0; c0 < cin; c0 += CB) {
+          const int cb = static_cast<int>(std::min<int64_t>(CB, cin - c0));
+          V sums[CB][NB] = {};
+          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
+            const float* in = row + (ow * SW - g.pad_w + j) * cin + c0;
+            V grad[NB];
+            for (int v = 0; v < NB; ++v) grad[v] = LoadVec<V>(grads + ow * cout + v * L);
+            if (cb == CB) {
+              for (int q = 0; q < CB; ++q)
+                for (int v = 0; v < NB; ++v) sums[q][v] += in[q] * grad[v];
+            } else {
+              for (int q = 0; q < cb; ++q)
+                for (int v = 0; v < NB; ++v) sums[q][v] += in[q] * grad[v];
+            }
+          }
+          for (int q = 0; q < cb; ++q) {
+            float* o = acc + ((i * 3 + j) * cin + c0 + q) * cout;
+            for (int v = 0; v < NB; ++v)
+              StoreVec(o + v * L, LoadVec<V>(o + v * L) + sums[q][v]);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The same for one input channel and one output vector (the first stem): per output row the
+// nine tap sums stay in registers, position after position.
+template <typename V, int SH, int SW>
+void ConvKernelGradImage3Single(const ConvGeometry& g, const float* x, const float* dy,
+                                float* acc, int64_t b) {
+  constexpr int64_t L = sizeof(V) / sizeof(float);
+  int64_t ow_lo, ow_hi;
+  InteriorColumns<3, SW>(g.out_w, g.width, g.pad_w, &ow_lo, &ow_hi);
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const int64_t ih0 = oh * SH - g.pad_h;
+    const int i_lo = static_cast<int>(std::max<int64_t>(0, -ih0));
+    const int i_hi = static_cast<int>(std::min<int64_t>(3, g.height - ih0));
+    const float* rows = x + (b * g.height + ih0) * g.width;
+    const float* grads = dy + (b * g.out_h + oh) * g.out_w * L;
+    V sums[9] = {};
+    auto add = [&](int64_t ow, auto inside) {
+      const V grad = LoadVec<V>(grads + ow * L);
+      const int64_t iw0 = ow * SW - g.pad_w;
+      for (int i = i_lo; i < i_hi; ++i)
+        for (int j = 0; j < 3; ++j)
+          if (decltype(inside)::value || (iw0 + j >= 0 && iw0 + j < g.width))
+            sums[i * 3 + j] += rows[i * g.width + iw0 + j] * grad;
+    };
+    for (int64_t ow = 0; ow < ow_lo; ++ow) add(ow, std::false_type());
+    for (int64_t ow = ow_lo; ow < ow_hi; ++ow) add(ow, std::true_type());
+    for (int64_t ow = ow_hi; ow < g.out_w; ++ow) add(ow, std::false_type());
+    for (int t = 0; t < 9; ++t) StoreVec(acc + t * L, LoadVec<V>(acc + t * L) + sums[t]);
+  }
+}
+
+// Calls run(V, NB) for output channels 8 (V = Lanes8, NB = 1) or 16·NB (V = Lanes, NB ≤ 4);
+// false for other counts.
+template <typename F>
+bool DispatchOutputVectors(int64_t cout, F&& run) {
+  switch (cout) {
+    case 8: run(Lanes8(), std::integral_constant<int, 1>()); return true;
+    case 16: run(Lanes(), std::integral_constant<int, 1>()); return true;
+    case 32: run(Lanes(), std::integral_constant<int, 2>()); return true;
+    case 48: run(Lanes(), std::integral_constant<int, 3>()); return true;
+    case 64: run(Lanes(), std::integral_constant<int, 4>()); return true;
+    default: return false;
+  }
+}
+
 ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
                        ffi::ResultBuffer<ffi::F32> y, int64_t stride_h, int64_t stride_w) {
   const ConvGeometry g = MakeConvGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(),
                                           stride_h, stride_w);
+  if (g.kh == 3 && g.kw == 3) {
+    const float* xp = x.typed_data();
+    const float* kp = kernel.typed_data();
+    float* yp = y->typed_data();
+    bool done = false;
+    DispatchOutputVectors(g.cout, [&](auto vec, auto nb) {
+      done = DispatchStrides(stride_h, stride_w, [&](auto sh, auto sw) {
+        constexpr int NB = decltype(nb)::value, SH = decltype(sh)::value,
+                      SW = decltype(sw)::value;
+        ParallelFor(pool, g.batch, [&](int64_t b) {
+          using V = decltype(vec);
+          if (g.cin == 1) ConvForwardImage3<V, NB, SH, SW, 1>(g, xp, kp, yp, b);
+          else if (g.cin == 8) ConvForwardImage3<V, NB, SH, SW, 8>(g, xp, kp, yp, b);
+          else ConvForwardImage3<V, NB, SH, SW, 0>(g, xp, kp, yp, b);
+        });
+      });
+    });
+    if (done) return ffi::Error::Success();
+  }
   const int64_t co_pad = (g.cout + kLanes - 1) / kLanes * kLanes;
   // Kernel rows (i, j, ci) with the output channels zero-padded to whole vectors.
   std::vector<float> kp(g.kh * g.kw * g.cin * co_pad, 0.0f);
@@ -777,6 +1144,36 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
                           ffi::ResultBuffer<ffi::F32> dk, int64_t stride_h, int64_t stride_w) {
   const ConvGeometry g = MakeConvGeometry(x.dimensions(), dk->dimensions(), dy.dimensions(),
                                           stride_h, stride_w);
+  if (g.kh == 3 && g.kw == 3) {
+    const int64_t size = 9 * g.cin * g.cout;
+    const int64_t chunks = std::min<int64_t>(g.batch, 16);   // fixed, summed in order
+    std::vector<float> partial(chunks * size, 0.0f);
+    const float* xp = x.typed_data();
+    const float* dyp = dy.typed_data();
+    bool done = false;
+    DispatchOutputVectors(g.cout, [&](auto vec, auto nb) {
+      constexpr int NB = decltype(nb)::value;
+      constexpr int CB = NB <= 2 ? 8 : 4;   // CB·NB accumulators in registers
+      done = DispatchStrides(stride_h, stride_w, [&](auto sh, auto sw) {
+        ParallelFor(pool, chunks, [&](int64_t chunk) {
+          using V = decltype(vec);
+          constexpr int SH = decltype(sh)::value, SW = decltype(sw)::value;
+          float* acc = partial.data() + chunk * size;
+          for (int64_t b = chunk * g.batch / chunks; b < (chunk + 1) * g.batch / chunks; ++b) {
+            if (NB == 1 && g.cin == 1) ConvKernelGradImage3Single<V, SH, SW>(g, xp, dyp, acc, b);
+            else ConvKernelGradImage3<V, NB, CB, SH, SW>(g, xp, dyp, acc, b);
+          }
+        });
+      });
+    });
+    if (done) {
+      float* out = dk->typed_data();
+      std::memcpy(out, partial.data(), size * sizeof(float));
+      for (int64_t chunk = 1; chunk < chunks; ++chunk)
+        for (int64_t t = 0; t < size; ++t) out[t] += partial[chunk * size + t];
+      return ffi::Error::Success();
+    }
+  }
   const int64_t k_n = g.kh * g.kw * g.cin, k_pad = (k_n + 7) / 8 * 8;
   const int64_t m_pad = (g.cout + kLanes - 1) / kLanes * kLanes;
   const int64_t positions = g.batch * g.out_h * g.out_w;
