@@ -93,7 +93,8 @@ def test_small_convolution_matches_xla(shape, kernel_shape, strides):
     _close(ours, ref)
 
 
-@pytest.mark.parametrize("n,k,m", [(5000, 32, 64), (777, 120, 56), (3, 5, 17), (64, 8, 33)])
+@pytest.mark.parametrize("n,k,m", [(5000, 32, 64), (777, 120, 56), (3, 5, 17), (64, 8, 33),
+                                   (1000, 13, 16), (130, 9, 40), (50, 104, 10)])
 def test_matmul_and_its_weight_gradient(n, k, m):
   x, kernel = _random(8, (n, k)), _random(9, (k, m))
   cotangent = _random(10, (n, m))

@@ -864,6 +864,60 @@ void AccumulateTile(const float* xt, const float* yt, int64_t rows, int64_t k_pa
   }
 }
 
+// The same product read in place, for K ≥ 8 and M ≥ 16: blocks of 8 columns of x by 32 (or 16)
+// of y accumulate in registers over a run of rows. A last partial block overlaps the one before
+// it and is kept in its own rows / columns of `acc` (kv·8, mv·16), so nothing is counted twice;
+// `BlockIndex` maps an output index to its place there.
+inline int64_t BlockIndex(int64_t i, int64_t n, int64_t width) {
+  const int64_t blocks = (n + width - 1) / width;
+  return i < (blocks - 1) * width ? i : (blocks - 1) * width + i - (n - width);
+}
+
+void AccumulateRowsTN(const float* x, const float* y, int64_t rows, int64_t k_n, int64_t m_n,
+                      float* acc) {
+  const int64_t kv = (k_n + 7) / 8, mv = (m_n + kLanes - 1) / kLanes, m_pad = mv * kLanes;
+  auto k_start = [&](int64_t kb) { return std::min(kb * 8, k_n - 8); };
+  auto m_start = [&](int64_t mb) { return std::min(mb * kLanes, m_n - kLanes); };
+  int64_t mb = 0;
+  for (; mb + 2 <= mv; mb += 2) {
+    const int64_t m0 = m_start(mb), m1 = m_start(mb + 1);
+    for (int64_t kb = 0; kb < kv; ++kb) {
+      const int64_t k0 = k_start(kb);
+      Lanes a[8] = {}, b[8] = {};
+      for (int64_t r = 0; r < rows; ++r) {
+        const Lanes v0 = LoadLanes(y + r * m_n + m0);
+        const Lanes v1 = LoadLanes(y + r * m_n + m1);
+        const float* u = x + r * k_n + k0;
+        for (int q = 0; q < 8; ++q) {
+          a[q] += u[q] * v0;
+          b[q] += u[q] * v1;
+        }
+      }
+      for (int q = 0; q < 8; ++q) {
+        float* o = acc + (kb * 8 + q) * m_pad + mb * kLanes;
+        StoreLanes(o, LoadLanes(o) + a[q]);
+        StoreLanes(o + kLanes, LoadLanes(o + kLanes) + b[q]);
+      }
+    }
+  }
+  for (; mb < mv; ++mb) {
+    const int64_t m0 = m_start(mb);
+    for (int64_t kb = 0; kb < kv; ++kb) {
+      const int64_t k0 = k_start(kb);
+      Lanes a[8] = {};
+      for (int64_t r = 0; r < rows; ++r) {
+        const Lanes v0 = LoadLanes(y + r * m_n + m0);
+        const float* u = x + r * k_n + k0;
+        for (int q = 0; q < 8; ++q) a[q] += u[q] * v0;
+      }
+      for (int q = 0; q < 8; ++q) {
+        float* o = acc + (kb * 8 + q) * m_pad + mb * kLanes;
+        StoreLanes(o, LoadLanes(o) + a[q]);
+      }
+    }
+  }
+}
+
 ffi::Error MatmulTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
                     ffi::ResultBuffer<ffi::F32> out) {
   auto xd = x.dimensions();
@@ -872,6 +926,34 @@ ffi::Error MatmulTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
     return ffi::Error::InvalidArgument("matmul_tn: expected x (N, K) and y (N, M)");
   const int64_t n = xd[0], k_n = xd[1], m_n = yd[1];
   const int64_t m_pad = (m_n + kLanes - 1) / kLanes * kLanes;
+  if (k_n >= 8 && m_n >= kLanes && n > 0) {
+    const int64_t k_pad = (k_n + 7) / 8 * 8;
+    const int64_t chunks = std::min<int64_t>(n, kStatChunks);
+    std::vector<float> partial(chunks * k_pad * m_pad, 0.0f);
+    const float* xp = x.typed_data();
+    const float* yp = y.typed_data();
+    // Runs of rows small enough for the first-level cache (~24 KB of x and y).
+    const int64_t run = std::max<int64_t>(8, 6144 / (k_n + m_n));
+    ParallelFor(pool, chunks, [&](int64_t chunk) {
+      float* acc = partial.data() + chunk * k_pad * m_pad;
+      const int64_t begin = chunk * n / chunks, end = (chunk + 1) * n / chunks;
+      for (int64_t start = begin; start < end; start += run)
+        AccumulateRowsTN(xp + start * k_n, yp + start * m_n, std::min(run, end - start), k_n,
+                         m_n, acc);
+    });
+    float* op = out->typed_data();
+    for (int64_t kk = 0; kk < k_n; ++kk) {
+      const int64_t kr = BlockIndex(kk, k_n, 8);
+      for (int64_t mm = 0; mm < m_n; ++mm) {
+        const int64_t mc = BlockIndex(mm, m_n, kLanes);
+        float total = 0.0f;
+        for (int64_t chunk = 0; chunk < chunks; ++chunk)
+          total += partial[(chunk * k_pad + kr) * m_pad + mc];
+        op[kk * m_n + mm] = total;
+      }
+    }
+    return ffi::Error::Success();
+  }
   const int64_t k_pad = (k_n + 7) / 8 * 8;
   const int64_t chunks = std::min<int64_t>(std::max<int64_t>(n, 1), kStatChunks);
   std::vector<float> partial(chunks * k_pad * m_pad, 0.0f);
