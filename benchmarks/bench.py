@@ -13,7 +13,11 @@ For the CP-Mobile DCASE25 (61,148 parameters, 256 mel × 65 frames) and DCASE23 
   gather → device → step) and on-device (split in device memory, 8 steps per call).
 * memory: the train state's bytes on the device and the process's peak resident memory.
 
-    python benchmarks/bench.py [--batch 64] [--repeats 10] [--no-torch]
+The two sides run in alternating rounds (jax_asc, then PyTorch, `--rounds` times, each the median
+of `--repeats` steps): this machine's speed drifts by ±25 % within minutes, so a ratio is taken
+within each round and the median over the rounds is printed.
+
+    python benchmarks/bench.py [--batch 64] [--repeats 6] [--rounds 5] [--no-torch]
 """
 from __future__ import annotations
 
@@ -76,8 +80,9 @@ def _config(variant: str, batch: int, pipeline: str = "tf_data"):
   return config
 
 
-def jax_train_step(variant: str, batch: int, repeats: int):
-  """Median ms of one jitted train step on a batch already on the device; the train state."""
+def jax_train_step(variant: str, batch: int):
+  """One jitted train step on a batch already on the device (a function to time, compiled and
+  warmed up), and a function returning the current train state."""
   config = _config(variant, batch)
   split = _split(batch)
   task = common.classification_task(config, split)
@@ -90,7 +95,8 @@ def jax_train_step(variant: str, batch: int, repeats: int):
   def step():
     holder["state"], metrics = trainer.train_step(holder["state"], device_batch)
     jax.block_until_ready(metrics["loss"])
-  return _median_ms(step, repeats), holder["state"]
+  step()
+  return step, lambda: holder["state"]
 
 
 def jax_input_paths(variant: str, batch: int, steps: int = 24, clips: int = 1024):
@@ -133,17 +139,9 @@ def jax_input_paths(variant: str, batch: int, steps: int = 24, clips: int = 1024
   return rates
 
 
-def jax_frontend(batch: int, repeats: int) -> float:
-  settings = frontends.DCASE25
-  waveform = jax.device_put(np.random.default_rng(2).standard_normal((batch, SAMPLES)
-                                                                    ).astype(np.float32) * 0.1)
-  fn = jax.jit(lambda w: frontends.log_mel(w, settings))
-  return _median_ms(lambda: jax.block_until_ready(fn(waveform)), repeats)
-
-
-def torch_figures(batch: int, repeats: int):
-  """PyTorch ms per step (with frontend, model only) per variant and frontend ms; None when
-  torch is not installed."""
+def torch_steps(batch: int):
+  """PyTorch step functions per variant: (with frontend, model only, parameter count), and the
+  frontend alone; None when torch is not installed."""
   if importlib.util.find_spec("torch") is None:
     return None
   import librosa
@@ -160,56 +158,77 @@ def torch_figures(batch: int, repeats: int):
     step, waveform = ref.train_step_fn(model, frontend, batch, SAMPLES)
     with torch.no_grad():
       features = frontend(waveform).unsqueeze(1)
-    model_step = ref.model_step_fn(model, features)
-    out[variant] = (_median_ms(step, repeats, warmup=3), _median_ms(model_step, repeats, 3),
-                    ref.count_parameters(model))
-  with torch.no_grad():
-    out["frontend"] = _median_ms(lambda: frontend(waveform), repeats)
+    out[variant] = (step, ref.model_step_fn(model, features), ref.count_parameters(model))
+
+  def frontend_only():
+    with torch.no_grad():
+      frontend(waveform)
+  out["frontend"] = frontend_only
   return out
+
+
+def side_by_side(ours, theirs, repeats: int, rounds: int):
+  """Alternating rounds of `ours` and each of `theirs` (median ms of `repeats` calls each):
+  (our median ms, [their median ms], [median over rounds of their ms / our ms])."""
+  our_ms, their_ms = [], [[] for _ in theirs]
+  for _ in range(rounds):
+    our_ms.append(_median_ms(ours, repeats, warmup=1))
+    for times, fn in zip(their_ms, theirs):
+      times.append(_median_ms(fn, repeats, warmup=1))
+  ratios = [statistics.median(t / o for t, o in zip(times, our_ms)) for times in their_ms]
+  return statistics.median(our_ms), [statistics.median(t) for t in their_ms], ratios
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--repeats", type=int, default=20)
+  parser.add_argument("--repeats", type=int, default=6)
+  parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--no-torch", action="store_true")
   args = parser.parse_args()
-  batch, repeats = args.batch, args.repeats
+  batch, repeats, rounds = args.batch, args.repeats, args.rounds
   device = jax.devices()[0]
   print(f"jax {jax.__version__} | flax {__import__('flax').__version__} | optax "
         f"{__import__('optax').__version__} | python {platform.python_version()} | "
         f"{jax.device_count()} × {device.platform} ({device.device_kind}), {os.cpu_count()} CPU "
         f"cores | native CPU kernels: {'on' if native.available() else 'off'}")
 
-  steps, states = {}, {}
+  torch = None if args.no_torch else torch_steps(batch)
+  rows, states = {}, {}
   for variant in CONFIGS:
-    steps[variant], states[variant] = jax_train_step(variant, batch, repeats)
-  frontend_ms = jax_frontend(batch, repeats)
+    step, states[variant] = jax_train_step(variant, batch)
+    theirs = torch[variant][:2] if torch else ()
+    rows[variant] = side_by_side(step, theirs, repeats, rounds)
+  settings = frontends.DCASE25
+  waveform = jax.device_put(np.random.default_rng(2).standard_normal((batch, SAMPLES)
+                                                                    ).astype(np.float32) * 0.1)
+  log_mel = jax.jit(lambda w: frontends.log_mel(w, settings))
+  frontend = side_by_side(lambda: jax.block_until_ready(log_mel(waveform)),
+                          (torch["frontend"],) if torch else (), repeats * 3, rounds)
   rates = jax_input_paths("dcase25", batch)
-  torch = None if args.no_torch else torch_figures(batch, repeats)
 
-  print(f"\nTrain step, batch {batch}, float32 (frontend + forward + backward + update):")
+  print(f"\nTrain step, batch {batch}, float32 (frontend + forward + backward + update), medians "
+        f"of {rounds} alternating rounds:")
   print("| model | jax_asc ms | samples/s | PyTorch ms (with frontend / model only) | ratio |")
   print("|---|---:|---:|---:|---:|")
-  for variant, ms in steps.items():
+  for variant, (ms, their_ms, ratios) in rows.items():
     row = f"| CP-Mobile {variant} | {ms:.0f} | {batch / ms * 1000:.0f} |"
     if torch:
-      with_frontend, model_only, _ = torch[variant]
-      row += f" {with_frontend:.0f} / {model_only:.0f} | ×{with_frontend / ms:.2f} |"
+      row += f" {their_ms[0]:.0f} / {their_ms[1]:.0f} | ×{ratios[0]:.2f} |"
     else:
       row += " (torch not installed) | |"
     print(row)
+  frontend_ms, their_ms, ratios = frontend
   line = (f"\nFrontend (log-mel 4096/3072/500, 256 mels), {batch} clips: {frontend_ms:.1f} ms = "
           f"{batch / frontend_ms * 1000:.0f} clips/s")
   if torch:
-    line += (f"; PyTorch (torch.stft + mel matmul) {torch['frontend']:.1f} ms, "
-             f"×{torch['frontend'] / frontend_ms:.2f}")
+    line += f"; PyTorch (torch.stft + mel matmul) {their_ms[0]:.1f} ms, ×{ratios[0]:.2f}"
   print(line)
   print(f"Input paths (dcase25, float16 clips, 24 steps): tf.data {rates['tf_data']:.0f} "
         f"samples/s, on-device (8 steps per call) {rates['device']:.0f} samples/s")
   for variant, state in states.items():
     print(f"Train state on the device ({variant}: params, batch stats, optimizer): "
-          f"{state_lib.memory_bytes(state) / 2**20:.2f} MB")
+          f"{state_lib.memory_bytes(state()) / 2**20:.2f} MB")
   stats = getattr(device, "memory_stats", lambda: None)()
   if stats and "peak_bytes_in_use" in stats:
     print(f"Device peak memory in use: {stats['peak_bytes_in_use'] / 1e9:.2f} GB")
