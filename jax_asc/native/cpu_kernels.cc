@@ -24,6 +24,7 @@
 #include <functional>
 #include <memory>
 #include <thread>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -196,6 +197,15 @@ inline void InteriorColumns(int64_t out_w, int64_t width, int64_t pad, int64_t* 
   while (*hi < out_w && *hi * S - pad + K <= width) ++*hi;
 }
 
+// For output row oh: its first input row ih0 = oh·S − pad and the kernel rows [lo, hi) that fall
+// inside [0, height).
+template <int K, int S>
+inline std::tuple<int64_t, int, int> TapRows(int64_t oh, int64_t height, int64_t pad) {
+  const int64_t ih0 = oh * S - pad;
+  return {ih0, static_cast<int>(std::max<int64_t>(0, -ih0)),
+          static_cast<int>(std::min<int64_t>(K, height - ih0))};
+}
+
 // y = x ⋆ k (cross-correlation) for one image; `g` the geometry of this correlation.
 template <int KH, int KW, int SH, int SW>
 void CorrelateImage3(const Geometry& g, const float* x, const float* k, float* y, int64_t b) {
@@ -205,9 +215,9 @@ void CorrelateImage3(const Geometry& g, const float* x, const float* k, float* y
   int64_t ow_lo, ow_hi;
   InteriorColumns<KW, SW>(g.out_w, g.width, g.pad_w, &ow_lo, &ow_hi);
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
-    const int64_t ih0 = oh * SH - g.pad_h;
-    const int i_lo = static_cast<int>(std::max<int64_t>(0, -ih0));
-    const int i_hi = static_cast<int>(std::min<int64_t>(KH, g.height - ih0));
+    int64_t ih0;
+    int i_lo, i_hi;
+    std::tie(ih0, i_lo, i_hi) = TapRows<KH, SH>(oh, g.height, g.pad_h);
     for (int64_t v = 0; v < vectors; ++v) {
       const int64_t c = VectorStart(v, c_n);
       Lanes w[KH * KW];
@@ -259,9 +269,9 @@ void ScatterInputGradImage3(const Geometry& g, const float* dy, const float* k, 
   int64_t ow_lo, ow_hi;
   InteriorColumns<KW, SW>(g.out_w, g.width, g.pad_w, &ow_lo, &ow_hi);
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
-    const int64_t ih0 = oh * SH - g.pad_h;
-    const int i_lo = static_cast<int>(std::max<int64_t>(0, -ih0));
-    const int i_hi = static_cast<int>(std::min<int64_t>(KH, g.height - ih0));
+    int64_t ih0;
+    int i_lo, i_hi;
+    std::tie(ih0, i_lo, i_hi) = TapRows<KH, SH>(oh, g.height, g.pad_h);
     for (int64_t v = 0; v < vectors; ++v) {
       const int64_t c = VectorStart(v, c_n);
       const Lanes fresh = FreshLanes(v, c_n);
@@ -293,9 +303,9 @@ void KernelGradImage3(const Geometry& g, const float* x, const float* dy, float*
   int64_t ow_lo, ow_hi;
   InteriorColumns<KW, SW>(g.out_w, g.width, g.pad_w, &ow_lo, &ow_hi);
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
-    const int64_t ih0 = oh * SH - g.pad_h;
-    const int i_lo = static_cast<int>(std::max<int64_t>(0, -ih0));
-    const int i_hi = static_cast<int>(std::min<int64_t>(KH, g.height - ih0));
+    int64_t ih0;
+    int i_lo, i_hi;
+    std::tie(ih0, i_lo, i_hi) = TapRows<KH, SH>(oh, g.height, g.pad_h);
     for (int64_t v = 0; v < vectors; ++v) {
       const int64_t c = VectorStart(v, c_n);
       const Lanes fresh = FreshLanes(v, c_n);
@@ -1064,9 +1074,9 @@ void ConvForwardImage3(const ConvGeometry& g, const float* x, const float* k, fl
   int64_t ow_lo, ow_hi;
   InteriorColumns<3, SW>(g.out_w, g.width, g.pad_w, &ow_lo, &ow_hi);
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
-    const int64_t ih0 = oh * SH - g.pad_h;
-    const int i_lo = static_cast<int>(std::max<int64_t>(0, -ih0));
-    const int i_hi = static_cast<int>(std::min<int64_t>(3, g.height - ih0));
+    int64_t ih0;
+    int i_lo, i_hi;
+    std::tie(ih0, i_lo, i_hi) = TapRows<3, SH>(oh, g.height, g.pad_h);
     const float* rows = x + (b * g.height + ih0) * g.width * cin;
     float* out = y + (b * g.out_h + oh) * g.out_w * cout;
     // A independent sums per output vector (by tap column and input channel) keep the
@@ -1149,9 +1159,9 @@ void ConvKernelGradImage3Single(const ConvGeometry& g, const float* x, const flo
   int64_t ow_lo, ow_hi;
   InteriorColumns<3, SW>(g.out_w, g.width, g.pad_w, &ow_lo, &ow_hi);
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
-    const int64_t ih0 = oh * SH - g.pad_h;
-    const int i_lo = static_cast<int>(std::max<int64_t>(0, -ih0));
-    const int i_hi = static_cast<int>(std::min<int64_t>(3, g.height - ih0));
+    int64_t ih0;
+    int i_lo, i_hi;
+    std::tie(ih0, i_lo, i_hi) = TapRows<3, SH>(oh, g.height, g.pad_h);
     const float* rows = x + (b * g.height + ih0) * g.width;
     const float* grads = dy + (b * g.out_h + oh) * g.out_w * L;
     V sums[9] = {};
