@@ -138,6 +138,26 @@ def test_batch_norm_forward_statistics_and_gradients(relu):
     _close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def _assert_same_results(fast, plain, variables, x):
+  """The same outputs, running statistics and parameter gradients in training, and the same
+  evaluation outputs, from the same variables."""
+  def run(module):
+    def loss(params):
+      y, updates = module.apply(dict(variables, params=params), x, train=True,
+                                mutable=["batch_stats"])
+      return jnp.sum(jnp.sin(y)), (y, updates)
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+  (_, (y_fast, stats_fast)), g_fast = run(fast)
+  (_, (y_plain, stats_plain)), g_plain = run(plain)
+  _close(y_fast, y_plain, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(stats_fast), jax.tree.leaves(stats_plain)):
+    _close(a, b, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)):
+    _close(a, b, rtol=1e-3, atol=1e-4)
+  _close(fast.apply(variables, x, train=False), plain.apply(variables, x, train=False),
+         rtol=1e-4, atol=1e-5)
+
+
 class _PlainConvNormAct(nn.Module):
   """The plain Flax layers the fast ConvNormAct replaces (the pre-speed-work definition)."""
   features: int
@@ -170,21 +190,76 @@ def test_conv_norm_act_keeps_the_plain_layers_variables_and_results(features, ke
   fast_vars = fast.init(jax.random.key(0), x, train=False)
   assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, fast_vars)
 
-  def run(module):
-    def loss(params):
-      y, updates = module.apply(dict(variables, params=params), x, train=True,
-                                mutable=["batch_stats"])
-      return jnp.sum(jnp.sin(y)), (y, updates)
-    return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
-  (_, (y_fast, stats_fast)), g_fast = run(fast)
-  (_, (y_plain, stats_plain)), g_plain = run(plain)
-  _close(y_fast, y_plain, rtol=1e-4, atol=1e-5)
-  for a, b in zip(jax.tree.leaves(stats_fast), jax.tree.leaves(stats_plain)):
-    _close(a, b, rtol=1e-4, atol=1e-5)
-  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)):
-    _close(a, b, rtol=1e-3, atol=1e-4)
-  _close(fast.apply(variables, x, train=False), plain.apply(variables, x, train=False),
+  _assert_same_results(fast, plain, variables, x)
+
+
+@pytest.mark.parametrize("shape,kernel_size,strides", [
+    ((3, 9, 7, 16), (3, 3), (1, 1)), ((2, 8, 9, 20), (3, 3), (1, 2)),
+    ((2, 9, 8, 35), (3, 3), (2, 1)), ((4, 6, 6, 64), (3, 3), (2, 2)),
+    ((2, 7, 9, 12), (5, 5), (1, 1)), ((2, 2, 3, 33), (3, 3), (1, 1))])
+def test_affine_relu_depthwise_matches_the_unfused_operations(shape, kernel_size, strides):
+  """The norm-apply + ReLU fused into the depthwise convolution = the two done one after the
+  other by XLA: output and the gradients of x, center, a, b and the kernel (3×3 fast paths,
+  every stride, the overlapping last vector, fewer than 16 channels, a 5×5 kernel)."""
+  x = _random(30, shape, 0.5) + 3.0          # a mean away from zero: the centred sums matter
+  c = shape[-1]
+  center = jnp.mean(x, axis=(0, 1, 2)) + _random(31, (c,), 0.05)
+  a, b = _random(32, (c,)) + 1.0, _random(33, (c,), 0.5)   # some of each sign: ReLU masks
+  kernel = _random(34, (*kernel_size, 1, c))
+  fused = lambda *args: fast_ops.affine_relu_depthwise(*args, strides)
+  unfused = lambda *args: fast_ops.affine_relu_depthwise_xla(*args, strides)
+  y = unfused(x, center, a, b, kernel)
+  _close(jax.jit(fused)(x, center, a, b, kernel), y)
+  cotangent = _random(35, y.shape)
+
+  def grads(fn):
+    return jax.grad(lambda *args: jnp.sum(fn(*args) * cotangent), argnums=(0, 1, 2, 3, 4))
+  ref = grads(unfused)(x, center, a, b, kernel)
+  for ours, want in zip(jax.jit(grads(fused))(x, center, a, b, kernel), ref):
+    _close(ours, want, rtol=1e-4, atol=1e-4)
+
+
+def test_moments_and_their_gradient():
+  x = _random(36, (200, 24), 0.5) - 10.0
+  mean, var = jax.jit(fast_ops.moments)(x)
+  _close(mean, jnp.mean(x, 0))
+  _close(var, jnp.var(x, 0), rtol=1e-4, atol=1e-6)
+  f = lambda fn: jax.grad(lambda x: jnp.sum(jnp.stack(fn(x)) * jnp.array([[0.3], [0.7]])))
+  _close(jax.jit(f(fast_ops.moments))(x), f(lambda x: (jnp.mean(x, 0), jnp.var(x, 0)))(x),
          rtol=1e-4, atol=1e-5)
+
+
+class _PlainExpandDepthwise(nn.Module):
+  """1×1 conv → BN → ReLU → depthwise 3×3 → BN → ReLU from the plain Flax layers."""
+  strides: tuple
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = _PlainConvNormAct(48, (1, 1), (1, 1), False, name="expand")(x, train)
+    return _PlainConvNormAct(48, (3, 3), self.strides, True, name="depthwise")(x, train)
+
+
+class _FastExpandDepthwise(nn.Module):
+  strides: tuple
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = layers.ConvNormAct(48, (1, 1), defer_norm=True, name="expand")(x, train)
+    return layers.ConvNormAct(48, (3, 3), self.strides, depthwise=True,
+                              name="depthwise")(x, train)
+
+
+@pytest.mark.parametrize("strides", [(1, 1), (2, 1)])
+def test_deferred_norm_into_the_depthwise_layer_matches_the_plain_layers(strides):
+  """CP-Mobile's expansion → depthwise with the expansion's norm fused into the depthwise pass:
+  the same variables, outputs, running statistics and parameter gradients as the plain layers."""
+  x = _random(37, (4, 10, 9, 16))
+  fast, plain = _FastExpandDepthwise(strides), _PlainExpandDepthwise(strides)
+  variables = plain.init(jax.random.key(0), x, train=False)
+  assert (jax.tree.map(jnp.shape, fast.init(jax.random.key(0), x, train=False))
+          == jax.tree.map(jnp.shape, variables))
+
+  _assert_same_results(fast, plain, variables, x)
 
 
 @pytest.mark.parametrize("preset", sorted(frontends.PRESETS))

@@ -4,6 +4,10 @@
   gradients, each one pass over its inputs); elsewhere (GPU, TPU) XLA's grouped convolution,
   which cuDNN and the TPU compiler run well. Without the native kernels, CPU falls back to nine
   shifted multiply-adds. All forms agree with `lax.conv_general_dilated` (tests/test_fast_layers.py).
+* `affine_relu_depthwise`: relu((x − center)·a + b) followed by a depthwise convolution, the
+  normalised activation never written to memory on CPU (CP-Mobile's expansion norm fused into
+  its depthwise layer); `moments`, the differentiable batch statistics it is used with.
+* `matmul` / `matmul_tn`: 1×1 convolutions as 2-D matmuls, the weight gradient read in place.
 * `batch_norm`: training-mode batch normalisation with an optional fused ReLU and a backward
   pass written out (two reductions and one elementwise pass), on a (N, C) view of the input.
   XLA's own differentiation of the same arithmetic produced transposed copies and extra passes
@@ -99,6 +103,72 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides=(1, 1)) -> jax.Array
       out = _depthwise_native(x.astype(jnp.float32), kernel.astype(jnp.float32), strides)
       return out.astype(x.dtype)
   return lax.platform_dependent(x, kernel, cpu=on_cpu, default=on_other)
+
+
+# ----------------------------------------------------------------------------- norm → depthwise
+def _affine_relu(x, center, a, b):
+  return jnp.maximum((x - center) * a + b, 0)
+
+
+def affine_relu_depthwise_xla(x, center, a, b, kernel, strides):
+  """depthwise_conv(relu((x − center)·a + b), kernel) from XLA's operations."""
+  return depthwise_conv_xla(_affine_relu(x, center, a, b), kernel, strides)
+
+
+def _affine_ffi(target, result_shape, x, a, b, last, strides):
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(result_shape, jnp.float32))(
+      x, a, b, last, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _affine_relu_depthwise_native(x, center, a, b, kernel, strides):
+  (pt, pb), (pl, pr) = _padding(kernel.shape[:2])
+  out_h = (x.shape[1] + pt + pb - kernel.shape[0]) // strides[0] + 1
+  out_w = (x.shape[2] + pl + pr - kernel.shape[1]) // strides[1] + 1
+  return _affine_ffi("jax_asc_affine_relu_depthwise_forward",
+                     (x.shape[0], out_h, out_w, x.shape[3]), x, a, b - center * a,
+                     kernel[:, :, 0, :], strides)
+
+
+def _affine_relu_depthwise_native_fwd(x, center, a, b, kernel, strides):
+  return (_affine_relu_depthwise_native(x, center, a, b, kernel, strides),
+          (x, center, a, b, kernel))
+
+
+def _affine_relu_depthwise_native_bwd(strides, residuals, dy):
+  x, center, a, b, kernel = residuals
+  shift = b - center * a                       # relu(x·a + shift), the kernels' form
+  dz = _ffi("jax_asc_depthwise_input_grad", x.shape, dy, kernel[:, :, 0, :], strides=strides)
+  dk = _affine_ffi("jax_asc_affine_relu_depthwise_kernel_grad",
+                   kernel.shape[:2] + kernel.shape[3:], x, a, shift, dy, strides)
+  x2, dz2 = x.reshape(-1, x.shape[-1]), dz.reshape(-1, x.shape[-1])
+  sum_g, sum_g_centred = _grad_sums(x2, dz2, center, a, shift, True)
+  dx = a * jnp.where(x * a + shift > 0, dz, 0)
+  return dx, -a * sum_g, sum_g_centred, sum_g, dk[:, :, None, :]
+
+
+_affine_relu_depthwise_native.defvjp(_affine_relu_depthwise_native_fwd,
+                                     _affine_relu_depthwise_native_bwd)
+
+
+def affine_relu_depthwise(x: jax.Array, center: jax.Array, a: jax.Array, b: jax.Array,
+                          kernel: jax.Array, strides=(1, 1)) -> jax.Array:
+  """depthwise_conv(relu((x − center)·a + b), kernel, strides): a batch norm's apply and ReLU
+  fused into the depthwise convolution after it.
+
+  x (B, H, W, C) float32; center, a, b (C,); kernel (kh, kw, 1, C). On CPU the native kernels
+  apply relu(x·a + b − center·a) to one image at a time in a cache-resident buffer (forward
+  and kernel gradient), so the normalised activation is never written to memory; the input
+  gradient's sums over (B, H, W) are centred on `center` (the batch mean, for exact sums).
+  Elsewhere, and without the native kernels, the same arithmetic from XLA's operations.
+  """
+  strides = tuple(int(s) for s in strides)
+  xla = functools.partial(affine_relu_depthwise_xla, strides=strides)
+  if not native.available() or x.dtype != jnp.float32:
+    return xla(x, center, a, b, kernel.astype(x.dtype))
+  on_cpu = functools.partial(_affine_relu_depthwise_native, strides=strides)
+  return lax.platform_dependent(x, center, a, b, kernel.astype(jnp.float32), cpu=on_cpu,
+                                default=xla)
 
 
 # ----------------------------------------------------------------------------- small convolution
@@ -205,6 +275,27 @@ def _moments(x2):
   if not native.available():
     return _moments_xla(x2)
   return lax.platform_dependent(x2, cpu=_moments_native, default=_moments_xla)
+
+
+@jax.custom_vjp
+def moments(x2: jax.Array):
+  """Mean and biased variance over axis 0 of x2 (N, C) float32, differentiable."""
+  return _moments(x2)
+
+
+def _moments_fwd(x2):
+  mean, var = _moments(x2)
+  return (mean, var), (x2, mean)
+
+
+def _moments_bwd(residuals, cotangents):
+  x2, mean = residuals
+  dmean, dvar = cotangents
+  n = x2.shape[0]
+  return (dmean / n + (x2 - mean) * (2.0 * dvar / n),)
+
+
+moments.defvjp(_moments_fwd, _moments_bwd)
 
 
 def _grad_sums_xla(x2, dy, mean, a, b, relu):

@@ -5,13 +5,15 @@ freely between them: `DepthwiseConv` and `PointwiseConv` those of `nn.Conv(featu
 and a 1×1 `nn.Conv` (`kernel` (kh, kw, 1, C) and (1, 1, Cin, Cout)), `BatchNorm` those of
 `nn.BatchNorm` (`scale`, `bias`; `batch_stats` `mean`, `var`). They compute with the fast
 operations of `fast_ops` (native depthwise kernels on CPU, a written-out batch-norm gradient with
-the ReLU fused, 1×1 convolutions as 2-D matmuls).
+the ReLU fused, 1×1 convolutions as 2-D matmuls, and in training a batch norm + ReLU deferred into
+the depthwise convolution that follows it, `DeferredNorm`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Callable, NamedTuple, Sequence, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -21,8 +23,24 @@ from jax_asc.models import fast_ops
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+class DeferredNorm(NamedTuple):
+  """A batch norm and ReLU not yet applied, relu((x − center)·a + b), for the next layer to fuse
+  into its own pass (`DepthwiseConv` does). x (..., C) float32; center (the batch mean), a
+  (scale / √(var + ε)) and b (the norm's bias): (C,)."""
+  x: jax.Array
+  center: jax.Array
+  a: jax.Array
+  b: jax.Array
+
+  def apply(self) -> jax.Array:
+    return jnp.maximum((self.x - self.center) * self.a + self.b, 0)
+
+
 class DepthwiseConv(nn.Module):
-  """Depthwise k×k convolution, zero padding (k-1)//2, no bias. (B,H,W,C) → (B,H',W',C)."""
+  """Depthwise k×k convolution, zero padding (k-1)//2, no bias. (B,H,W,C) → (B,H',W',C).
+
+  The input may be a `DeferredNorm`: the norm and ReLU are then fused into the convolution.
+  """
   kernel_size: Tuple[int, int] = (3, 3)
   strides: Tuple[int, int] = (1, 1)
   kernel_init: Callable = kaiming_fan_out
@@ -30,8 +48,12 @@ class DepthwiseConv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, 1, x.shape[-1]),
+    pending = x if isinstance(x, DeferredNorm) else None
+    channels = (pending.x if pending else x).shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, 1, channels),
                         jnp.float32)
+    if pending is not None:
+      return fast_ops.affine_relu_depthwise(*pending, kernel, self.strides).astype(self.dtype)
     return fast_ops.depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype),
                                    self.strides)
 
@@ -78,11 +100,15 @@ class BatchNorm(nn.Module):
   optional fused ReLU and the written-out gradient of `fast_ops.batch_norm`.
 
   Same variables as `nn.BatchNorm`; the running variance is the biased batch variance, as Flax's.
+  With `defer` (training, ReLU, float32), the batch statistics are taken and the running
+  averages updated here, but the normalisation and ReLU are returned as a `DeferredNorm` for the
+  next layer to apply within its own pass.
   """
   use_running_average: bool
   momentum: float = 0.9
   epsilon: float = 1e-5
   relu: bool = False
+  defer: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -97,11 +123,16 @@ class BatchNorm(nn.Module):
       y = (x.astype(jnp.float32) - ra_mean.value) * mul + bias
       y = jnp.maximum(y, 0) if self.relu else y
       return y.astype(self.dtype)
-    y, mean, var = fast_ops.batch_norm(x, scale, bias, epsilon=self.epsilon, relu=self.relu)
+    if self.defer and self.relu and x.dtype == jnp.float32:
+      mean, var = fast_ops.moments(x.reshape(-1, x.shape[-1]))
+      out = DeferredNorm(x, mean, lax.rsqrt(var + self.epsilon) * scale, bias)
+    else:
+      y, mean, var = fast_ops.batch_norm(x, scale, bias, epsilon=self.epsilon, relu=self.relu)
+      out = y.astype(self.dtype)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * lax.stop_gradient(mean)
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * lax.stop_gradient(var)
-    return y.astype(self.dtype)
+    return out
 
 
 class GRN(nn.Module):
@@ -134,6 +165,8 @@ class ConvNormAct(nn.Module):
   """Conv (k×k, stride, zero pad (k-1)//2, no bias) → norm → ReLU (torchvision Conv2dNormActivation).
 
   Depthwise when `depthwise` (features = input channels); 1×1 convolutions run as matmuls.
+  With `defer_norm` (batch norm with ReLU, training, float32) the output is a `DeferredNorm`
+  that a following depthwise `ConvNormAct` fuses into its convolution.
   """
   features: int
   kernel_size: Tuple[int, int] = (3, 3)
@@ -141,10 +174,13 @@ class ConvNormAct(nn.Module):
   depthwise: bool = False
   activation: bool = True
   norm: str = "batch"
+  defer_norm: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
+    if isinstance(x, DeferredNorm) and not self.depthwise:
+      x = x.apply().astype(self.dtype)
     if self.depthwise:
       x = DepthwiseConv(self.kernel_size, self.strides, dtype=self.dtype, name="conv")(x)
     elif self.kernel_size == (1, 1) and self.strides == (1, 1):
@@ -152,7 +188,8 @@ class ConvNormAct(nn.Module):
     else:
       x = Conv(self.features, self.kernel_size, self.strides, dtype=self.dtype, name="conv")(x)
     if self.norm == "batch":   # ReLU fused into the normalisation and its gradient
-      return BatchNorm(use_running_average=not train, relu=self.activation, dtype=self.dtype,
+      return BatchNorm(use_running_average=not train, relu=self.activation,
+                       defer=self.defer_norm and self.dtype == jnp.float32, dtype=self.dtype,
                        name="norm")(x)
     x = make_norm(self.norm, train, self.dtype, name="norm")(x)
     return nn.relu(x) if self.activation else x

@@ -1,7 +1,9 @@
 """Native CPU kernels (XLA FFI) for the operations XLA's CPU backend runs slowly.
 
-`cpu_kernels.cc` holds the depthwise convolution (forward pass and both gradients), the batch-norm
-statistics and gradient sums, and the short-time Fourier transform with the mel projection.
+`cpu_kernels.cc` holds the depthwise convolution (forward pass and both gradients; forward and
+kernel gradient also with a batch norm's apply + ReLU fused on their input), the 1×1 weight
+gradient, the stem convolutions, the batch-norm statistics and gradient sums, and the short-time
+Fourier transform with the mel projection.
 It is compiled on first use with the system C++ compiler (`$CXX`, else `c++`) against the XLA FFI
 headers shipped with jaxlib, for this machine's CPU (`-march=native`), and cached under
 `$JAX_ASC_KERNEL_DIR` (default `~/.cache/jax_asc/kernels`), keyed by the source, the jaxlib
@@ -33,6 +35,8 @@ FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 TARGETS = {"jax_asc_depthwise_forward": "JaxAscDepthwiseForward",
            "jax_asc_depthwise_input_grad": "JaxAscDepthwiseInputGrad",
            "jax_asc_depthwise_kernel_grad": "JaxAscDepthwiseKernelGrad",
+           "jax_asc_affine_relu_depthwise_forward": "JaxAscAffineReluDepthwiseForward",
+           "jax_asc_affine_relu_depthwise_kernel_grad": "JaxAscAffineReluDepthwiseKernelGrad",
            "jax_asc_moments": "JaxAscMoments",
            "jax_asc_norm_grad_sums": "JaxAscNormGradSums",
            "jax_asc_mel_spectrogram": "JaxAscMelSpectrogram",

@@ -1,5 +1,8 @@
 // Native CPU kernels for jax_asc, as XLA FFI handlers (float32):
 //   * depthwise k×k convolution (NHWC, zero padding): forward, input gradient, kernel gradient;
+//     forward and kernel gradient also with relu(x·a + b) applied to the input on the fly (the
+//     batch norm and ReLU before the convolution, one image at a time in a cached buffer);
+//   * the 1×1 convolution's weight gradient Xᵀ·dY and the stem convolutions;
 //   * batch-norm statistics (one pass) and the two sums of its gradient;
 //   * the power spectrogram (framing, window, real FFT, |·|²) with a banded mel projection.
 //
@@ -14,7 +17,7 @@
 // Work is split over the batch on XLA's intra-op thread pool. The kernel gradient sums fixed
 // batch chunks in a fixed order, so results do not depend on thread timing.
 //
-// Built on first use by jax_asc/models/cpu_kernels.py (c++ -O3 -march=native -shared).
+// Built on first use by jax_asc/native/__init__.py (c++ -O3 -march=native -shared).
 
 #include <algorithm>
 #include <cmath>
@@ -433,21 +436,72 @@ void KernelGradRows(const Geometry& g, const float* x, const float* dy, float* a
   }
 }
 
+// relu(x·a + b) per channel for `pixels` rows of c_n channels, into dst: the batch-norm
+// apply and ReLU of the layer before, done on one image at a time in a cache-resident buffer
+// instead of as a separate pass that writes and re-reads the whole activation.
+void AffineRelu(const float* src, const float* a, const float* b, int64_t pixels, int64_t c_n,
+                float* dst) {
+  for (int64_t p = 0; p < pixels; ++p) {
+    const float* in = src + p * c_n;
+    float* out = dst + p * c_n;
+#pragma GCC ivdep
+    for (int64_t c = 0; c < c_n; ++c) out[c] = std::max(in[c] * a[c] + b[c], 0.0f);
+  }
+}
+
+// The input of image b: x itself, or relu(x·a + b) in a per-thread buffer when `a` is given.
+const float* ImageInput(const Geometry& g, const float* x, const float* a, const float* bias,
+                        int64_t b) {
+  const int64_t size = g.height * g.width * g.channels;
+  if (a == nullptr) return x + b * size;
+  thread_local std::vector<float> buffer;
+  buffer.resize(size);
+  AffineRelu(x + b * size, a, bias, g.height * g.width, g.channels, buffer.data());
+  return buffer.data();
+}
+
+// y = x ⋆ k, or relu(x·a + b) ⋆ k when `a` is not null (a, b per channel).
+void ForwardImages(ffi::ThreadPool& pool, const Geometry& g, const float* xp, const float* a,
+                   const float* bias, const float* kp, float* yp) {
+  const int64_t out_size = g.out_h * g.out_w * g.channels;
+  auto run = [&](auto&& image) {
+    ParallelFor(pool, g.batch, [&](int64_t b) { image(ImageInput(g, xp, a, bias, b), yp + b * out_size); });
+  };
+  if (FastDepthwise(g) && DispatchStrides(g.stride_h, g.stride_w, [&](auto sh, auto sw) {
+        run([&](const float* in, float* out) {
+          CorrelateImage3<3, 3, decltype(sh)::value, decltype(sw)::value>(g, in, kp, out, 0);
+        });
+      }))
+    return;
+  run([&](const float* in, float* out) { ForwardRows(g, in, kp, out, 0); });
+}
+
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
                    ffi::ResultBuffer<ffi::F32> y, int64_t stride_h, int64_t stride_w) {
   Geometry g;
   auto yd = y->dimensions();
   if (auto e = CheckShapes(x, kernel, yd[1], yd[2], stride_h, stride_w, &g); e.failure()) return e;
-  const float* xp = x.typed_data();
-  const float* kp = kernel.typed_data();
-  float* yp = y->typed_data();
-  if (FastDepthwise(g) && DispatchStrides(stride_h, stride_w, [&](auto sh, auto sw) {
-        ParallelFor(pool, g.batch, [&](int64_t b) {
-          CorrelateImage3<3, 3, decltype(sh)::value, decltype(sw)::value>(g, xp, kp, yp, b);
-        });
-      }))
-    return ffi::Error::Success();
-  ParallelFor(pool, g.batch, [&](int64_t b) { ForwardRows(g, xp, kp, yp, b); });
+  ForwardImages(pool, g, x.typed_data(), nullptr, nullptr, kernel.typed_data(), y->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error CheckAffine(const Geometry& g, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b) {
+  if (a.dimensions().size() != 1 || b.dimensions().size() != 1 ||
+      a.dimensions()[0] != g.channels || b.dimensions()[0] != g.channels)
+    return ffi::Error::InvalidArgument("depthwise: expected a, b of shape (C,)");
+  return ffi::Error::Success();
+}
+
+ffi::Error AffineReluForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                             ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                             ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> y,
+                             int64_t stride_h, int64_t stride_w) {
+  Geometry g;
+  auto yd = y->dimensions();
+  if (auto e = CheckShapes(x, kernel, yd[1], yd[2], stride_h, stride_w, &g); e.failure()) return e;
+  if (auto e = CheckAffine(g, a, b); e.failure()) return e;
+  ForwardImages(pool, g, x.typed_data(), a.typed_data(), b.typed_data(), kernel.typed_data(),
+                y->typed_data());
   return ffi::Error::Success();
 }
 
@@ -488,33 +542,57 @@ ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
   return ffi::Error::Success();
 }
 
-ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                      ffi::ResultBuffer<ffi::F32> dk, int64_t stride_h, int64_t stride_w) {
-  auto xd = x.dimensions();
-  auto dyd = dy.dimensions();
-  auto kd = dk->dimensions();
-  if (xd.size() != 4 || dyd.size() != 4 || kd.size() != 3)
-    return ffi::Error::InvalidArgument("depthwise kernel gradient: expected x, dy 4-D, dk 3-D");
-  Geometry g{xd[0], xd[1], xd[2], xd[3], kd[0], kd[1], dyd[1], dyd[2], stride_h, stride_w,
-             (kd[0] - 1) / 2, (kd[1] - 1) / 2};
+// dk for x (or relu(x·a + b) when `a` is not null) and dy.
+void KernelGradImages(ffi::ThreadPool& pool, const Geometry& g, const float* xp, const float* a,
+                      const float* bias, const float* dyp, float* out) {
   const int64_t size = g.kh * g.kw * g.channels;
+  const int64_t out_size = g.out_h * g.out_w * g.channels;
   // Fixed chunks of the batch, summed in order: the result is independent of thread timing.
   const int64_t chunks = std::min<int64_t>(g.batch, 16);
   std::vector<float> partial(chunks * size, 0.0f);
-  const float* xp = x.typed_data();
-  const float* dyp = dy.typed_data();
   ParallelFor(pool, chunks, [&](int64_t chunk) {
     std::vector<float> row(size);
     float* acc = partial.data() + chunk * size;
     for (int64_t b = chunk * g.batch / chunks; b < (chunk + 1) * g.batch / chunks; ++b)
-      KernelGradRows(g, xp, dyp, acc, row.data(), b);
+      KernelGradRows(g, ImageInput(g, xp, a, bias, b), dyp + b * out_size, acc, row.data(), 0);
   });
-  float* out = dk->typed_data();
   std::memcpy(out, partial.data(), size * sizeof(float));
   for (int64_t chunk = 1; chunk < chunks; ++chunk) {
     const float* p = partial.data() + chunk * size;
     for (int64_t t = 0; t < size; ++t) out[t] += p[t];
   }
+}
+
+ffi::Error KernelGradGeometry(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                              ffi::ResultBuffer<ffi::F32>& dk, int64_t stride_h,
+                              int64_t stride_w, Geometry* g) {
+  auto xd = x.dimensions();
+  auto dyd = dy.dimensions();
+  auto kd = dk->dimensions();
+  if (xd.size() != 4 || dyd.size() != 4 || kd.size() != 3)
+    return ffi::Error::InvalidArgument("depthwise kernel gradient: expected x, dy 4-D, dk 3-D");
+  *g = Geometry{xd[0], xd[1], xd[2], xd[3], kd[0], kd[1], dyd[1], dyd[2], stride_h, stride_w,
+                (kd[0] - 1) / 2, (kd[1] - 1) / 2};
+  return ffi::Error::Success();
+}
+
+ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                      ffi::ResultBuffer<ffi::F32> dk, int64_t stride_h, int64_t stride_w) {
+  Geometry g;
+  if (auto e = KernelGradGeometry(x, dy, dk, stride_h, stride_w, &g); e.failure()) return e;
+  KernelGradImages(pool, g, x.typed_data(), nullptr, nullptr, dy.typed_data(), dk->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error AffineReluKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                                ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dk,
+                                int64_t stride_h, int64_t stride_w) {
+  Geometry g;
+  if (auto e = KernelGradGeometry(x, dy, dk, stride_h, stride_w, &g); e.failure()) return e;
+  if (auto e = CheckAffine(g, a, b); e.failure()) return e;
+  KernelGradImages(pool, g, x.typed_data(), a.typed_data(), b.typed_data(), dy.typed_data(),
+                   dk->typed_data());
   return ffi::Error::Success();
 }
 
@@ -883,18 +961,35 @@ inline int64_t BlockIndex(int64_t i, int64_t n, int64_t width) {
   return i < (blocks - 1) * width ? i : (blocks - 1) * width + i - (n - width);
 }
 
+// Requests the lines of bytes [part·size/parts, (part+1)·size/parts) of `base` into the
+// second-level cache.
+inline void PrefetchPart(const float* base, int64_t size, int64_t part, int64_t parts) {
+  const char* p = reinterpret_cast<const char*>(base);
+  for (int64_t at = part * size / parts / 64 * 64; at < (part + 1) * size / parts; at += 64)
+    _mm_prefetch(p + at, _MM_HINT_T1);
+}
+
+// `next_rows` rows after these are requested into the second-level cache while the first block
+// runs: the blocks read each row in pieces (every second to fourth line of a row at a time), a
+// pattern the hardware prefetchers do not follow, and the operands usually come from memory.
 void AccumulateRowsTN(const float* x, const float* y, int64_t rows, int64_t k_n, int64_t m_n,
-                      float* acc) {
+                      float* acc, int64_t next_rows) {
   const int64_t kv = (k_n + 7) / 8, mv = (m_n + kLanes - 1) / kLanes, m_pad = mv * kLanes;
   auto k_start = [&](int64_t kb) { return std::min(kb * 8, k_n - 8); };
   auto m_start = [&](int64_t mb) { return std::min(mb * kLanes, m_n - kLanes); };
+  const int64_t next_x = next_rows * k_n * 4, next_y = next_rows * m_n * 4;
   int64_t mb = 0;
   for (; mb + 2 <= mv; mb += 2) {
     const int64_t m0 = m_start(mb), m1 = m_start(mb + 1);
     for (int64_t kb = 0; kb < kv; ++kb) {
       const int64_t k0 = k_start(kb);
       Lanes a[8] = {}, b[8] = {};
+      const bool prefetch = mb == 0 && kb == 0 && next_rows > 0;
       for (int64_t r = 0; r < rows; ++r) {
+        if (prefetch) {
+          PrefetchPart(x + rows * k_n, next_x, r, rows);
+          PrefetchPart(y + rows * m_n, next_y, r, rows);
+        }
         const Lanes v0 = LoadLanes(y + r * m_n + m0);
         const Lanes v1 = LoadLanes(y + r * m_n + m1);
         const float* u = x + r * k_n + k0;
@@ -947,9 +1042,11 @@ ffi::Error MatmulTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
     ParallelFor(pool, chunks, [&](int64_t chunk) {
       float* acc = partial.data() + chunk * k_pad * m_pad;
       const int64_t begin = chunk * n / chunks, end = (chunk + 1) * n / chunks;
-      for (int64_t start = begin; start < end; start += run)
-        AccumulateRowsTN(xp + start * k_n, yp + start * m_n, std::min(run, end - start), k_n,
-                         m_n, acc);
+      for (int64_t start = begin; start < end; start += run) {
+        const int64_t rows = std::min(run, end - start);
+        AccumulateRowsTN(xp + start * k_n, yp + start * m_n, rows, k_n, m_n, acc,
+                         std::min(run, end - start - rows));
+      }
     });
     float* op = out->typed_data();
     for (int64_t kk = 0; kk < k_n; ++kk) {
@@ -1335,6 +1432,28 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscDepthwiseInputGrad, InputGrad,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscDepthwiseKernelGrad, KernelGrad,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluDepthwiseForward, AffineReluForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluDepthwiseKernelGrad, AffineReluKernelGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
