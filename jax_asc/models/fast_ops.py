@@ -33,6 +33,13 @@ def _padding(kernel_size: Tuple[int, int]):
   return [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel_size]
 
 
+def _output_size(x_shape, kernel_shape, strides):
+  """(out_h, out_w) of a convolution of x (B, H, W, C) with padding `_padding`."""
+  (pt, pb), (pl, pr) = _padding(kernel_shape[:2])
+  return ((x_shape[1] + pt + pb - kernel_shape[0]) // strides[0] + 1,
+          (x_shape[2] + pl + pr - kernel_shape[1]) // strides[1] + 1)
+
+
 def depthwise_conv_xla(x, kernel, strides):
   """XLA's grouped convolution (the reference the other forms are tested against)."""
   return lax.conv_general_dilated(
@@ -66,9 +73,7 @@ def _ffi(target, result_shape, *args, strides):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _depthwise_native(x, kernel, strides):
-  (pt, pb), (pl, pr) = _padding(kernel.shape[:2])
-  out_h = (x.shape[1] + pt + pb - kernel.shape[0]) // strides[0] + 1
-  out_w = (x.shape[2] + pl + pr - kernel.shape[1]) // strides[1] + 1
+  out_h, out_w = _output_size(x.shape, kernel.shape, strides)
   return _ffi("jax_asc_depthwise_forward", (x.shape[0], out_h, out_w, x.shape[3]),
               x, kernel[:, :, 0, :], strides=strides)
 
@@ -106,13 +111,14 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides=(1, 1)) -> jax.Array
 
 
 # ----------------------------------------------------------------------------- norm → depthwise
-def _affine_relu(x, center, a, b):
+def affine_relu(x, center, a, b):
+  """relu((x − center)·a + b), per channel of the last axis: a batch norm's apply and ReLU."""
   return jnp.maximum((x - center) * a + b, 0)
 
 
 def affine_relu_depthwise_xla(x, center, a, b, kernel, strides):
   """depthwise_conv(relu((x − center)·a + b), kernel) from XLA's operations."""
-  return depthwise_conv_xla(_affine_relu(x, center, a, b), kernel, strides)
+  return depthwise_conv_xla(affine_relu(x, center, a, b), kernel, strides)
 
 
 def _affine_ffi(target, result_shape, x, a, b, last, strides):
@@ -122,9 +128,7 @@ def _affine_ffi(target, result_shape, x, a, b, last, strides):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _affine_relu_depthwise_native(x, center, a, b, kernel, strides):
-  (pt, pb), (pl, pr) = _padding(kernel.shape[:2])
-  out_h = (x.shape[1] + pt + pb - kernel.shape[0]) // strides[0] + 1
-  out_w = (x.shape[2] + pl + pr - kernel.shape[1]) // strides[1] + 1
+  out_h, out_w = _output_size(x.shape, kernel.shape, strides)
   return _affine_ffi("jax_asc_affine_relu_depthwise_forward",
                      (x.shape[0], out_h, out_w, x.shape[3]), x, a, b - center * a,
                      kernel[:, :, 0, :], strides)
@@ -183,9 +187,7 @@ def conv_xla(x, kernel, strides):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_native(x, kernel, strides):
-  (pt, pb), (pl, pr) = _padding(kernel.shape[:2])
-  out_h = (x.shape[1] + pt + pb - kernel.shape[0]) // strides[0] + 1
-  out_w = (x.shape[2] + pl + pr - kernel.shape[1]) // strides[1] + 1
+  out_h, out_w = _output_size(x.shape, kernel.shape, strides)
   return _ffi("jax_asc_conv_forward", (x.shape[0], out_h, out_w, kernel.shape[3]), x, kernel,
               strides=strides)
 

@@ -33,7 +33,7 @@ class DeferredNorm(NamedTuple):
   b: jax.Array
 
   def apply(self) -> jax.Array:
-    return jnp.maximum((self.x - self.center) * self.a + self.b, 0)
+    return fast_ops.affine_relu(*self)
 
 
 class DepthwiseConv(nn.Module):
@@ -189,8 +189,7 @@ class ConvNormAct(nn.Module):
       x = Conv(self.features, self.kernel_size, self.strides, dtype=self.dtype, name="conv")(x)
     if self.norm == "batch":   # ReLU fused into the normalisation and its gradient
       return BatchNorm(use_running_average=not train, relu=self.activation,
-                       defer=self.defer_norm and self.dtype == jnp.float32, dtype=self.dtype,
-                       name="norm")(x)
+                       defer=self.defer_norm, dtype=self.dtype, name="norm")(x)
     x = make_norm(self.norm, train, self.dtype, name="norm")(x)
     return nn.relu(x) if self.activation else x
 
