@@ -164,6 +164,7 @@ class _PlainConvNormAct(nn.Module):
   kernel_size: tuple
   strides: tuple
   depthwise: bool
+  activation: bool = True
 
   @nn.compact
   def __call__(self, x, train):
@@ -174,7 +175,7 @@ class _PlainConvNormAct(nn.Module):
                 feature_group_count=groups, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      use_fast_variance=False, name="norm")(x)
-    return nn.relu(x)
+    return nn.relu(x) if self.activation else x
 
 
 @pytest.mark.parametrize("features,kernel_size,strides,depthwise", [
@@ -219,6 +220,30 @@ def test_affine_relu_depthwise_matches_the_unfused_operations(shape, kernel_size
     _close(ours, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("n,k,m", [(100, 24, 40), (300, 64, 56), (37, 5, 20), (50, 16, 10),
+                                   (9, 120, 104)])
+def test_affine_relu_matmul_matches_the_unfused_operations(n, k, m):
+  """The norm-apply + ReLU fused into the 1×1 convolution = the two done one after the other:
+  output and gradients of x, center, a, b, kernel; rows not a whole number of tiles, fewer
+  than 8 input channels (the tiled weight gradient), fewer than 16 outputs (XLA's form)."""
+  x = _random(40, (n, k), 0.5) + 3.0
+  center = jnp.mean(x, axis=0) + _random(41, (k,), 0.05)
+  a, b = _random(42, (k,)) + 1.0, _random(43, (k,), 0.5)
+  kernel = _random(44, (k, m))
+  unfused = lambda x, c, a, b, w: jnp.dot(fast_ops.affine_relu(x, c, a, b), w,
+                                          precision=jax.lax.Precision.HIGHEST)
+  y = unfused(x, center, a, b, kernel)
+  _close(jax.jit(fast_ops.affine_relu_matmul)(x, center, a, b, kernel), y, rtol=1e-4)
+  cotangent = _random(45, y.shape)
+
+  def grads(fn):
+    return jax.grad(lambda *args: jnp.sum(fn(*args) * cotangent), argnums=(0, 1, 2, 3, 4))
+  ref = grads(unfused)(x, center, a, b, kernel)
+  for ours, want in zip(jax.jit(grads(fast_ops.affine_relu_matmul))(x, center, a, b, kernel),
+                        ref):
+    _close(ours, want, rtol=1e-4, atol=1e-4)
+
+
 def test_moments_and_their_gradient():
   x = _random(36, (200, 24), 0.5) - 10.0
   mean, var = jax.jit(fast_ops.moments)(x)
@@ -230,13 +255,14 @@ def test_moments_and_their_gradient():
 
 
 class _PlainExpandDepthwise(nn.Module):
-  """1×1 conv → BN → ReLU → depthwise 3×3 → BN → ReLU from the plain Flax layers."""
+  """1×1 conv → BN → ReLU → depthwise 3×3 → BN → ReLU → 1×1 conv → BN from the plain layers."""
   strides: tuple
 
   @nn.compact
   def __call__(self, x, train):
     x = _PlainConvNormAct(48, (1, 1), (1, 1), False, name="expand")(x, train)
-    return _PlainConvNormAct(48, (3, 3), self.strides, True, name="depthwise")(x, train)
+    x = _PlainConvNormAct(48, (3, 3), self.strides, True, name="depthwise")(x, train)
+    return _PlainConvNormAct(24, (1, 1), (1, 1), False, False, name="project")(x, train)
 
 
 class _FastExpandDepthwise(nn.Module):
@@ -245,14 +271,16 @@ class _FastExpandDepthwise(nn.Module):
   @nn.compact
   def __call__(self, x, train):
     x = layers.ConvNormAct(48, (1, 1), defer_norm=True, name="expand")(x, train)
-    return layers.ConvNormAct(48, (3, 3), self.strides, depthwise=True,
-                              name="depthwise")(x, train)
+    x = layers.ConvNormAct(48, (3, 3), self.strides, depthwise=True, defer_norm=True,
+                           name="depthwise")(x, train)
+    return layers.ConvNormAct(24, (1, 1), activation=False, name="project")(x, train)
 
 
 @pytest.mark.parametrize("strides", [(1, 1), (2, 1)])
 def test_deferred_norm_into_the_depthwise_layer_matches_the_plain_layers(strides):
-  """CP-Mobile's expansion → depthwise with the expansion's norm fused into the depthwise pass:
-  the same variables, outputs, running statistics and parameter gradients as the plain layers."""
+  """CP-Mobile's expansion → depthwise → projection with each norm fused into the next layer's
+  pass: the same variables, outputs, running statistics and parameter gradients as the plain
+  layers."""
   x = _random(37, (4, 10, 9, 16))
   fast, plain = _FastExpandDepthwise(strides), _PlainExpandDepthwise(strides)
   variables = plain.init(jax.random.key(0), x, train=False)

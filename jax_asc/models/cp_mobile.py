@@ -30,11 +30,12 @@ class InvertedResidual(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     in_channels = x.shape[-1]
-    # The expansion's norm and ReLU run inside the depthwise convolution's pass (training).
+    # In training each norm + ReLU runs inside the next convolution's pass (`DeferredNorm`).
     y = layers.ConvNormAct(self.expansion_channels, (1, 1), norm=self.norm, defer_norm=True,
                            dtype=self.dtype, name="expand")(x, train)
     y = layers.ConvNormAct(self.expansion_channels, (3, 3), self.strides, depthwise=True,
-                           norm=self.norm, dtype=self.dtype, name="depthwise")(y, train)
+                           norm=self.norm, defer_norm=True, dtype=self.dtype,
+                           name="depthwise")(y, train)
     y = layers.ConvNormAct(self.out_channels, (1, 1), activation=False, norm=self.norm,
                            dtype=self.dtype, name="project")(y, train)
     if in_channels == self.out_channels:

@@ -7,6 +7,8 @@
 * `affine_relu_depthwise`: relu((x − center)·a + b) followed by a depthwise convolution, the
   normalised activation never written to memory on CPU (CP-Mobile's expansion norm fused into
   its depthwise layer); `moments`, the differentiable batch statistics it is used with.
+* `affine_relu_matmul`: the same for a 1×1 convolution (the depthwise layer's norm fused into
+  the projection).
 * `matmul` / `matmul_tn`: 1×1 convolutions as 2-D matmuls, the weight gradient read in place.
 * `batch_norm`: training-mode batch normalisation with an optional fused ReLU and a backward
   pass written out (two reductions and one elementwise pass), on a (N, C) view of the input.
@@ -139,16 +141,22 @@ def _affine_relu_depthwise_native_fwd(x, center, a, b, kernel, strides):
           (x, center, a, b, kernel))
 
 
+def _affine_relu_vjp(x, center, a, shift, dz):
+  """Cotangents of (x, center, a, b) for z = relu((x − center)·a + b) = relu(x·a + shift),
+  given dz: the sums over every axis but the last centred on `center` (native on CPU)."""
+  x2, dz2 = x.reshape(-1, x.shape[-1]), dz.reshape(-1, x.shape[-1])
+  sum_g, sum_g_centred = _grad_sums(x2, dz2, center, a, shift, True)
+  dx = a * jnp.where(x * a + shift > 0, dz, 0)
+  return dx, -a * sum_g, sum_g_centred, sum_g
+
+
 def _affine_relu_depthwise_native_bwd(strides, residuals, dy):
   x, center, a, b, kernel = residuals
   shift = b - center * a                       # relu(x·a + shift), the kernels' form
   dz = _ffi("jax_asc_depthwise_input_grad", x.shape, dy, kernel[:, :, 0, :], strides=strides)
   dk = _affine_ffi("jax_asc_affine_relu_depthwise_kernel_grad",
                    kernel.shape[:2] + kernel.shape[3:], x, a, shift, dy, strides)
-  x2, dz2 = x.reshape(-1, x.shape[-1]), dz.reshape(-1, x.shape[-1])
-  sum_g, sum_g_centred = _grad_sums(x2, dz2, center, a, shift, True)
-  dx = a * jnp.where(x * a + shift > 0, dz, 0)
-  return dx, -a * sum_g, sum_g_centred, sum_g, dk[:, :, None, :]
+  return (*_affine_relu_vjp(x, center, a, shift, dz), dk[:, :, None, :])
 
 
 _affine_relu_depthwise_native.defvjp(_affine_relu_depthwise_native_fwd,
@@ -173,6 +181,50 @@ def affine_relu_depthwise(x: jax.Array, center: jax.Array, a: jax.Array, b: jax.
   on_cpu = functools.partial(_affine_relu_depthwise_native, strides=strides)
   return lax.platform_dependent(x, center, a, b, kernel.astype(jnp.float32), cpu=on_cpu,
                                 default=xla)
+
+
+def affine_relu_matmul_xla(x, center, a, b, kernel):
+  """matmul(relu((x − center)·a + b), kernel) from XLA's operations (and `matmul`)."""
+  return matmul(affine_relu(x, center, a, b), kernel)
+
+
+def _affine_matmul_ffi(target, shape, x, a, shift, last):
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32))(x, a, shift, last)
+
+
+@jax.custom_vjp
+def _affine_relu_matmul_native(x, center, a, b, kernel):
+  return _affine_matmul_ffi("jax_asc_affine_relu_matmul", (x.shape[0], kernel.shape[1]),
+                            x, a, b - center * a, kernel)
+
+
+def _affine_relu_matmul_native_fwd(x, center, a, b, kernel):
+  return _affine_relu_matmul_native(x, center, a, b, kernel), (x, center, a, b, kernel)
+
+
+def _affine_relu_matmul_native_bwd(residuals, dy):
+  x, center, a, b, kernel = residuals
+  shift = b - center * a
+  dk = _affine_matmul_ffi("jax_asc_affine_relu_matmul_tn", kernel.shape, x, a, shift, dy)
+  return (*_affine_relu_vjp(x, center, a, shift, jnp.dot(dy, kernel.T)), dk)
+
+
+_affine_relu_matmul_native.defvjp(_affine_relu_matmul_native_fwd, _affine_relu_matmul_native_bwd)
+
+
+def affine_relu_matmul(x: jax.Array, center: jax.Array, a: jax.Array, b: jax.Array,
+                       kernel: jax.Array) -> jax.Array:
+  """relu((x − center)·a + b) · kernel: a batch norm's apply and ReLU fused into the 1×1
+  convolution after it.
+
+  x (N, K) float32; center, a, b (K,); kernel (K, M). On CPU (M ≥ 16) the native kernels
+  normalise each tile of rows in cache (forward and weight gradient), so the normalised input
+  is never written to memory; elsewhere the same arithmetic from XLA's operations.
+  """
+  if not native.available() or x.dtype != jnp.float32 or kernel.shape[1] < 16:
+    return affine_relu_matmul_xla(x, center, a, b, kernel.astype(x.dtype))
+  return lax.platform_dependent(x, center, a, b, kernel.astype(jnp.float32),
+                                cpu=_affine_relu_matmul_native, default=affine_relu_matmul_xla)
 
 
 # ----------------------------------------------------------------------------- small convolution

@@ -6,7 +6,7 @@ and a 1×1 `nn.Conv` (`kernel` (kh, kw, 1, C) and (1, 1, Cin, Cout)), `BatchNorm
 `nn.BatchNorm` (`scale`, `bias`; `batch_stats` `mean`, `var`). They compute with the fast
 operations of `fast_ops` (native depthwise kernels on CPU, a written-out batch-norm gradient with
 the ReLU fused, 1×1 convolutions as 2-D matmuls, and in training a batch norm + ReLU deferred into
-the depthwise convolution that follows it, `DeferredNorm`).
+the depthwise or 1×1 convolution that follows it, `DeferredNorm`).
 """
 from __future__ import annotations
 
@@ -76,6 +76,8 @@ class Conv(nn.Module):
 class PointwiseConv(nn.Module):
   """1×1 convolution as a (N, Cin) × (Cin, Cout) matmul, no bias. (B,H,W,Cin) → (B,H,W,features).
 
+  The input may be a `DeferredNorm`: the norm and ReLU are then fused into the matmul.
+
   The 2-D form matters on CPU: the gradient of a 4-D `dot_general` made XLA transpose the
   activations through a slow strided copy.
   """
@@ -85,8 +87,17 @@ class PointwiseConv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
+    pending = x if isinstance(x, DeferredNorm) else None
+    if pending is not None and self.dtype != jnp.float32:
+      x, pending = pending.apply(), None
+    shape = (pending.x if pending else x).shape
+    kernel = self.param("kernel", self.kernel_init, (1, 1, shape[-1], self.features),
                         jnp.float32)
+    if pending is not None:
+      c = shape[-1]
+      out = fast_ops.affine_relu_matmul(pending.x.reshape(-1, c), pending.center, pending.a,
+                                        pending.b, kernel[0, 0])
+      return out.reshape(*shape[:-1], self.features)
     flat = x.reshape(-1, x.shape[-1]).astype(self.dtype)
     if self.dtype == jnp.float32:
       out = fast_ops.matmul(flat, kernel[0, 0])
@@ -166,7 +177,7 @@ class ConvNormAct(nn.Module):
 
   Depthwise when `depthwise` (features = input channels); 1×1 convolutions run as matmuls.
   With `defer_norm` (batch norm with ReLU, training, float32) the output is a `DeferredNorm`
-  that a following depthwise `ConvNormAct` fuses into its convolution.
+  that a following depthwise or 1×1 `ConvNormAct` fuses into its convolution.
   """
   features: int
   kernel_size: Tuple[int, int] = (3, 3)
@@ -179,11 +190,12 @@ class ConvNormAct(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    if isinstance(x, DeferredNorm) and not self.depthwise:
+    pointwise = self.kernel_size == (1, 1) and self.strides == (1, 1)
+    if isinstance(x, DeferredNorm) and not (self.depthwise or pointwise):
       x = x.apply().astype(self.dtype)
     if self.depthwise:
       x = DepthwiseConv(self.kernel_size, self.strides, dtype=self.dtype, name="conv")(x)
-    elif self.kernel_size == (1, 1) and self.strides == (1, 1):
+    elif pointwise:
       x = PointwiseConv(self.features, dtype=self.dtype, name="conv")(x)
     else:
       x = Conv(self.features, self.kernel_size, self.strides, dtype=self.dtype, name="conv")(x)

@@ -972,12 +972,14 @@ inline void PrefetchPart(const float* base, int64_t size, int64_t part, int64_t 
 // `next_rows` rows after these are requested into the second-level cache while the first block
 // runs: the blocks read each row in pieces (every second to fourth line of a row at a time), a
 // pattern the hardware prefetchers do not follow, and the operands usually come from memory.
+// `next_x` may be null (x is a cached buffer): then only y's next rows are requested.
 void AccumulateRowsTN(const float* x, const float* y, int64_t rows, int64_t k_n, int64_t m_n,
-                      float* acc, int64_t next_rows) {
+                      float* acc, const float* next_x_rows, const float* next_y_rows,
+                      int64_t next_rows) {
   const int64_t kv = (k_n + 7) / 8, mv = (m_n + kLanes - 1) / kLanes, m_pad = mv * kLanes;
   auto k_start = [&](int64_t kb) { return std::min(kb * 8, k_n - 8); };
   auto m_start = [&](int64_t mb) { return std::min(mb * kLanes, m_n - kLanes); };
-  const int64_t next_x = next_rows * k_n * 4, next_y = next_rows * m_n * 4;
+  const int64_t next_x = next_x_rows ? next_rows * k_n * 4 : 0, next_y = next_rows * m_n * 4;
   int64_t mb = 0;
   for (; mb + 2 <= mv; mb += 2) {
     const int64_t m0 = m_start(mb), m1 = m_start(mb + 1);
@@ -987,8 +989,8 @@ void AccumulateRowsTN(const float* x, const float* y, int64_t rows, int64_t k_n,
       const bool prefetch = mb == 0 && kb == 0 && next_rows > 0;
       for (int64_t r = 0; r < rows; ++r) {
         if (prefetch) {
-          PrefetchPart(x + rows * k_n, next_x, r, rows);
-          PrefetchPart(y + rows * m_n, next_y, r, rows);
+          PrefetchPart(next_x_rows, next_x, r, rows);
+          PrefetchPart(next_y_rows, next_y, r, rows);
         }
         const Lanes v0 = LoadLanes(y + r * m_n + m0);
         const Lanes v1 = LoadLanes(y + r * m_n + m1);
@@ -1023,73 +1025,158 @@ void AccumulateRowsTN(const float* x, const float* y, int64_t rows, int64_t k_n,
   }
 }
 
+// out = xᵀ·y, or relu(x·a + shift)ᵀ·y when `a` is not null (a, shift per column of x).
+void MatmulTNRows(ffi::ThreadPool& pool, const float* xp, const float* a, const float* shift,
+                  const float* yp, int64_t n, int64_t k_n, int64_t m_n, float* op) {
+  const int64_t m_pad = (m_n + kLanes - 1) / kLanes * kLanes;
+  const int64_t k_pad = (k_n + 7) / 8 * 8;
+  const int64_t chunks = std::min<int64_t>(std::max<int64_t>(n, 1), kStatChunks);
+  std::vector<float> partial(chunks * k_pad * m_pad, 0.0f);
+  const bool in_place = k_n >= 8 && m_n >= kLanes;
+  if (in_place) {
+    // Runs of rows small enough for the first-level cache (~24 KB of x and y).
+    const int64_t run = std::max<int64_t>(8, 6144 / (k_n + m_n));
+    ParallelFor(pool, chunks, [&](int64_t chunk) {
+      thread_local std::vector<float> xt;
+      if (a != nullptr) xt.resize(run * k_n);
+      float* acc = partial.data() + chunk * k_pad * m_pad;
+      const int64_t begin = chunk * n / chunks, end = (chunk + 1) * n / chunks;
+      for (int64_t start = begin; start < end; start += run) {
+        const int64_t rows = std::min(run, end - start);
+        const int64_t next = std::min(run, end - start - rows);
+        const float* x_rows = xp + start * k_n;
+        if (a != nullptr) {   // read in order (the hardware prefetches it), applied in cache
+          AffineRelu(x_rows, a, shift, rows, k_n, xt.data());
+          x_rows = xt.data();
+        }
+        AccumulateRowsTN(x_rows, yp + start * m_n, rows, k_n, m_n, acc,
+                         a != nullptr ? nullptr : xp + (start + rows) * k_n,
+                         yp + (start + rows) * m_n, next);
+      }
+    });
+  } else {
+    constexpr int64_t kRows = 64;
+    ParallelFor(pool, chunks, [&](int64_t chunk) {
+      float* acc = partial.data() + chunk * k_pad * m_pad;
+      // A tile of rows, zero-padded to (kRows, k_pad) and (kRows, m_pad).
+      std::vector<float> xt(kRows * k_pad, 0.0f), yt(kRows * m_pad, 0.0f);
+      const int64_t begin = chunk * n / chunks, end = (chunk + 1) * n / chunks;
+      for (int64_t start = begin; start < end; start += kRows) {
+        const int64_t rows = std::min(kRows, end - start);
+        for (int64_t r = 0; r < rows; ++r) {
+          if (a != nullptr) AffineRelu(xp + (start + r) * k_n, a, shift, 1, k_n, xt.data() + r * k_pad);
+          else std::memcpy(xt.data() + r * k_pad, xp + (start + r) * k_n, k_n * sizeof(float));
+          std::memcpy(yt.data() + r * m_pad, yp + (start + r) * m_n, m_n * sizeof(float));
+        }
+        AccumulateTile(xt.data(), yt.data(), rows, k_pad, m_pad, acc);
+      }
+    });
+  }
+  for (int64_t kk = 0; kk < k_n; ++kk) {
+    const int64_t kr = in_place ? BlockIndex(kk, k_n, 8) : kk;
+    for (int64_t mm = 0; mm < m_n; ++mm) {
+      const int64_t mc = in_place ? BlockIndex(mm, m_n, kLanes) : mm;
+      float total = 0.0f;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk)
+        total += partial[(chunk * k_pad + kr) * m_pad + mc];
+      op[kk * m_n + mm] = total;
+    }
+  }
+}
+
 ffi::Error MatmulTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
                     ffi::ResultBuffer<ffi::F32> out) {
   auto xd = x.dimensions();
   auto yd = y.dimensions();
   if (xd.size() != 2 || yd.size() != 2 || xd[0] != yd[0])
     return ffi::Error::InvalidArgument("matmul_tn: expected x (N, K) and y (N, M)");
-  const int64_t n = xd[0], k_n = xd[1], m_n = yd[1];
-  const int64_t m_pad = (m_n + kLanes - 1) / kLanes * kLanes;
-  if (k_n >= 8 && m_n >= kLanes && n > 0) {
-    const int64_t k_pad = (k_n + 7) / 8 * 8;
-    const int64_t chunks = std::min<int64_t>(n, kStatChunks);
-    std::vector<float> partial(chunks * k_pad * m_pad, 0.0f);
-    const float* xp = x.typed_data();
-    const float* yp = y.typed_data();
-    // Runs of rows small enough for the first-level cache (~24 KB of x and y).
-    const int64_t run = std::max<int64_t>(8, 6144 / (k_n + m_n));
-    ParallelFor(pool, chunks, [&](int64_t chunk) {
-      float* acc = partial.data() + chunk * k_pad * m_pad;
-      const int64_t begin = chunk * n / chunks, end = (chunk + 1) * n / chunks;
-      for (int64_t start = begin; start < end; start += run) {
-        const int64_t rows = std::min(run, end - start);
-        AccumulateRowsTN(xp + start * k_n, yp + start * m_n, rows, k_n, m_n, acc,
-                         std::min(run, end - start - rows));
-      }
-    });
-    float* op = out->typed_data();
-    for (int64_t kk = 0; kk < k_n; ++kk) {
-      const int64_t kr = BlockIndex(kk, k_n, 8);
-      for (int64_t mm = 0; mm < m_n; ++mm) {
-        const int64_t mc = BlockIndex(mm, m_n, kLanes);
-        float total = 0.0f;
-        for (int64_t chunk = 0; chunk < chunks; ++chunk)
-          total += partial[(chunk * k_pad + kr) * m_pad + mc];
-        op[kk * m_n + mm] = total;
+  MatmulTNRows(pool, x.typed_data(), nullptr, nullptr, y.typed_data(), xd[0], xd[1], yd[1],
+               out->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error AffineReluMatmulTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                              ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> shift,
+                              ffi::Buffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> out) {
+  auto xd = x.dimensions();
+  auto yd = y.dimensions();
+  if (xd.size() != 2 || yd.size() != 2 || xd[0] != yd[0] || a.dimensions().size() != 1 ||
+      a.dimensions()[0] != xd[1] || shift.dimensions().size() != 1 ||
+      shift.dimensions()[0] != xd[1])
+    return ffi::Error::InvalidArgument("matmul_tn: expected x (N, K), a and shift (K,), y (N, M)");
+  MatmulTNRows(pool, x.typed_data(), a.typed_data(), shift.typed_data(), y.typed_data(), xd[0],
+               xd[1], yd[1], out->typed_data());
+  return ffi::Error::Success();
+}
+
+// ----------------------------------------------------------------------------- X·W
+// y (R rows, M) = x (R, K) · w (K, M), M ≥ 16: R rows by 32 (or 16) columns accumulate in
+// registers over k (a last partial block of columns overlaps the one before it); w stays in
+// the first- or second-level cache. Only the first `rows` rows are stored.
+template <int R>
+inline void RowTileNN(const float* x, const float* w, float* y, int64_t k_n, int64_t m_n,
+                      int64_t rows) {
+  const int64_t mv = (m_n + kLanes - 1) / kLanes;
+  auto m_start = [&](int64_t mb) { return std::min(mb * kLanes, m_n - kLanes); };
+  int64_t mb = 0;
+  for (; mb + 2 <= mv; mb += 2) {
+    const int64_t m0 = m_start(mb), m1 = m_start(mb + 1);
+    Lanes a[R] = {}, b[R] = {};
+    for (int64_t k = 0; k < k_n; ++k) {
+      const Lanes w0 = LoadLanes(w + k * m_n + m0), w1 = LoadLanes(w + k * m_n + m1);
+      for (int r = 0; r < R; ++r) {
+        const float u = x[r * k_n + k];
+        a[r] += u * w0;
+        b[r] += u * w1;
       }
     }
-    return ffi::Error::Success();
+    for (int r = 0; r < std::min<int64_t>(R, rows); ++r) {
+      StoreLanes(y + r * m_n + m0, a[r]);
+      StoreLanes(y + r * m_n + m1, b[r]);
+    }
   }
-  const int64_t k_pad = (k_n + 7) / 8 * 8;
-  const int64_t chunks = std::min<int64_t>(std::max<int64_t>(n, 1), kStatChunks);
-  std::vector<float> partial(chunks * k_pad * m_pad, 0.0f);
-  const float* xp = x.typed_data();
-  const float* yp = y.typed_data();
-  constexpr int64_t kRows = 64;
-  ParallelFor(pool, chunks, [&](int64_t chunk) {
-    float* acc = partial.data() + chunk * k_pad * m_pad;
-    // A tile of rows, zero-padded to (kRows, k_pad) and (kRows, m_pad).
-    std::vector<float> xt(kRows * k_pad, 0.0f), yt(kRows * m_pad, 0.0f);
-    const int64_t begin = chunk * n / chunks, end = (chunk + 1) * n / chunks;
-    for (int64_t start = begin; start < end; start += kRows) {
-      const int64_t rows = std::min(kRows, end - start);
-      for (int64_t r = 0; r < rows; ++r) {
-        std::memcpy(xt.data() + r * k_pad, xp + (start + r) * k_n, k_n * sizeof(float));
-        std::memcpy(yt.data() + r * m_pad, yp + (start + r) * m_n, m_n * sizeof(float));
-      }
-      AccumulateTile(xt.data(), yt.data(), rows, k_pad, m_pad, acc);
+  for (; mb < mv; ++mb) {
+    const int64_t m0 = m_start(mb);
+    Lanes a[R] = {};
+    for (int64_t k = 0; k < k_n; ++k) {
+      const Lanes w0 = LoadLanes(w + k * m_n + m0);
+      for (int r = 0; r < R; ++r) a[r] += x[r * k_n + k] * w0;
+    }
+    for (int r = 0; r < std::min<int64_t>(R, rows); ++r) StoreLanes(y + r * m_n + m0, a[r]);
+  }
+}
+
+// y = relu(x·a + shift)·w for x (N, K), a and shift (K,), w (K, M), M ≥ 16: each tile of R rows
+// is normalised into a small cached buffer first (zero rows past the end), so the normalised x
+// is never written to memory.
+ffi::Error AffineReluMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                            ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> shift,
+                            ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[0] || wd[1] < kLanes ||
+      a.dimensions().size() != 1 || a.dimensions()[0] != xd[1] ||
+      shift.dimensions().size() != 1 || shift.dimensions()[0] != xd[1])
+    return ffi::Error::InvalidArgument(
+        "matmul: expected x (N, K), a and shift (K,), w (K, M) with M >= 16");
+  const int64_t n = xd[0], k_n = xd[1], m_n = wd[1];
+  constexpr int R = 8;
+  constexpr int64_t kBlock = 256;   // rows per task
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  const float *xp = x.typed_data(), *ap = a.typed_data(), *sp = shift.typed_data();
+  const float* wp = w.typed_data();
+  float* yp = y->typed_data();
+  ParallelFor(pool, blocks, [&](int64_t block) {
+    const int64_t begin = block * kBlock, end = std::min(n, begin + kBlock);
+    thread_local std::vector<float> tile;
+    tile.assign(R * k_n, 0.0f);
+    for (int64_t r = begin; r < end; r += R) {
+      const int64_t rows = std::min<int64_t>(R, end - r);
+      AffineRelu(xp + r * k_n, ap, sp, rows, k_n, tile.data());
+      if (rows < R) std::fill(tile.begin() + rows * k_n, tile.end(), 0.0f);
+      RowTileNN<R>(tile.data(), wp, yp + r * m_n, k_n, m_n, rows);
     }
   });
-  float* op = out->typed_data();
-  for (int64_t kk = 0; kk < k_n; ++kk) {
-    for (int64_t mm = 0; mm < m_n; ++mm) {
-      float total = 0.0f;
-      for (int64_t chunk = 0; chunk < chunks; ++chunk)
-        total += partial[(chunk * k_pad + kk) * m_pad + mm];
-      op[kk * m_n + mm] = total;
-    }
-  }
   return ffi::Error::Success();
 }
 
@@ -1490,6 +1577,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscMelSpectrogram, MelSpectrogram,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("n_fft")
                                   .Attr<int64_t>("hop"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluMatmul, AffineReluMatmul,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluMatmulTN, AffineReluMatmulTN,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscMatmulTN, MatmulTN,
                               ffi::Ffi::Bind()
