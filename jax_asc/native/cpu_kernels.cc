@@ -2,7 +2,8 @@
 //   * depthwise k×k convolution (NHWC, zero padding): forward, input gradient, kernel gradient;
 //     forward and kernel gradient also with relu(x·a + b) applied to the input on the fly (the
 //     batch norm and ReLU before the convolution, one image at a time in a cached buffer);
-//   * the 1×1 convolution's weight gradient Xᵀ·dY and the stem convolutions;
+//   * the 1×1 convolution's weight gradient Xᵀ·dY, and the 1×1 convolution (forward and weight
+//     gradient) with relu(x·a + b) applied to its input tile by tile; the stem convolutions;
 //   * batch-norm statistics (one pass) and the two sums of its gradient;
 //   * the power spectrogram (framing, window, real FFT, |·|²) with a banded mel projection.
 //
