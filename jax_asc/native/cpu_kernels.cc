@@ -466,7 +466,9 @@ void ForwardImages(ffi::ThreadPool& pool, const Geometry& g, const float* xp, co
                    const float* bias, const float* kp, float* yp) {
   const int64_t out_size = g.out_h * g.out_w * g.channels;
   auto run = [&](auto&& image) {
-    ParallelFor(pool, g.batch, [&](int64_t b) { image(ImageInput(g, xp, a, bias, b), yp + b * out_size); });
+    ParallelFor(pool, g.batch, [&](int64_t b) {
+      image(ImageInput(g, xp, a, bias, b), yp + b * out_size);
+    });
   };
   if (FastDepthwise(g) && DispatchStrides(g.stride_h, g.stride_w, [&](auto sh, auto sw) {
         run([&](const float* in, float* out) {
@@ -1065,8 +1067,9 @@ void MatmulTNRows(ffi::ThreadPool& pool, const float* xp, const float* a, const 
       for (int64_t start = begin; start < end; start += kRows) {
         const int64_t rows = std::min(kRows, end - start);
         for (int64_t r = 0; r < rows; ++r) {
-          if (a != nullptr) AffineRelu(xp + (start + r) * k_n, a, shift, 1, k_n, xt.data() + r * k_pad);
-          else std::memcpy(xt.data() + r * k_pad, xp + (start + r) * k_n, k_n * sizeof(float));
+          const float* row = xp + (start + r) * k_n;
+          if (a != nullptr) AffineRelu(row, a, shift, 1, k_n, xt.data() + r * k_pad);
+          else std::memcpy(xt.data() + r * k_pad, row, k_n * sizeof(float));
           std::memcpy(yt.data() + r * m_pad, yp + (start + r) * m_n, m_n * sizeof(float));
         }
         AccumulateTile(xt.data(), yt.data(), rows, k_pad, m_pad, acc);
