@@ -151,36 +151,42 @@ def mel_filterbank(settings: MelSettings, fmin=None, fmax=None) -> jax.Array:
   kaldi: `torchaudio.compliance.kaldi.get_mel_banks` (no VTLN): triangles in the mel domain,
   evaluated at bins k·sr/n_fft for k < n_fft/2, the Nyquist bin is 0.
   """
-  static = fmin is None and fmax is None
-  if static:
-    return jnp.asarray(static_mel_filterbank(settings), jnp.float32)
-  return _filterbank(settings, fmin, fmax, jnp, jnp.float32)
+  return mel_bands(settings, fmin, fmax).T
+
+
+def mel_bands(settings: MelSettings, fmin=None, fmax=None) -> jax.Array:
+  """`mel_filterbank` transposed, (n_mels, n_freqs): one row per band, as the projection reads
+  it (built in this layout, so a traced filterbank needs no transpose)."""
+  if fmin is None and fmax is None:
+    return jnp.asarray(_bands(settings, None, None, np, np.float64), jnp.float32)
+  return _bands(settings, fmin, fmax, jnp, jnp.float32)
 
 
 def static_mel_filterbank(settings: MelSettings) -> np.ndarray:
   """`mel_filterbank` of fixed corners as a float64 NumPy array (as librosa computes it)."""
-  return _filterbank(settings, None, None, np, np.float64)
+  return _bands(settings, None, None, np, np.float64).T
 
 
-def _filterbank(settings: MelSettings, fmin, fmax, xp, dtype):
+def _bands(settings: MelSettings, fmin, fmax, xp, dtype):
+  """(n_mels, n_freqs) weights."""
   fmin = xp.asarray(settings.fmin if fmin is None else fmin, dtype)
   fmax = xp.asarray((settings.fmax or settings.nyquist) if fmax is None else fmax, dtype)
   scale, n_mels = settings.mel_scale, settings.n_mels
   fraction = xp.linspace(0.0, 1.0, n_mels + 2, dtype=dtype)
   mel_lo, mel_hi = hz_to_mel(fmin, scale), hz_to_mel(fmax, scale)
-  mel_points = mel_lo + (mel_hi - mel_lo) * fraction
+  mel_points = (mel_lo + (mel_hi - mel_lo) * fraction)[:, None]
   if scale == "kaldi":
     bins = xp.arange(settings.n_fft // 2, dtype=dtype) * (settings.sample_rate / settings.n_fft)
-    mel_bins = hz_to_mel(bins, scale)[:, None]
+    mel_bins = hz_to_mel(bins, scale)[None, :]
     left, centre, right = mel_points[:-2], mel_points[1:-1], mel_points[2:]
     up = (mel_bins - left) / (centre - left)
     down = (right - mel_bins) / (right - centre)
     weights = xp.maximum(0.0, xp.minimum(up, down))
-    weights = xp.concatenate([weights, xp.zeros((1, n_mels), dtype)], axis=0)
+    weights = xp.concatenate([weights, xp.zeros((n_mels, 1), dtype)], axis=1)
   else:
     hz_points = mel_to_hz(mel_points, scale)
-    fft_freqs = xp.linspace(0.0, settings.nyquist, settings.n_freqs, dtype=dtype)[:, None]
-    widths = xp.diff(hz_points)
+    fft_freqs = xp.linspace(0.0, settings.nyquist, settings.n_freqs, dtype=dtype)[None, :]
+    widths = xp.diff(hz_points, axis=0)
     lower = (fft_freqs - hz_points[:-2]) / widths[:-1]
     upper = (hz_points[2:] - fft_freqs) / widths[1:]
     weights = xp.maximum(0.0, xp.minimum(lower, upper))
@@ -249,24 +255,34 @@ def band_supports(settings: MelSettings, fmin_range: int = 0,
 
 
 def _native_mel(settings: MelSettings, supports):
-  """The CPU kernel (framing, window, real FFT, |·|², banded mel) for (waveform, filterbank)."""
+  """The CPU kernel (pre-emphasis, centre padding, framing, window, real FFT, |·|², banded mel)
+  for (waveform, bands)."""
   lo, hi = supports
 
-  def compute(waveform, filterbank):
-    x = _framed_input(waveform, settings)
-    frames = 1 + (x.shape[1] - settings.n_fft) // settings.hop_length
+  def compute(waveform, bands):
+    x = waveform.astype(jnp.float32)
+    emphasised = x.shape[1] - (1 if settings.preemphasis else 0)
+    pad = settings.n_fft // 2 if settings.center else 0
+    preemphasis = settings.preemphasis
+    if settings.pad_mode == "reflect" and pad >= emphasised:
+      # jnp.pad reflects more than once for clips shorter than the padding; the kernel does not.
+      x, pad, preemphasis = _framed_input(x, settings), 0, 0.0
+      emphasised = x.shape[1]
+    frames = 1 + (emphasised + 2 * pad - settings.n_fft) // settings.hop_length
+    if frames < 1:
+      raise ValueError(f"clip of {waveform.shape[1]} samples is shorter than one frame")
     out = jax.ShapeDtypeStruct((x.shape[0], settings.n_mels, frames), jnp.float32)
     return jax.ffi.ffi_call("jax_asc_mel_spectrogram", out)(
-        x, jnp.asarray(window_array(settings)), filterbank.T, jnp.asarray(lo), jnp.asarray(hi),
-        n_fft=np.int64(settings.n_fft), hop=np.int64(settings.hop_length))
+        x, jnp.asarray(window_array(settings)), bands, jnp.asarray(lo), jnp.asarray(hi),
+        n_fft=np.int64(settings.n_fft), hop=np.int64(settings.hop_length), pad=np.int64(pad),
+        reflect=np.int64(settings.pad_mode == "reflect"), preemphasis=np.float32(preemphasis))
   return compute
 
 
 def _xla_mel(settings: MelSettings):
-  def compute(waveform, filterbank):
+  def compute(waveform, bands):
     spec = power_spectrogram(waveform, settings)                       # (B, T, F)
-    mel = jnp.dot(spec, filterbank, precision=jax.lax.Precision.HIGHEST)
-    return mel.transpose(0, 2, 1)
+    return jnp.einsum("btf,mf->bmt", spec, bands, precision=jax.lax.Precision.HIGHEST)
   return compute
 
 
@@ -277,15 +293,15 @@ def mel_spectrogram(waveform, settings: MelSettings, fmin=None, fmax=None, *,
   `fmin`/`fmax` may be traced (the corner jitter); `corner_ranges` = (fmin_aug_range,
   fmax_aug_range) bounds them for the CPU kernel's banded mel projection. On CPU with the
   native kernels (`jax_asc.native`; power 2, n_fft a power of two) one pass per frame computes
-  framing, window, FFT, power and mel; elsewhere XLA's FFT and a dense projection.
+  pre-emphasis, centre padding, framing, window, FFT, power and mel; elsewhere XLA's FFT and a dense projection.
   """
-  filterbank = mel_filterbank(settings, fmin, fmax)
+  bands = mel_bands(settings, fmin, fmax)
   xla = _xla_mel(settings)
   n_fft = settings.n_fft
   if not (native.available() and settings.power == 2.0 and n_fft & (n_fft - 1) == 0):
-    return xla(waveform, filterbank)
+    return xla(waveform, bands)
   cpu = _native_mel(settings, band_supports(settings, *corner_ranges))
-  return jax.lax.platform_dependent(waveform, filterbank, cpu=cpu, default=xla)
+  return jax.lax.platform_dependent(waveform, bands, cpu=cpu, default=xla)
 
 
 @dataclasses.dataclass(frozen=True)

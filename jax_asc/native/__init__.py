@@ -3,7 +3,8 @@
 `cpu_kernels.cc` holds the depthwise convolution (forward pass and both gradients; forward and
 kernel gradient also with a batch norm's apply + ReLU fused on their input), the 1×1 weight
 gradient, the 1×1 convolution with the same fusion, the stem convolutions, the batch-norm
-statistics and gradient sums, and the short-time Fourier transform with the mel projection.
+statistics and gradient sums, and the short-time Fourier transform (with the pre-emphasis and
+centre padding) and the mel projection.
 It is compiled on first use with the system C++ compiler (`$CXX`, else `c++`) against the XLA FFI
 headers shipped with jaxlib, for this machine's CPU (`-march=native`), and cached under
 `$JAX_ASC_KERNEL_DIR` (default `~/.cache/jax_asc/kernels`), keyed by the source, the jaxlib

@@ -717,7 +717,8 @@ ffi::Error NormGradSums(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
 
 // ----------------------------------------------------------------------------- spectrogram
 // mel[b, m, t] = Σ_{k = lo[m]}^{hi[m] − 1} fb_t[m, k] · |rfft(frame_bt · window)[k]|²,
-// frame_bt = wave[b, t·hop : t·hop + n_fft] (the caller pads and pre-emphasises the waveform).
+// frame_bt = padded[b, t·hop : t·hop + n_fft], padded = the clip pre-emphasised (optional) and
+// centre-padded (reflect or zeros), read from the raw clip on the way.
 // The real FFT of n_fft points is a complex FFT of n_fft/2 points (even samples real, odd
 // imaginary) and a post-processing step. Sixteen frames are transformed together, one per SIMD
 // lane (structure-of-arrays), so every butterfly is a vector operation.
@@ -820,62 +821,154 @@ void Fft(const FftPlan& plan, float* re, float* im) {
   FftStages(plan, re, im, block * 2, plan.m, 0, plan.m);
 }
 
-ffi::Error MelSpectrogram(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wave,
-                          ffi::Buffer<ffi::F32> window, ffi::Buffer<ffi::F32> fb_t,
-                          ffi::Buffer<ffi::S32> lo, ffi::Buffer<ffi::S32> hi,
-                          ffi::ResultBuffer<ffi::F32> mel, int64_t n_fft, int64_t hop) {
-  auto wd = wave.dimensions();
-  auto fd = fb_t.dimensions();
-  auto md = mel->dimensions();
-  if (n_fft < 4 || (n_fft & (n_fft - 1)) != 0)
-    return ffi::Error::InvalidArgument("mel spectrogram: n_fft must be a power of two");
-  if (wd.size() != 2 || fd.size() != 2 || md.size() != 3 || fd[1] != n_fft / 2 + 1 ||
-      window.dimensions()[0] != n_fft || md[0] != wd[0] || md[1] != fd[0])
-    return ffi::Error::InvalidArgument("mel spectrogram: inconsistent shapes");
-  const int64_t batch = wd[0], length = wd[1], n_mels = fd[0], frames = md[2];
-  if (frames < 1 || (frames - 1) * hop + n_fft > length)
-    return ffi::Error::InvalidArgument("mel spectrogram: waveform shorter than the frames");
-  const FftPlan plan(n_fft);
-  const int64_t m = plan.m, total = batch * frames;
-  const int64_t blocks = (total + kLanes - 1) / kLanes;
-  const float *wp = wave.typed_data(), *win = window.typed_data(), *fbp = fb_t.typed_data();
-  const int32_t *lop = lo.typed_data(), *hip = hi.typed_data();
-  float* out = mel->typed_data();
-  ParallelFor(pool, blocks, [&](int64_t block) {
-    thread_local std::vector<float> re, im, power;
+// Where a frame's samples come from: the clip, pre-emphasised (y[q] = x[q+1] − c·x[q], of
+// `length` − 1 samples when c ≠ 0) and centre-padded by `pad` samples (reflected or zero).
+struct FrameSource {
+  const float* wave;
+  int64_t length;      // raw samples per clip
+  int64_t emphasised;  // samples after pre-emphasis
+  float preemphasis;
+  int64_t pad;
+  bool reflect;
+
+  float Emphasised(const float* clip, int64_t q) const {
+    return preemphasis != 0.0f ? clip[q + 1] - preemphasis * clip[q] : clip[q];
+  }
+
+  // dst[n] for n in [first, last) of the frame whose sample 0 is emphasised index `start`.
+  void Fill(const float* clip, int64_t start, int64_t first, int64_t last, float* dst) const {
+    const int64_t n_inner = std::clamp<int64_t>(-start, first, last);            // q ≥ 0 from here
+    const int64_t n_outer = std::clamp<int64_t>(emphasised - start, n_inner, last);  // q < len
+    for (int64_t n = first; n < n_inner; ++n)
+      dst[n] = reflect ? Emphasised(clip, -(start + n)) : 0.0f;
+    if (preemphasis != 0.0f) {
+      for (int64_t n = n_inner; n < n_outer; ++n)
+        dst[n] = clip[start + n + 1] - preemphasis * clip[start + n];
+    } else {
+      std::memcpy(dst + n_inner, clip + start + n_inner, (n_outer - n_inner) * sizeof(float));
+    }
+    for (int64_t n = n_outer; n < last; ++n)
+      dst[n] = reflect ? Emphasised(clip, 2 * (emphasised - 1) - (start + n)) : 0.0f;
+  }
+};
+
+// The windowed samples of 16 frames in the FFT's input order: even samples to `re`, odd to
+// `im`, bit-reversed, one row of 16 lanes per sample pair. Lane l reads sample 2·pair_lo + i at
+// base + offset[l] + i;
+// `emphasise` applies the pre-emphasis on the way (else the samples are taken as they are).
+// Pairs outside [pair_lo, pair_hi) have a zero window and are stored as zeros.
+void LoadFrames(const FftPlan& plan, const float* win, const float* base, const int64_t* offset,
+                bool emphasise, float c, int64_t pair_lo, int64_t pair_hi, float* re, float* im) {
+  const Lanes zero = {};
+  for (int64_t n = 0; n < pair_lo; ++n) {
+    StoreLanes(re + plan.bitrev[n] * kLanes, zero);
+    StoreLanes(im + plan.bitrev[n] * kLanes, zero);
+  }
+  for (int64_t n = pair_hi; n < plan.m; ++n) {
+    StoreLanes(re + plan.bitrev[n] * kLanes, zero);
+    StoreLanes(im + plan.bitrev[n] * kLanes, zero);
+  }
+#if defined(__AVX512F__)
+  alignas(64) int32_t offsets[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) offsets[l] = static_cast<int32_t>(offset[l]);
+  const __m512i index = _mm512_load_si512(offsets);
+  const float* p = base;
+  if (emphasise) {
+    const __m512 cv = _mm512_set1_ps(c);
+    __m512 x0 = _mm512_i32gather_ps(index, p, 4);
+    for (int64_t n = pair_lo; n < pair_hi; ++n, p += 2) {
+      const __m512 x1 = _mm512_i32gather_ps(index, p + 1, 4);
+      const __m512 x2 = _mm512_i32gather_ps(index, p + 2, 4);
+      const __m512 even = _mm512_fnmadd_ps(cv, x0, x1), odd = _mm512_fnmadd_ps(cv, x1, x2);
+      const int64_t row = plan.bitrev[n] * kLanes;
+      _mm512_storeu_ps(re + row, _mm512_mul_ps(even, _mm512_set1_ps(win[2 * n])));
+      _mm512_storeu_ps(im + row, _mm512_mul_ps(odd, _mm512_set1_ps(win[2 * n + 1])));
+      x0 = x2;
+    }
+    return;
+  }
+  for (int64_t n = pair_lo; n < pair_hi; ++n, p += 2) {
+    const __m512 even = _mm512_i32gather_ps(index, p, 4);
+    const __m512 odd = _mm512_i32gather_ps(index, p + 1, 4);
+    const int64_t row = plan.bitrev[n] * kLanes;
+    _mm512_storeu_ps(re + row, _mm512_mul_ps(even, _mm512_set1_ps(win[2 * n])));
+    _mm512_storeu_ps(im + row, _mm512_mul_ps(odd, _mm512_set1_ps(win[2 * n + 1])));
+  }
+#else
+  for (int64_t n = pair_lo; n < pair_hi; ++n) {
+    float* r = re + plan.bitrev[n] * kLanes;
+    float* i = im + plan.bitrev[n] * kLanes;
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const float* x = base + offset[l] + 2 * (n - pair_lo);
+      const float even = emphasise ? x[1] - c * x[0] : x[0];
+      const float odd = emphasise ? x[2] - c * x[1] : x[1];
+      r[l] = even * win[2 * n];
+      i[l] = odd * win[2 * n + 1];
+    }
+  }
+#endif
+}
+
+// One call's spectrogram: its inputs, and the work for one block of 16 consecutive frames
+// (frame f = b·frames + t, so a block's mel rows are mostly 16 contiguous outputs). A block with
+// a frame that reaches into the padding, or with lane offsets beyond the gather's 32-bit
+// indices, builds its frames in a buffer first.
+struct MelJob {
+  FrameSource source;
+  FftPlan plan;
+  const float* window;      // (n_fft)
+  const float* bands;       // (n_mels, n_fft / 2 + 1)
+  const int32_t *lo, *hi;   // (n_mels) nonzero bins of each band
+  float* out;               // (batch, n_mels, frames)
+  int64_t batch, frames, n_mels, hop;
+  int64_t pair_lo = 0, pair_hi = 0;   // sample pairs with a nonzero window
+
+  MelJob(const FrameSource& source, int64_t n_fft, const float* window, const float* bands,
+         const int32_t* lo, const int32_t* hi, float* out, int64_t batch, int64_t frames,
+         int64_t n_mels, int64_t hop)
+      : source(source), plan(n_fft), window(window), bands(bands), lo(lo), hi(hi), out(out),
+        batch(batch), frames(frames), n_mels(n_mels), hop(hop) {
+    const int64_t m = plan.m;
+    pair_hi = m;   // a window of win_length < n_fft is zero-padded: skip those pairs
+    while (pair_lo < m && window[2 * pair_lo] == 0.0f && window[2 * pair_lo + 1] == 0.0f)
+      ++pair_lo;
+    while (pair_hi > pair_lo && window[2 * pair_hi - 2] == 0.0f && window[2 * pair_hi - 1] == 0.0f)
+      --pair_hi;
+  }
+
+  int64_t Blocks() const { return (batch * frames + kLanes - 1) / kLanes; }
+
+  void Block(int64_t block) const {
+    const int64_t m = plan.m, total = batch * frames, n_fft = 2 * m;
+    thread_local std::vector<float> re, im, power, edge;
     re.resize(m * kLanes);
     im.resize(m * kLanes);
     power.resize((m + 1) * kLanes);
-    int64_t bt[kLanes];
-    const float* src[kLanes];
+    int64_t clip[kLanes], time[kLanes], offset[kLanes];
+    bool inside = true;
     for (int64_t l = 0; l < kLanes; ++l) {
       const int64_t f = std::min(block * kLanes + l, total - 1);   // tail lanes repeat a frame
-      bt[l] = f;
-      src[l] = wp + (f / frames) * length + (f % frames) * hop;
+      clip[l] = f / frames;
+      time[l] = f % frames;
+      const int64_t start = time[l] * hop - source.pad + 2 * pair_lo;
+      inside = inside && start >= 0 && start + 2 * (pair_hi - pair_lo) <= source.emphasised;
+      offset[l] = (clip[l] - clip[0]) * source.length + (time[l] - time[0]) * hop;
+      inside = inside && std::abs(offset[l]) < (int64_t{1} << 31);   // the gather's indices
     }
-    // Even samples to the real parts, odd to the imaginary parts, in bit-reversed order; one
-    // contiguous row of 16 lanes per sample pair, gathered from the 16 frames.
-#if defined(__AVX512F__)
-    alignas(64) int32_t offsets[kLanes];
-    for (int64_t l = 0; l < kLanes; ++l) offsets[l] = static_cast<int32_t>(src[l] - src[0]);
-    const __m512i index = _mm512_load_si512(offsets);
-    for (int64_t n = 0; n < m; ++n) {
-      const __m512 even = _mm512_i32gather_ps(index, src[0] + 2 * n, 4);
-      const __m512 odd = _mm512_i32gather_ps(index, src[0] + 2 * n + 1, 4);
-      _mm512_storeu_ps(re.data() + plan.bitrev[n] * kLanes, _mm512_mul_ps(even, _mm512_set1_ps(win[2 * n])));
-      _mm512_storeu_ps(im.data() + plan.bitrev[n] * kLanes, _mm512_mul_ps(odd, _mm512_set1_ps(win[2 * n + 1])));
-    }
-#else
-    for (int64_t n = 0; n < m; ++n) {
-      float* r = re.data() + plan.bitrev[n] * kLanes;
-      float* i = im.data() + plan.bitrev[n] * kLanes;
-      const float w0 = win[2 * n], w1 = win[2 * n + 1];
+    if (inside) {
+      const int64_t first = clip[0] * source.length + time[0] * hop - source.pad + 2 * pair_lo;
+      LoadFrames(plan, window, source.wave + first, offset, source.preemphasis != 0.0f,
+                 source.preemphasis, pair_lo, pair_hi, re.data(), im.data());
+    } else {
+      edge.resize(kLanes * n_fft);
       for (int64_t l = 0; l < kLanes; ++l) {
-        r[l] = src[l][2 * n] * w0;
-        i[l] = src[l][2 * n + 1] * w1;
+        source.Fill(source.wave + clip[l] * source.length, time[l] * hop - source.pad,
+                    2 * pair_lo, 2 * pair_hi, edge.data() + l * n_fft);
+        offset[l] = l * n_fft;
       }
+      LoadFrames(plan, window, edge.data() + 2 * pair_lo, offset, false, 0.0f, pair_lo, pair_hi,
+                 re.data(), im.data());
     }
-#endif
     Fft(plan, re.data(), im.data());
     for (int64_t k = 0; k <= m; ++k) {
       // E = (Z_k + conj Z_{m−k}) / 2, O = (Z_k − conj Z_{m−k}) / (2i), X_k = E + w^k O.
@@ -889,22 +982,51 @@ ffi::Error MelSpectrogram(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wave,
       const Lanes xr = er + wr * or_ - wi * oi, xi = ei + wr * oi + wi * or_;
       StoreLanes(power.data() + k * kLanes, xr * xr + xi * xi);
     }
-    for (int64_t mel_bin = 0; mel_bin < n_mels; ++mel_bin) {
-      const float* weights = fbp + mel_bin * (m + 1);
+    const int64_t lanes = std::min(kLanes, total - block * kLanes);
+    const bool one_clip = lanes == kLanes && clip[kLanes - 1] == clip[0];
+    for (int64_t band = 0; band < n_mels; ++band) {
+      const float* weights = bands + band * (m + 1);
       Lanes acc0 = {}, acc1 = {};   // two chains hide the add latency
-      int64_t k = lop[mel_bin];
-      for (; k + 1 < hip[mel_bin]; k += 2) {
+      int64_t k = lo[band];
+      for (; k + 1 < hi[band]; k += 2) {
         acc0 += weights[k] * LoadLanes(power.data() + k * kLanes);
         acc1 += weights[k + 1] * LoadLanes(power.data() + (k + 1) * kLanes);
       }
-      if (k < hip[mel_bin]) acc0 += weights[k] * LoadLanes(power.data() + k * kLanes);
+      if (k < hi[band]) acc0 += weights[k] * LoadLanes(power.data() + k * kLanes);
       const Lanes acc = acc0 + acc1;
-      for (int64_t l = 0; l < kLanes && block * kLanes + l < total; ++l) {
-        const int64_t f = bt[l];
-        out[((f / frames) * n_mels + mel_bin) * frames + f % frames] = acc[l];
+      if (one_clip) {
+        StoreLanes(out + (clip[0] * n_mels + band) * frames + time[0], acc);
+        continue;
       }
+      for (int64_t l = 0; l < lanes; ++l)
+        out[(clip[l] * n_mels + band) * frames + time[l]] = acc[l];
     }
-  });
+  }
+};
+
+ffi::Error MelSpectrogram(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wave,
+                          ffi::Buffer<ffi::F32> window, ffi::Buffer<ffi::F32> bands,
+                          ffi::Buffer<ffi::S32> lo, ffi::Buffer<ffi::S32> hi,
+                          ffi::ResultBuffer<ffi::F32> mel, int64_t n_fft, int64_t hop,
+                          int64_t pad, int64_t reflect, float preemphasis) {
+  auto wd = wave.dimensions();
+  auto fd = bands.dimensions();
+  auto md = mel->dimensions();
+  if (n_fft < 4 || (n_fft & (n_fft - 1)) != 0)
+    return ffi::Error::InvalidArgument("mel spectrogram: n_fft must be a power of two");
+  if (wd.size() != 2 || fd.size() != 2 || md.size() != 3 || fd[1] != n_fft / 2 + 1 ||
+      window.dimensions()[0] != n_fft || md[0] != wd[0] || md[1] != fd[0])
+    return ffi::Error::InvalidArgument("mel spectrogram: inconsistent shapes");
+  const int64_t batch = wd[0], length = wd[1], n_mels = fd[0], frames = md[2];
+  const FrameSource source{wave.typed_data(), length, length - (preemphasis != 0.0f ? 1 : 0),
+                           preemphasis, pad, reflect != 0};
+  if (source.emphasised < 1 || pad < 0 || (source.reflect && pad >= source.emphasised))
+    return ffi::Error::InvalidArgument("mel spectrogram: clip too short for the padding");
+  if (frames < 1 || (frames - 1) * hop + n_fft > source.emphasised + 2 * pad)
+    return ffi::Error::InvalidArgument("mel spectrogram: waveform shorter than the frames");
+  const MelJob job(source, n_fft, window.typed_data(), bands.typed_data(), lo.typed_data(),
+                   hi.typed_data(), mel->typed_data(), batch, frames, n_mels, hop);
+  ParallelFor(pool, job.Blocks(), [&](int64_t block) { job.Block(block); });
   return ffi::Error::Success();
 }
 
@@ -1580,7 +1702,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscMelSpectrogram, MelSpectrogram,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("n_fft")
-                                  .Attr<int64_t>("hop"));
+                                  .Attr<int64_t>("hop")
+                                  .Attr<int64_t>("pad")
+                                  .Attr<int64_t>("reflect")
+                                  .Attr<float>("preemphasis"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluMatmul, AffineReluMatmul,
                               ffi::Ffi::Bind()
