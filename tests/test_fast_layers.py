@@ -244,6 +244,74 @@ def test_affine_relu_matmul_matches_the_unfused_operations(n, k, m):
     _close(ours, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("n,k,m", [(300, 64, 56), (37, 5, 20), (50, 16, 10), (9, 120, 104)])
+def test_affine_relu_matmul_moments_match_the_unfused_operations(n, k, m):
+  """The 1×1 convolution with its output's batch statistics summed in the same pass = the
+  matmul, then `moments`: y, mean, var and the gradients of all five inputs; widths that are
+  not a multiple of 16 (the last vector overlaps), a partial tile, fewer than 16 outputs."""
+  x = _random(50, (n, k), 0.5) + 3.0
+  center = jnp.mean(x, axis=0) + _random(51, (k,), 0.05)
+  a, b = _random(52, (k,)) + 1.0, _random(53, (k,), 0.5)
+  kernel = _random(54, (k, m)) + 0.3   # outputs with a mean well away from zero
+
+  def unfused(x, c, a, b, w):
+    y = jnp.dot(fast_ops.affine_relu(x, c, a, b), w, precision=jax.lax.Precision.HIGHEST)
+    return y, jnp.mean(y, 0), jnp.var(y, 0)
+  fused = jax.jit(fast_ops.affine_relu_matmul_moments)
+  for ours, want in zip(fused(x, center, a, b, kernel), unfused(x, center, a, b, kernel)):
+    _close(ours, want, rtol=1e-4, atol=1e-4)
+  weights = (_random(55, (n, m)), _random(56, (m,)), _random(57, (m,)))
+
+  def grads(fn):
+    loss = lambda *args: sum(jnp.sum(o * w) for o, w in zip(fn(*args), weights))
+    return jax.grad(loss, argnums=(0, 1, 2, 3, 4))
+  ref = grads(unfused)(x, center, a, b, kernel)
+  for ours, want in zip(jax.jit(grads(fast_ops.affine_relu_matmul_moments))(
+      x, center, a, b, kernel), ref):
+    _close(ours, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("n,k,m", [(300, 32, 64), (37, 5, 20), (50, 16, 10)])
+def test_matmul_moments_match_the_unfused_operations(n, k, m):
+  """x·kernel with the output's batch statistics in the same pass = `matmul`, then `moments`."""
+  x, kernel = _random(64, (n, k), 0.5) + 1.0, _random(65, (k, m)) + 0.3
+
+  def unfused(x, w):
+    y = jnp.dot(x, w, precision=jax.lax.Precision.HIGHEST)
+    return y, jnp.mean(y, 0), jnp.var(y, 0)
+  for ours, want in zip(jax.jit(fast_ops.matmul_moments)(x, kernel), unfused(x, kernel)):
+    _close(ours, want, rtol=1e-4, atol=1e-4)
+  weights = (_random(66, (n, m)), _random(67, (m,)), _random(68, (m,)))
+
+  def grads(fn):
+    loss = lambda *args: sum(jnp.sum(o * w) for o, w in zip(fn(*args), weights))
+    return jax.grad(loss, argnums=(0, 1))
+  for ours, want in zip(jax.jit(grads(fast_ops.matmul_moments))(x, kernel),
+                        grads(unfused)(x, kernel)):
+    _close(ours, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_normalize_with_given_statistics_matches_batch_norm(relu):
+  """`normalize` fed by `moments` = `batch_norm`: output and gradients of x, scale, bias."""
+  x = _random(58, (6, 5, 7, 24), 0.5) - 2.0
+  scale, bias = _random(59, (24,)) + 1.0, _random(60, (24,), 0.3)
+
+  def split(x, scale, bias):
+    mean, var = fast_ops.moments(x.reshape(-1, 24))
+    return fast_ops.normalize(x, mean, var, scale, bias, relu=relu), mean, var
+  whole = lambda x, scale, bias: fast_ops.batch_norm(x, scale, bias, relu=relu)
+  for ours, want in zip(jax.jit(split)(x, scale, bias), whole(x, scale, bias)):
+    _close(ours, want, rtol=1e-4, atol=1e-5)
+  weights = (_random(61, x.shape), _random(62, (24,)), _random(63, (24,)))
+
+  def grads(fn):
+    loss = lambda *args: sum(jnp.sum(o * w) for o, w in zip(fn(*args), weights))
+    return jax.grad(loss, argnums=(0, 1, 2))
+  for ours, want in zip(jax.jit(grads(split))(x, scale, bias), grads(whole)(x, scale, bias)):
+    _close(ours, want, rtol=1e-4, atol=1e-4)
+
+
 def test_moments_and_their_gradient():
   x = _random(36, (200, 24), 0.5) - 10.0
   mean, var = jax.jit(fast_ops.moments)(x)

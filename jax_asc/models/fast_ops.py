@@ -227,6 +227,51 @@ def affine_relu_matmul(x: jax.Array, center: jax.Array, a: jax.Array, b: jax.Arr
                                 cpu=_affine_relu_matmul_native, default=affine_relu_matmul_xla)
 
 
+def _affine_relu_matmul_moments_xla(x, center, a, b, kernel):
+  y = affine_relu_matmul_xla(x, center, a, b, kernel)
+  return (y, *moments(y))
+
+
+@jax.custom_vjp
+def _affine_relu_matmul_moments_native(x, center, a, b, kernel):
+  stat = jax.ShapeDtypeStruct(kernel.shape[1:], jnp.float32)
+  out = jax.ShapeDtypeStruct((x.shape[0], kernel.shape[1]), jnp.float32)
+  return tuple(jax.ffi.ffi_call("jax_asc_affine_relu_matmul_moments", (out, stat, stat))(
+      x, a, b - center * a, kernel))
+
+
+def _affine_relu_matmul_moments_native_fwd(x, center, a, b, kernel):
+  y, mean, var = _affine_relu_matmul_moments_native(x, center, a, b, kernel)
+  return (y, mean, var), (x, center, a, b, kernel, y, mean)
+
+
+def _affine_relu_matmul_moments_native_bwd(residuals, cotangents):
+  x, center, a, b, kernel, y, mean = residuals
+  dy, dmean, dvar = cotangents
+  n = y.shape[0]
+  dy = dy + dmean / n + (y - mean) * (2.0 * dvar / n)   # the statistics' share (`moments`)
+  return _affine_relu_matmul_native_bwd((x, center, a, b, kernel), dy)
+
+
+_affine_relu_matmul_moments_native.defvjp(_affine_relu_matmul_moments_native_fwd,
+                                          _affine_relu_matmul_moments_native_bwd)
+
+
+def affine_relu_matmul_moments(x: jax.Array, center: jax.Array, a: jax.Array, b: jax.Array,
+                               kernel: jax.Array):
+  """(y, mean, var): y = `affine_relu_matmul(x, center, a, b, kernel)` and its batch statistics
+  over the rows (as `moments(y)`), differentiable in all three.
+
+  On CPU (M ≥ 16) the native kernel sums each output tile while it is in registers, so the
+  statistics cost no pass over y; elsewhere `moments` of the XLA form.
+  """
+  if not native.available() or x.dtype != jnp.float32 or kernel.shape[1] < 16:
+    return _affine_relu_matmul_moments_xla(x, center, a, b, kernel.astype(x.dtype))
+  return lax.platform_dependent(x, center, a, b, kernel.astype(jnp.float32),
+                                cpu=_affine_relu_matmul_moments_native,
+                                default=_affine_relu_matmul_moments_xla)
+
+
 # ----------------------------------------------------------------------------- small convolution
 MAX_NATIVE_CHANNELS = 64
 
@@ -292,6 +337,44 @@ def matmul_tn(x: jax.Array, y: jax.Array) -> jax.Array:
   if not native.available():
     return xla(x, y)
   return lax.platform_dependent(x, y, cpu=_matmul_tn_native, default=xla)
+
+
+def _matmul_moments_xla(x, kernel):
+  y = matmul(x, kernel)
+  return (y, *moments(y))
+
+
+@jax.custom_vjp
+def _matmul_moments_native(x, kernel):
+  stat = jax.ShapeDtypeStruct(kernel.shape[1:], jnp.float32)
+  out = jax.ShapeDtypeStruct((x.shape[0], kernel.shape[1]), jnp.float32)
+  return tuple(jax.ffi.ffi_call("jax_asc_matmul_moments", (out, stat, stat))(x, kernel))
+
+
+def _matmul_moments_native_fwd(x, kernel):
+  y, mean, var = _matmul_moments_native(x, kernel)
+  return (y, mean, var), (x, kernel, y, mean)
+
+
+def _matmul_moments_native_bwd(residuals, cotangents):
+  x, kernel, y, mean = residuals
+  dy, dmean, dvar = cotangents
+  n = y.shape[0]
+  dy = dy + dmean / n + (y - mean) * (2.0 * dvar / n)   # the statistics' share (`moments`)
+  return _matmul_bwd((x, kernel), dy)
+
+
+_matmul_moments_native.defvjp(_matmul_moments_native_fwd, _matmul_moments_native_bwd)
+
+
+def matmul_moments(x: jax.Array, kernel: jax.Array):
+  """(y, mean, var): y = x·kernel for x (N, K), kernel (K, M), float32, and its batch statistics
+  over the rows (as `moments(y)`), differentiable in all three. On CPU (M ≥ 16) the native
+  kernel sums each output tile while it is in registers; elsewhere `moments` of `matmul`."""
+  if not native.available() or x.dtype != jnp.float32 or kernel.shape[1] < 16:
+    return _matmul_moments_xla(x, kernel)
+  return lax.platform_dependent(x, kernel, cpu=_matmul_moments_native,
+                                default=_matmul_moments_xla)
 
 
 @jax.custom_vjp
@@ -404,6 +487,44 @@ def _batch_norm_2d_bwd(epsilon, relu, residuals, cotangents):
 
 
 _batch_norm_2d.defvjp(_batch_norm_2d_fwd, _batch_norm_2d_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _normalize_2d(x2, mean, var, scale, bias, epsilon, relu):
+  a = lax.rsqrt(var + epsilon) * scale
+  y = x2 * a + (bias - mean * a)
+  return jnp.maximum(y, 0) if relu else y
+
+
+def _normalize_2d_fwd(x2, mean, var, scale, bias, epsilon, relu):
+  return _normalize_2d(x2, mean, var, scale, bias, epsilon, relu), (x2, mean, var, scale, bias)
+
+
+def _normalize_2d_bwd(epsilon, relu, residuals, dy):
+  x2, mean, var, scale, bias = residuals
+  rstd = lax.rsqrt(var + epsilon)
+  a = rstd * scale
+  b = bias - mean * a
+  sum_g, sum_g_centred = _grad_sums(x2, dy, mean, a, b, relu)
+  if relu:
+    dy = jnp.where(x2 * a + b > 0, dy, 0)
+  # y = (x − mean)·scale·(var + ε)^−½ + bias.
+  dvar = -0.5 * a * rstd * rstd * sum_g_centred
+  return a * dy, -a * sum_g, dvar, rstd * sum_g_centred, sum_g
+
+
+_normalize_2d.defvjp(_normalize_2d_fwd, _normalize_2d_bwd)
+
+
+def normalize(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array,
+              bias: jax.Array, *, epsilon: float = 1e-5, relu: bool = False) -> jax.Array:
+  """A batch norm's apply with statistics taken elsewhere: (x − mean)·scale/√(var + ε) + bias,
+  optionally then ReLU. x (..., C) float32; the rest (C,). Differentiable in every array (the
+  statistics' cotangents flow back to where they were taken); the gradient's sums over every
+  axis but the last are native on CPU, as in `batch_norm`."""
+  shape = x.shape
+  y = _normalize_2d(x.reshape(-1, shape[-1]), mean, var, scale, bias, float(epsilon), bool(relu))
+  return y.reshape(shape)
 
 
 def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, *, epsilon: float = 1e-5,

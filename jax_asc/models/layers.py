@@ -36,6 +36,15 @@ class DeferredNorm(NamedTuple):
     return fast_ops.affine_relu(*self)
 
 
+class WithMoments(NamedTuple):
+  """A layer's output y (..., C) float32 with its batch mean and biased variance over every axis
+  but the last (C,), taken by the layer that produced y (`PointwiseConv` with `moments`), for
+  the `BatchNorm` that follows."""
+  y: jax.Array
+  mean: jax.Array
+  var: jax.Array
+
+
 class DepthwiseConv(nn.Module):
   """Depthwise k×k convolution, zero padding (k-1)//2, no bias. (B,H,W,C) → (B,H',W',C).
 
@@ -76,13 +85,16 @@ class Conv(nn.Module):
 class PointwiseConv(nn.Module):
   """1×1 convolution as a (N, Cin) × (Cin, Cout) matmul, no bias. (B,H,W,Cin) → (B,H,W,features).
 
-  The input may be a `DeferredNorm`: the norm and ReLU are then fused into the matmul.
+  The input may be a `DeferredNorm`: the norm and ReLU are then fused into the matmul. With
+  `moments` (float32) the output is `WithMoments`: the batch statistics are summed from the
+  output tiles in the same pass.
 
   The 2-D form matters on CPU: the gradient of a 4-D `dot_general` made XLA transpose the
   activations through a slow strided copy.
   """
   features: int
   kernel_init: Callable = kaiming_fan_out
+  moments: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -94,11 +106,16 @@ class PointwiseConv(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (1, 1, shape[-1], self.features),
                         jnp.float32)
     if pending is not None:
-      c = shape[-1]
-      out = fast_ops.affine_relu_matmul(pending.x.reshape(-1, c), pending.center, pending.a,
-                                        pending.b, kernel[0, 0])
-      return out.reshape(*shape[:-1], self.features)
+      args = (pending.x.reshape(-1, shape[-1]), pending.center, pending.a, pending.b,
+              kernel[0, 0])
+      if self.moments:
+        out, mean, var = fast_ops.affine_relu_matmul_moments(*args)
+        return WithMoments(out.reshape(*shape[:-1], self.features), mean, var)
+      return fast_ops.affine_relu_matmul(*args).reshape(*shape[:-1], self.features)
     flat = x.reshape(-1, x.shape[-1]).astype(self.dtype)
+    if self.moments and self.dtype == jnp.float32:
+      out, mean, var = fast_ops.matmul_moments(flat, kernel[0, 0])
+      return WithMoments(out.reshape(*x.shape[:-1], self.features), mean, var)
     if self.dtype == jnp.float32:
       out = fast_ops.matmul(flat, kernel[0, 0])
     else:
@@ -113,7 +130,8 @@ class BatchNorm(nn.Module):
   Same variables as `nn.BatchNorm`; the running variance is the biased batch variance, as Flax's.
   With `defer` (training, ReLU, float32), the batch statistics are taken and the running
   averages updated here, but the normalisation and ReLU are returned as a `DeferredNorm` for the
-  next layer to apply within its own pass.
+  next layer to apply within its own pass. In training the input may be `WithMoments`: the
+  statistics its producer took are used (and differentiated through) instead of new ones.
   """
   use_running_average: bool
   momentum: float = 0.9
@@ -124,19 +142,30 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    given = x if isinstance(x, WithMoments) else None
+    x = given.y if given else x
     features = (x.shape[-1],)
     ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
     ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
     scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
     if self.use_running_average:
+      if given:
+        raise ValueError("BatchNorm: batch statistics were given in evaluation mode")
       mul = lax.rsqrt(ra_var.value + self.epsilon) * scale
       y = (x.astype(jnp.float32) - ra_mean.value) * mul + bias
       y = jnp.maximum(y, 0) if self.relu else y
       return y.astype(self.dtype)
     if self.defer and self.relu and x.dtype == jnp.float32:
-      mean, var = fast_ops.moments(x.reshape(-1, x.shape[-1]))
+      if given:
+        mean, var = given.mean, given.var
+      else:
+        mean, var = fast_ops.moments(x.reshape(-1, x.shape[-1]))
       out = DeferredNorm(x, mean, lax.rsqrt(var + self.epsilon) * scale, bias)
+    elif given:
+      mean, var = given.mean, given.var
+      out = fast_ops.normalize(x.astype(jnp.float32), mean, var, scale, bias,
+                               epsilon=self.epsilon, relu=self.relu).astype(self.dtype)
     else:
       y, mean, var = fast_ops.batch_norm(x, scale, bias, epsilon=self.epsilon, relu=self.relu)
       out = y.astype(self.dtype)
@@ -196,7 +225,9 @@ class ConvNormAct(nn.Module):
     if self.depthwise:
       x = DepthwiseConv(self.kernel_size, self.strides, dtype=self.dtype, name="conv")(x)
     elif pointwise:
-      x = PointwiseConv(self.features, dtype=self.dtype, name="conv")(x)
+      # In training the batch norm's statistics come from the fused 1×1 pass (`WithMoments`).
+      moments = train and self.norm == "batch" and self.dtype == jnp.float32
+      x = PointwiseConv(self.features, moments=moments, dtype=self.dtype, name="conv")(x)
     else:
       x = Conv(self.features, self.kernel_size, self.strides, dtype=self.dtype, name="conv")(x)
     if self.norm == "batch":   # ReLU fused into the normalisation and its gradient

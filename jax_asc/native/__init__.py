@@ -43,6 +43,8 @@ TARGETS = {"jax_asc_depthwise_forward": "JaxAscDepthwiseForward",
            "jax_asc_mel_spectrogram": "JaxAscMelSpectrogram",
            "jax_asc_matmul_tn": "JaxAscMatmulTN",
            "jax_asc_affine_relu_matmul": "JaxAscAffineReluMatmul",
+           "jax_asc_affine_relu_matmul_moments": "JaxAscAffineReluMatmulMoments",
+           "jax_asc_matmul_moments": "JaxAscMatmulMoments",
            "jax_asc_affine_relu_matmul_tn": "JaxAscAffineReluMatmulTN",
            "jax_asc_conv_forward": "JaxAscConvForward",
            "jax_asc_conv_kernel_grad": "JaxAscConvKernelGrad"}

@@ -1239,9 +1239,40 @@ ffi::Error AffineReluMatmulTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 // y (R rows, M) = x (R, K) · w (K, M), M ≥ 16: R rows by 32 (or 16) columns accumulate in
 // registers over k (a last partial block of columns overlaps the one before it); w stays in
 // the first- or second-level cache. Only the first `rows` rows are stored.
+// Per-channel sums of (y − center) and (y − center)² of the output tiles, for the batch
+// statistics of a matmul's output taken while the tile is in registers.
+struct TileSums {
+  const float* center;   // (M,)
+  float* s1;             // (M,)
+  float* s2;             // (M,)
+};
+
+template <int R>
+inline void AddTileSums(const Lanes* acc, int64_t rows, int64_t m0, int64_t skip,
+                        const TileSums& sums) {
+  const Lanes c = LoadLanes(sums.center + m0);
+  Lanes t1 = {}, t2 = {};
+  for (int r = 0; r < std::min<int64_t>(R, rows); ++r) {
+    const Lanes d = acc[r] - c;
+    t1 += d;
+    t2 += d * d;
+  }
+  // The last vector of a width that is not a multiple of 16 overlaps the one before it: its
+  // first `skip` lanes were counted there.
+  if (skip == 0) {
+    StoreLanes(sums.s1 + m0, LoadLanes(sums.s1 + m0) + t1);
+    StoreLanes(sums.s2 + m0, LoadLanes(sums.s2 + m0) + t2);
+    return;
+  }
+  for (int64_t l = skip; l < kLanes; ++l) {
+    sums.s1[m0 + l] += t1[l];
+    sums.s2[m0 + l] += t2[l];
+  }
+}
+
 template <int R>
 inline void RowTileNN(const float* x, const float* w, float* y, int64_t k_n, int64_t m_n,
-                      int64_t rows) {
+                      int64_t rows, const TileSums* sums) {
   const int64_t mv = (m_n + kLanes - 1) / kLanes;
   auto m_start = [&](int64_t mb) { return std::min(mb * kLanes, m_n - kLanes); };
   int64_t mb = 0;
@@ -1260,6 +1291,10 @@ inline void RowTileNN(const float* x, const float* w, float* y, int64_t k_n, int
       StoreLanes(y + r * m_n + m0, a[r]);
       StoreLanes(y + r * m_n + m1, b[r]);
     }
+    if (sums) {
+      AddTileSums<R>(a, rows, m0, 0, *sums);
+      AddTileSums<R>(b, rows, m1, (mb + 1) * kLanes - m1, *sums);
+    }
   }
   for (; mb < mv; ++mb) {
     const int64_t m0 = m_start(mb);
@@ -1269,40 +1304,105 @@ inline void RowTileNN(const float* x, const float* w, float* y, int64_t k_n, int
       for (int r = 0; r < R; ++r) a[r] += x[r * k_n + k] * w0;
     }
     for (int r = 0; r < std::min<int64_t>(R, rows); ++r) StoreLanes(y + r * m_n + m0, a[r]);
+    if (sums) AddTileSums<R>(a, rows, m0, mb * kLanes - m0, *sums);
   }
 }
 
-// y = relu(x·a + shift)·w for x (N, K), a and shift (K,), w (K, M), M ≥ 16: each tile of R rows
-// is normalised into a small cached buffer first (zero rows past the end), so the normalised x
-// is never written to memory.
-ffi::Error AffineReluMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                            ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> shift,
-                            ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y) {
-  auto xd = x.dimensions();
-  auto wd = w.dimensions();
-  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[0] || wd[1] < kLanes ||
-      a.dimensions().size() != 1 || a.dimensions()[0] != xd[1] ||
-      shift.dimensions().size() != 1 || shift.dimensions()[0] != xd[1])
-    return ffi::Error::InvalidArgument(
-        "matmul: expected x (N, K), a and shift (K,), w (K, M) with M >= 16");
-  const int64_t n = xd[0], k_n = xd[1], m_n = wd[1];
+// y = relu(x·a + shift)·w for x (N, K), a and shift (K,), w (K, M), M ≥ 16 (or y = x·w when
+// `ap` is null): each tile of R rows is normalised into a small cached buffer first (zero rows
+// past the end), so the normalised x is never written to memory. With `mean` and `var`, also
+// y's batch statistics over the rows (sums centred on y's first row, in float per task and in
+// double across tasks, in order).
+void MatmulRowsNN(ffi::ThreadPool& pool, const float* xp, const float* ap, const float* sp,
+                  const float* wp, int64_t n, int64_t k_n, int64_t m_n, float* yp, float* mean,
+                  float* var) {
   constexpr int R = 8;
   constexpr int64_t kBlock = 256;   // rows per task
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-  const float *xp = x.typed_data(), *ap = a.typed_data(), *sp = shift.typed_data();
-  const float* wp = w.typed_data();
-  float* yp = y->typed_data();
+  const bool stats = mean != nullptr;
+  std::vector<float> center(stats ? m_n : 0, 0.0f), partial(stats ? blocks * 2 * m_n : 0, 0.0f);
+  if (stats) {   // y's first row, the centre of the sums
+    for (int64_t k = 0; k < k_n; ++k) {
+      const float u = ap ? std::max(xp[k] * ap[k] + sp[k], 0.0f) : xp[k];
+      for (int64_t m = 0; m < m_n; ++m) center[m] += u * wp[k * m_n + m];
+    }
+  }
   ParallelFor(pool, blocks, [&](int64_t block) {
     const int64_t begin = block * kBlock, end = std::min(n, begin + kBlock);
     thread_local std::vector<float> tile;
     tile.assign(R * k_n, 0.0f);
+    const TileSums sums{center.data(), partial.data() + block * 2 * m_n,
+                        partial.data() + block * 2 * m_n + m_n};
     for (int64_t r = begin; r < end; r += R) {
       const int64_t rows = std::min<int64_t>(R, end - r);
-      AffineRelu(xp + r * k_n, ap, sp, rows, k_n, tile.data());
+      const float* in = xp + r * k_n;
+      if (ap) {
+        AffineRelu(in, ap, sp, rows, k_n, tile.data());
+        in = tile.data();
+      } else if (rows < R) {
+        std::copy(in, in + rows * k_n, tile.begin());
+        in = tile.data();
+      }
       if (rows < R) std::fill(tile.begin() + rows * k_n, tile.end(), 0.0f);
-      RowTileNN<R>(tile.data(), wp, yp + r * m_n, k_n, m_n, rows);
+      RowTileNN<R>(in, wp, yp + r * m_n, k_n, m_n, rows, stats ? &sums : nullptr);
     }
   });
+  if (stats) {
+    for (int64_t m = 0; m < m_n; ++m) {
+      double s1 = 0.0, s2 = 0.0;
+      for (int64_t block = 0; block < blocks; ++block) {
+        s1 += partial[block * 2 * m_n + m];
+        s2 += partial[block * 2 * m_n + m_n + m];
+      }
+      const double d = s1 / n;
+      mean[m] = static_cast<float>(center[m] + d);
+      var[m] = static_cast<float>(std::max(0.0, s2 / n - d * d));
+    }
+  }
+}
+
+ffi::Error CheckMatmulNN(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                         const ffi::Buffer<ffi::F32>* a, const ffi::Buffer<ffi::F32>* shift) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  bool ok = xd.size() == 2 && wd.size() == 2 && xd[1] == wd[0] && wd[1] >= kLanes && xd[0] >= 1;
+  for (auto* v : {a, shift})
+    ok = ok && (!v || (v->dimensions().size() == 1 && v->dimensions()[0] == xd[1]));
+  if (!ok)
+    return ffi::Error::InvalidArgument(
+        "matmul: expected x (N, K) with N >= 1, a and shift (K,), w (K, M) with M >= 16");
+  return ffi::Error::Success();
+}
+
+ffi::Error AffineReluMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                            ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> shift,
+                            ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y) {
+  if (auto error = CheckMatmulNN(x, w, &a, &shift); !error.success()) return error;
+  MatmulRowsNN(pool, x.typed_data(), a.typed_data(), shift.typed_data(), w.typed_data(),
+               x.dimensions()[0], x.dimensions()[1], w.dimensions()[1], y->typed_data(),
+               nullptr, nullptr);
+  return ffi::Error::Success();
+}
+
+ffi::Error AffineReluMatmulMoments(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                   ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> shift,
+                                   ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+                                   ffi::ResultBuffer<ffi::F32> mean,
+                                   ffi::ResultBuffer<ffi::F32> var) {
+  if (auto error = CheckMatmulNN(x, w, &a, &shift); !error.success()) return error;
+  MatmulRowsNN(pool, x.typed_data(), a.typed_data(), shift.typed_data(), w.typed_data(),
+               x.dimensions()[0], x.dimensions()[1], w.dimensions()[1], y->typed_data(),
+               mean->typed_data(), var->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error MatmulMoments(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                         ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> mean,
+                         ffi::ResultBuffer<ffi::F32> var) {
+  if (auto error = CheckMatmulNN(x, w, nullptr, nullptr); !error.success()) return error;
+  MatmulRowsNN(pool, x.typed_data(), nullptr, nullptr, w.typed_data(), x.dimensions()[0],
+               x.dimensions()[1], w.dimensions()[1], y->typed_data(), mean->typed_data(),
+               var->typed_data());
   return ffi::Error::Success();
 }
 
@@ -1714,6 +1814,26 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluMatmul, AffineReluMatmul,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluMatmulMoments, AffineReluMatmulMoments,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscMatmulMoments, MatmulMoments,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluMatmulTN, AffineReluMatmulTN,
