@@ -10,6 +10,9 @@
 * `affine_relu_matmul`: the same for a 1×1 convolution (the depthwise layer's norm fused into
   the projection).
 * `matmul` / `matmul_tn`: 1×1 convolutions as 2-D matmuls, the weight gradient read in place.
+* `matmul_moments` / `affine_relu_matmul_moments`: those 1×1 convolutions with their output's
+  batch statistics summed from each output tile in the same pass (no pass over the output);
+  `normalize`, the batch norm's apply that takes such statistics.
 * `batch_norm`: training-mode batch normalisation with an optional fused ReLU and a backward
   pass written out (two reductions and one elementwise pass), on a (N, C) view of the input.
   XLA's own differentiation of the same arithmetic produced transposed copies and extra passes

@@ -206,7 +206,9 @@ class ConvNormAct(nn.Module):
 
   Depthwise when `depthwise` (features = input channels); 1×1 convolutions run as matmuls.
   With `defer_norm` (batch norm with ReLU, training, float32) the output is a `DeferredNorm`
-  that a following depthwise or 1×1 `ConvNormAct` fuses into its convolution.
+  that a following depthwise or 1×1 `ConvNormAct` fuses into its convolution. A 1×1
+  convolution before a batch norm (training, float32) takes the norm's statistics in its own
+  pass (`WithMoments`).
   """
   features: int
   kernel_size: Tuple[int, int] = (3, 3)
