@@ -249,6 +249,10 @@ def main():
     print(f"Device peak memory in use: {stats['peak_bytes_in_use'] / 1e9:.2f} GB")
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux: KiB
   print(f"Peak host memory (resident) of this process: {peak / 1e9:.2f} GB")
+  huge = allocator.huge_page_bytes()
+  if huge is not None:
+    print(f"Of it in transparent huge pages now: {huge / 1e9:.2f} GB (GLIBC_TUNABLES="
+          f"{os.environ.get('GLIBC_TUNABLES', '')!r}; see jax_asc/native/allocator.py)")
   if torch:
     print(f"PyTorch {torch['version']}, {torch['threads']} threads, same batch and input.")
 

@@ -6,6 +6,8 @@
 #   launch/report001_joint_kd.sh --smoke      # the same chain on synthetic data with tiny models
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Transparent huge pages for the heap (jax_asc/native/allocator.py), unless already set.
+export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}"
 PY="${PYTHON:-python3}"
 [[ -n "${PYTHON:-}" || ! -x .venv/bin/python ]] || PY=.venv/bin/python
 exec "$PY" -m jax_asc.recipes report001 "$@"
