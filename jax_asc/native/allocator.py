@@ -14,8 +14,8 @@ musl): nothing happens.
 Transparent huge pages: with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in the environment at
 process start (glibc ≥ 2.35; read before Python runs, so it cannot be set from here), malloc
 asks the kernel for 2 MB pages for the heap (`madvise`), so passes over the large activations
-take far fewer TLB misses: about 5 ms of a 165 ms CP-Mobile step on the 2-core development
-machine (alternating processes). `make bench`, `make demo` and the `launch/` scripts set it;
+take far fewer TLB misses: about 6 ms of a 165 ms CP-Mobile step on the 2-core development
+machine (medians of 13 alternating pairs of processes). `make bench`, `make demo` and the `launch/` scripts set it;
 `huge_page_bytes()` reports what the kernel granted.
 """
 from __future__ import annotations
