@@ -176,13 +176,13 @@ def _bands(settings: MelSettings, fmin, fmax, xp, dtype):
   mel_lo, mel_hi = hz_to_mel(fmin, scale), hz_to_mel(fmax, scale)
   mel_points = (mel_lo + (mel_hi - mel_lo) * fraction)[:, None]
   if scale == "kaldi":
-    bins = xp.arange(settings.n_fft // 2, dtype=dtype) * (settings.sample_rate / settings.n_fft)
-    mel_bins = hz_to_mel(bins, scale)[None, :]
+    k = xp.arange(settings.n_freqs, dtype=dtype)
+    mel_bins = hz_to_mel(k * (settings.sample_rate / settings.n_fft), scale)[None, :]
     left, centre, right = mel_points[:-2], mel_points[1:-1], mel_points[2:]
     up = (mel_bins - left) / (centre - left)
     down = (right - mel_bins) / (right - centre)
-    weights = xp.maximum(0.0, xp.minimum(up, down))
-    weights = xp.concatenate([weights, xp.zeros((n_mels, 1), dtype)], axis=1)
+    # The Nyquist bin is 0 (masked in place: a concatenated column costs a pass per step).
+    weights = xp.maximum(0.0, xp.minimum(up, down)) * (k < settings.n_fft // 2)
   else:
     hz_points = mel_to_hz(mel_points, scale)
     fft_freqs = xp.linspace(0.0, settings.nyquist, settings.n_freqs, dtype=dtype)[None, :]
