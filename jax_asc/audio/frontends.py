@@ -293,7 +293,8 @@ def mel_spectrogram(waveform, settings: MelSettings, fmin=None, fmax=None, *,
   `fmin`/`fmax` may be traced (the corner jitter); `corner_ranges` = (fmin_aug_range,
   fmax_aug_range) bounds them for the CPU kernel's banded mel projection. On CPU with the
   native kernels (`jax_asc.native`; power 2, n_fft a power of two) one pass per frame computes
-  pre-emphasis, centre padding, framing, window, FFT, power and mel; elsewhere XLA's FFT and a dense projection.
+  pre-emphasis, centre padding, framing, window, FFT, power and mel; elsewhere XLA's FFT and a
+  dense projection.
   """
   bands = mel_bands(settings, fmin, fmax)
   xla = _xla_mel(settings)

@@ -251,8 +251,7 @@ def _affine_relu_matmul_moments_native_fwd(x, center, a, b, kernel):
 def _affine_relu_matmul_moments_native_bwd(residuals, cotangents):
   x, center, a, b, kernel, y, mean = residuals
   dy, dmean, dvar = cotangents
-  n = y.shape[0]
-  dy = dy + dmean / n + (y - mean) * (2.0 * dvar / n)   # the statistics' share (`moments`)
+  dy = dy + _moments_bwd((y, mean), (dmean, dvar))[0]   # the statistics' share
   return _affine_relu_matmul_native_bwd((x, center, a, b, kernel), dy)
 
 
@@ -362,8 +361,7 @@ def _matmul_moments_native_fwd(x, kernel):
 def _matmul_moments_native_bwd(residuals, cotangents):
   x, kernel, y, mean = residuals
   dy, dmean, dvar = cotangents
-  n = y.shape[0]
-  dy = dy + dmean / n + (y - mean) * (2.0 * dvar / n)   # the statistics' share (`moments`)
+  dy = dy + _moments_bwd((y, mean), (dmean, dvar))[0]   # the statistics' share
   return _matmul_bwd((x, kernel), dy)
 
 
