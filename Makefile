@@ -11,7 +11,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
+# The native CPU kernels are compiled here (once per source / CPU / compiler; cached), so no run
+# or timed step pays the first build (about 40 s on 2 cores).
 install: $(VENV)/.installed
+	$(PY) -m jax_asc.native
 
 # PyTorch references for the parity tests (tests/test_passt.py) and the benchmark's PyTorch
 # column; `make test` runs without them (those tests skip). PyPI has no CPU torchaudio for torch

@@ -18,6 +18,11 @@ of `--repeats` steps): this machine's speed drifts by ±25 % within minutes, so 
 within each round and the median over the rounds is printed.
 
     python benchmarks/bench.py [--batch 64] [--repeats 6] [--rounds 5] [--no-torch]
+                               [--march native,x86-64-v3]
+
+`--march`: the native kernels' build(s) to time, comma-separated (`-march` values; default
+`native`, plus `x86-64-v3` on an AVX-512 machine so that the AVX2 build is timed there too);
+each build runs in a process of its own, one after the other, each beside PyTorch.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ import importlib.util  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -194,19 +200,36 @@ def side_by_side(ours, theirs, repeats: int, rounds: int):
   return statistics.median(our_ms), [statistics.median(t) for t in their_ms], ratios
 
 
+def _default_marches() -> str:
+  avx512 = "avx512f" in native.cpu_extensions().split()
+  return "native,x86-64-v3" if avx512 else "native"
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=6)
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--no-torch", action="store_true")
+  parser.add_argument("--march", default=None,
+                      help="comma-separated -march builds of the native kernels to time")
   args = parser.parse_args()
+  marches = [m.strip() for m in (args.march or _default_marches()).split(",") if m.strip()]
+  if len(marches) > 1:   # one process per build: a process registers one kernel library
+    code = 0
+    for march in marches:
+      print(f"\n===== native kernels built with -march={march} =====", flush=True)
+      argv = [f"--batch={args.batch}", f"--repeats={args.repeats}", f"--rounds={args.rounds}",
+              f"--march={march}", *(["--no-torch"] if args.no_torch else [])]
+      code |= subprocess.call([sys.executable, os.path.abspath(__file__), *argv])
+    sys.exit(code)
+  os.environ["JAX_ASC_KERNEL_MARCH"] = marches[0]   # read when the kernels are first resolved
   batch, repeats, rounds = args.batch, args.repeats, args.rounds
   device = jax.devices()[0]
   print(f"jax {jax.__version__} | flax {__import__('flax').__version__} | optax "
         f"{__import__('optax').__version__} | python {platform.python_version()} | "
         f"{jax.device_count()} × {device.platform} ({device.device_kind}), {os.cpu_count()} CPU "
-        f"cores | native CPU kernels: {'on' if native.available() else 'off'}")
+        f"cores\n{native.summary()}", flush=True)
 
   torch = None if args.no_torch else torch_steps(batch)
   rows, states = {}, {}

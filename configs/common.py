@@ -114,6 +114,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.complexity = ml_collections.ConfigDict(dict(param_dtype="float16"))
   config.distributed = ml_collections.ConfigDict(dict(
       enabled=False, coordinator_address="", num_processes=1, process_id=0))
+  # CPU kernels (jax_asc/native): "auto" (native C++ kernels when they build, else XLA's forms,
+  # with one line naming the cause; $JAX_ASC_KERNELS decides when set), "native" (required: an
+  # error naming the cause otherwise) or "xla". Recorded in every <stage>.done.json.
+  config.kernels = "auto"
   return config
 
 

@@ -39,7 +39,7 @@ def enable_compilation_cache() -> None:
 def run(config, workdir: str) -> dict:
   """Runs the stages of `config.stage` in order; returns {stage: result}."""
   import jax
-  from jax_asc import stages
+  from jax_asc import native, stages
   from jax_asc.train import mesh as mesh_lib
 
   names = [s.strip() for s in config.stage.split(",") if s.strip()]
@@ -49,6 +49,9 @@ def run(config, workdir: str) -> dict:
                      f"valid: {sorted(stages.STAGES)}")
   mesh_lib.maybe_initialize_distributed(config.distributed)
   enable_compilation_cache()
+  native.configure(config.get("kernels", "auto"))   # before anything is traced
+  if jax.process_index() == 0:
+    print(f"jax_asc: {native.summary()}", flush=True)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:

@@ -27,13 +27,14 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <string>
 #include <thread>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>   // the gathers of LoadFrames (AVX-512, AVX2)
 #endif
 
 #include "xla/ffi/api/ffi.h"
@@ -76,19 +77,55 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, std::function<void(int64_t)> 
   while (state->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
 }
 
+// The vector width of the target: one `Lanes` value is exactly one vector register, so no
+// function passes or returns a value the ABI would split across registers or spill to the
+// stack. kVectorRegisters sizes the register tiles (accumulators + operands must fit).
+//   AVX-512 (x86-64-v4): 16 floats, 32 registers;  AVX2/FMA (x86-64-v3): 8 floats, 16;
+//   ARM NEON (aarch64): 4 floats, 32;  SSE2 and anything else: 4 floats, 16.
+#if defined(__AVX512F__)
 constexpr int64_t kLanes = 16;
+constexpr int kVectorRegisters = 32;
+#define JAX_ASC_VECTOR_ISA "avx512"
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int64_t kLanes = 8;
+constexpr int kVectorRegisters = 16;
+#define JAX_ASC_VECTOR_ISA "avx2"
+#elif defined(__ARM_NEON) || defined(__aarch64__)
+constexpr int64_t kLanes = 4;
+constexpr int kVectorRegisters = 32;
+#define JAX_ASC_VECTOR_ISA "neon"
+#else
+constexpr int64_t kLanes = 4;
+constexpr int kVectorRegisters = 16;
+#define JAX_ASC_VECTOR_ISA "sse"
+#endif
 constexpr int64_t kMaxTaps = 49;   // depthwise kernels up to 7×7
-// Sixteen floats as one value (GCC/Clang vector extension): one AVX-512 register, or two or
-// four narrower ones on other CPUs; the compiler emits the vector instructions directly.
+// kLanes floats as one value (GCC/Clang vector extension); the compiler emits the target's
+// vector instructions directly.
 typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
+// Rows of a matmul register tile (rows × 2 vectors of accumulators, 2 operand vectors and a
+// broadcast): 8 × 2 + 3 = 19 of 32 registers, 6 × 2 + 3 = 15 of 16.
+constexpr int kTileRows = kVectorRegisters >= 32 ? 8 : 6;
 
-inline Lanes LoadLanes(const float* p) {
-  Lanes v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
+// Requests the cache line at p into the second-level cache (x86 prefetcht1, ARM PLDL2KEEP).
+inline void PrefetchL2(const void* p) { __builtin_prefetch(p, 0, 2); }
 
-inline void StoreLanes(float* p, Lanes v) { std::memcpy(p, &v, sizeof(v)); }
+// Unaligned loads and stores, one instruction each: a packed struct tells the compiler the
+// address may have any alignment (a memcpy through a local made GCC go through the stack).
+template <typename V>
+struct __attribute__((packed, may_alias)) Unaligned {
+  V value;
+};
+
+template <typename V>
+inline V LoadVec(const float* p) { return reinterpret_cast<const Unaligned<V>*>(p)->value; }
+
+template <typename V>
+inline void StoreVec(float* p, V v) { reinterpret_cast<Unaligned<V>*>(p)->value = v; }
+
+inline Lanes LoadLanes(const float* p) { return LoadVec<Lanes>(p); }
+
+inline void StoreLanes(float* p, Lanes v) { StoreVec<Lanes>(p, v); }
 
 ffi::Error CheckShapes(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel, int64_t out_h,
                        int64_t out_w, int64_t stride_h, int64_t stride_w, Geometry* g) {
@@ -852,7 +889,35 @@ struct FrameSource {
   }
 };
 
-// The windowed samples of 16 frames in the FFT's input order: even samples to `re`, odd to
+// Lane l of the result = p[index[l]]: one gather instruction on AVX-512 and AVX2; elsewhere
+// LoadFrames reads the lanes one by one.
+#if defined(__AVX512F__)
+#define JAX_ASC_GATHER 1
+typedef __m512i GatherIndex;
+inline GatherIndex LoadGatherIndex(const int32_t* offsets) {
+  return _mm512_loadu_si512(offsets);
+}
+inline Lanes GatherLanes(const float* p, GatherIndex index) {
+  const __m512 v = _mm512_i32gather_ps(index, p, 4);
+  Lanes out;
+  std::memcpy(&out, &v, sizeof(out));
+  return out;
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+#define JAX_ASC_GATHER 1
+typedef __m256i GatherIndex;
+inline GatherIndex LoadGatherIndex(const int32_t* offsets) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(offsets));
+}
+inline Lanes GatherLanes(const float* p, GatherIndex index) {
+  const __m256 v = _mm256_i32gather_ps(p, index, 4);
+  Lanes out;
+  std::memcpy(&out, &v, sizeof(out));
+  return out;
+}
+#endif
+
+// The windowed samples of kLanes frames in the FFT's input order: even samples to `re`, odd to
 // `im`, bit-reversed, one row of 16 lanes per sample pair. Lane l reads sample 2·pair_lo + i at
 // base + offset[l] + i;
 // `emphasise` applies the pre-emphasis on the way (else the samples are taken as they are).
@@ -868,31 +933,26 @@ void LoadFrames(const FftPlan& plan, const float* win, const float* base, const 
     StoreLanes(re + plan.bitrev[n] * kLanes, zero);
     StoreLanes(im + plan.bitrev[n] * kLanes, zero);
   }
-#if defined(__AVX512F__)
-  alignas(64) int32_t offsets[kLanes];
+#if defined(JAX_ASC_GATHER)
+  int32_t offsets[kLanes];
   for (int64_t l = 0; l < kLanes; ++l) offsets[l] = static_cast<int32_t>(offset[l]);
-  const __m512i index = _mm512_load_si512(offsets);
+  const GatherIndex index = LoadGatherIndex(offsets);
   const float* p = base;
   if (emphasise) {
-    const __m512 cv = _mm512_set1_ps(c);
-    __m512 x0 = _mm512_i32gather_ps(index, p, 4);
+    Lanes x0 = GatherLanes(p, index);
     for (int64_t n = pair_lo; n < pair_hi; ++n, p += 2) {
-      const __m512 x1 = _mm512_i32gather_ps(index, p + 1, 4);
-      const __m512 x2 = _mm512_i32gather_ps(index, p + 2, 4);
-      const __m512 even = _mm512_fnmadd_ps(cv, x0, x1), odd = _mm512_fnmadd_ps(cv, x1, x2);
+      const Lanes x1 = GatherLanes(p + 1, index), x2 = GatherLanes(p + 2, index);
       const int64_t row = plan.bitrev[n] * kLanes;
-      _mm512_storeu_ps(re + row, _mm512_mul_ps(even, _mm512_set1_ps(win[2 * n])));
-      _mm512_storeu_ps(im + row, _mm512_mul_ps(odd, _mm512_set1_ps(win[2 * n + 1])));
+      StoreLanes(re + row, (x1 - c * x0) * win[2 * n]);
+      StoreLanes(im + row, (x2 - c * x1) * win[2 * n + 1]);
       x0 = x2;
     }
     return;
   }
   for (int64_t n = pair_lo; n < pair_hi; ++n, p += 2) {
-    const __m512 even = _mm512_i32gather_ps(index, p, 4);
-    const __m512 odd = _mm512_i32gather_ps(index, p + 1, 4);
     const int64_t row = plan.bitrev[n] * kLanes;
-    _mm512_storeu_ps(re + row, _mm512_mul_ps(even, _mm512_set1_ps(win[2 * n])));
-    _mm512_storeu_ps(im + row, _mm512_mul_ps(odd, _mm512_set1_ps(win[2 * n + 1])));
+    StoreLanes(re + row, GatherLanes(p, index) * win[2 * n]);
+    StoreLanes(im + row, GatherLanes(p + 1, index) * win[2 * n + 1]);
   }
 #else
   for (int64_t n = pair_lo; n < pair_hi; ++n) {
@@ -1037,24 +1097,24 @@ ffi::Error MelSpectrogram(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wave,
 // chunks summed in order (deterministic); within a chunk, tiles of 4 columns of x by 16 of y
 // accumulate in registers.
 // acc (k_pad, m_pad) += xtᵀ·yt for row tiles xt (rows, k_pad), yt (rows, m_pad) (k_pad a
-// multiple of 8, m_pad of 16): blocks of 8 × 32 (or 8 × 16 at the edge) of the product
-// accumulate in registers, 16 (8) fused multiply-adds per 10 (9) loads.
+// multiple of kTileRows, m_pad of kLanes): blocks of kTileRows × 2 vectors (or × 1 at the edge)
+// of the product accumulate in registers.
 void AccumulateTile(const float* xt, const float* yt, int64_t rows, int64_t k_pad, int64_t m_pad,
                     float* acc) {
   int64_t mb = 0;
   for (; mb + 2 * kLanes <= m_pad; mb += 2 * kLanes) {
-    for (int64_t kb = 0; kb < k_pad; kb += 8) {
-      Lanes a[8] = {}, b[8] = {};
+    for (int64_t kb = 0; kb < k_pad; kb += kTileRows) {
+      Lanes a[kTileRows] = {}, b[kTileRows] = {};
       for (int64_t r = 0; r < rows; ++r) {
         const Lanes v0 = LoadLanes(yt + r * m_pad + mb);
         const Lanes v1 = LoadLanes(yt + r * m_pad + mb + kLanes);
         const float* u = xt + r * k_pad + kb;
-        for (int q = 0; q < 8; ++q) {
+        for (int q = 0; q < kTileRows; ++q) {
           a[q] += u[q] * v0;
           b[q] += u[q] * v1;
         }
       }
-      for (int q = 0; q < 8; ++q) {
+      for (int q = 0; q < kTileRows; ++q) {
         float* o = acc + (kb + q) * m_pad + mb;
         StoreLanes(o, LoadLanes(o) + a[q]);
         StoreLanes(o + kLanes, LoadLanes(o + kLanes) + b[q]);
@@ -1062,14 +1122,14 @@ void AccumulateTile(const float* xt, const float* yt, int64_t rows, int64_t k_pa
     }
   }
   for (; mb < m_pad; mb += kLanes) {
-    for (int64_t kb = 0; kb < k_pad; kb += 8) {
-      Lanes a[8] = {};
+    for (int64_t kb = 0; kb < k_pad; kb += kTileRows) {
+      Lanes a[kTileRows] = {};
       for (int64_t r = 0; r < rows; ++r) {
         const Lanes v = LoadLanes(yt + r * m_pad + mb);
         const float* u = xt + r * k_pad + kb;
-        for (int q = 0; q < 8; ++q) a[q] += u[q] * v;
+        for (int q = 0; q < kTileRows; ++q) a[q] += u[q] * v;
       }
-      for (int q = 0; q < 8; ++q) {
+      for (int q = 0; q < kTileRows; ++q) {
         float* o = acc + (kb + q) * m_pad + mb;
         StoreLanes(o, LoadLanes(o) + a[q]);
       }
@@ -1077,10 +1137,13 @@ void AccumulateTile(const float* xt, const float* yt, int64_t rows, int64_t k_pa
   }
 }
 
-// The same product read in place, for K ≥ 8 and M ≥ 16: blocks of 8 columns of x by 32 (or 16)
-// of y accumulate in registers over a run of rows. A last partial block overlaps the one before
-// it and is kept in its own rows / columns of `acc` (kv·8, mv·16), so nothing is counted twice;
+// The same product read in place, for K ≥ kTileRows and M ≥ kLanes: blocks of kTileRows columns
+// of x by 2 vectors (or 1) of y accumulate in registers over a run of rows. A last partial block
+// overlaps the one before it and is kept in its own rows / columns of `acc` (kv·kTileRows,
+// mv·kLanes), so nothing is counted twice;
 // `BlockIndex` maps an output index to its place there.
+inline int64_t PadRows(int64_t k) { return (k + kTileRows - 1) / kTileRows * kTileRows; }
+
 inline int64_t BlockIndex(int64_t i, int64_t n, int64_t width) {
   const int64_t blocks = (n + width - 1) / width;
   return i < (blocks - 1) * width ? i : (blocks - 1) * width + i - (n - width);
@@ -1091,7 +1154,7 @@ inline int64_t BlockIndex(int64_t i, int64_t n, int64_t width) {
 inline void PrefetchPart(const float* base, int64_t size, int64_t part, int64_t parts) {
   const char* p = reinterpret_cast<const char*>(base);
   for (int64_t at = part * size / parts / 64 * 64; at < (part + 1) * size / parts; at += 64)
-    _mm_prefetch(p + at, _MM_HINT_T1);
+    PrefetchL2(p + at);
 }
 
 // `next_rows` rows after these are requested into the second-level cache while the first block
@@ -1101,8 +1164,9 @@ inline void PrefetchPart(const float* base, int64_t size, int64_t part, int64_t 
 void AccumulateRowsTN(const float* x, const float* y, int64_t rows, int64_t k_n, int64_t m_n,
                       float* acc, const float* next_x_rows, const float* next_y_rows,
                       int64_t next_rows) {
-  const int64_t kv = (k_n + 7) / 8, mv = (m_n + kLanes - 1) / kLanes, m_pad = mv * kLanes;
-  auto k_start = [&](int64_t kb) { return std::min(kb * 8, k_n - 8); };
+  const int64_t kv = (k_n + kTileRows - 1) / kTileRows, mv = (m_n + kLanes - 1) / kLanes;
+  const int64_t m_pad = mv * kLanes;
+  auto k_start = [&](int64_t kb) { return std::min(kb * kTileRows, k_n - kTileRows); };
   auto m_start = [&](int64_t mb) { return std::min(mb * kLanes, m_n - kLanes); };
   const int64_t next_x = next_x_rows ? next_rows * k_n * 4 : 0, next_y = next_rows * m_n * 4;
   int64_t mb = 0;
@@ -1110,7 +1174,7 @@ void AccumulateRowsTN(const float* x, const float* y, int64_t rows, int64_t k_n,
     const int64_t m0 = m_start(mb), m1 = m_start(mb + 1);
     for (int64_t kb = 0; kb < kv; ++kb) {
       const int64_t k0 = k_start(kb);
-      Lanes a[8] = {}, b[8] = {};
+      Lanes a[kTileRows] = {}, b[kTileRows] = {};
       const bool prefetch = mb == 0 && kb == 0 && next_rows > 0;
       for (int64_t r = 0; r < rows; ++r) {
         if (prefetch) {
@@ -1120,13 +1184,13 @@ void AccumulateRowsTN(const float* x, const float* y, int64_t rows, int64_t k_n,
         const Lanes v0 = LoadLanes(y + r * m_n + m0);
         const Lanes v1 = LoadLanes(y + r * m_n + m1);
         const float* u = x + r * k_n + k0;
-        for (int q = 0; q < 8; ++q) {
+        for (int q = 0; q < kTileRows; ++q) {
           a[q] += u[q] * v0;
           b[q] += u[q] * v1;
         }
       }
-      for (int q = 0; q < 8; ++q) {
-        float* o = acc + (kb * 8 + q) * m_pad + mb * kLanes;
+      for (int q = 0; q < kTileRows; ++q) {
+        float* o = acc + (kb * kTileRows + q) * m_pad + mb * kLanes;
         StoreLanes(o, LoadLanes(o) + a[q]);
         StoreLanes(o + kLanes, LoadLanes(o + kLanes) + b[q]);
       }
@@ -1136,14 +1200,14 @@ void AccumulateRowsTN(const float* x, const float* y, int64_t rows, int64_t k_n,
     const int64_t m0 = m_start(mb);
     for (int64_t kb = 0; kb < kv; ++kb) {
       const int64_t k0 = k_start(kb);
-      Lanes a[8] = {};
+      Lanes a[kTileRows] = {};
       for (int64_t r = 0; r < rows; ++r) {
         const Lanes v0 = LoadLanes(y + r * m_n + m0);
         const float* u = x + r * k_n + k0;
-        for (int q = 0; q < 8; ++q) a[q] += u[q] * v0;
+        for (int q = 0; q < kTileRows; ++q) a[q] += u[q] * v0;
       }
-      for (int q = 0; q < 8; ++q) {
-        float* o = acc + (kb * 8 + q) * m_pad + mb * kLanes;
+      for (int q = 0; q < kTileRows; ++q) {
+        float* o = acc + (kb * kTileRows + q) * m_pad + mb * kLanes;
         StoreLanes(o, LoadLanes(o) + a[q]);
       }
     }
@@ -1154,10 +1218,10 @@ void AccumulateRowsTN(const float* x, const float* y, int64_t rows, int64_t k_n,
 void MatmulTNRows(ffi::ThreadPool& pool, const float* xp, const float* a, const float* shift,
                   const float* yp, int64_t n, int64_t k_n, int64_t m_n, float* op) {
   const int64_t m_pad = (m_n + kLanes - 1) / kLanes * kLanes;
-  const int64_t k_pad = (k_n + 7) / 8 * 8;
+  const int64_t k_pad = PadRows(k_n);
   const int64_t chunks = std::min<int64_t>(std::max<int64_t>(n, 1), kStatChunks);
   std::vector<float> partial(chunks * k_pad * m_pad, 0.0f);
-  const bool in_place = k_n >= 8 && m_n >= kLanes;
+  const bool in_place = k_n >= kTileRows && m_n >= kLanes;
   if (in_place) {
     // Runs of rows small enough for the first-level cache (~24 KB of x and y).
     const int64_t run = std::max<int64_t>(8, 6144 / (k_n + m_n));
@@ -1199,7 +1263,7 @@ void MatmulTNRows(ffi::ThreadPool& pool, const float* xp, const float* a, const 
     });
   }
   for (int64_t kk = 0; kk < k_n; ++kk) {
-    const int64_t kr = in_place ? BlockIndex(kk, k_n, 8) : kk;
+    const int64_t kr = in_place ? BlockIndex(kk, k_n, kTileRows) : kk;
     for (int64_t mm = 0; mm < m_n; ++mm) {
       const int64_t mc = in_place ? BlockIndex(mm, m_n, kLanes) : mm;
       float total = 0.0f;
@@ -1252,7 +1316,8 @@ inline void AddTileSums(const Lanes* acc, int64_t rows, int64_t m0, int64_t skip
                         const TileSums& sums) {
   const Lanes c = LoadLanes(sums.center + m0);
   Lanes t1 = {}, t2 = {};
-  for (int r = 0; r < std::min<int64_t>(R, rows); ++r) {
+  for (int r = 0; r < R; ++r) {   // a constant trip count: the tile stays in registers
+    if (r >= rows) break;
     const Lanes d = acc[r] - c;
     t1 += d;
     t2 += d * d;
@@ -1287,7 +1352,8 @@ inline void RowTileNN(const float* x, const float* w, float* y, int64_t k_n, int
         b[r] += u * w1;
       }
     }
-    for (int r = 0; r < std::min<int64_t>(R, rows); ++r) {
+    for (int r = 0; r < R; ++r) {   // constant trip counts keep a and b in registers
+      if (r >= rows) break;
       StoreLanes(y + r * m_n + m0, a[r]);
       StoreLanes(y + r * m_n + m1, b[r]);
     }
@@ -1303,7 +1369,10 @@ inline void RowTileNN(const float* x, const float* w, float* y, int64_t k_n, int
       const Lanes w0 = LoadLanes(w + k * m_n + m0);
       for (int r = 0; r < R; ++r) a[r] += x[r * k_n + k] * w0;
     }
-    for (int r = 0; r < std::min<int64_t>(R, rows); ++r) StoreLanes(y + r * m_n + m0, a[r]);
+    for (int r = 0; r < R; ++r) {
+      if (r >= rows) break;
+      StoreLanes(y + r * m_n + m0, a[r]);
+    }
     if (sums) AddTileSums<R>(a, rows, m0, mb * kLanes - m0, *sums);
   }
 }
@@ -1316,8 +1385,8 @@ inline void RowTileNN(const float* x, const float* w, float* y, int64_t k_n, int
 void MatmulRowsNN(ffi::ThreadPool& pool, const float* xp, const float* ap, const float* sp,
                   const float* wp, int64_t n, int64_t k_n, int64_t m_n, float* yp, float* mean,
                   float* var) {
-  constexpr int R = 8;
-  constexpr int64_t kBlock = 256;   // rows per task
+  constexpr int R = kTileRows;
+  constexpr int64_t kBlock = 32 * R;   // rows per task
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   const bool stats = mean != nullptr;
   std::vector<float> center(stats ? m_n : 0, 0.0f), partial(stats ? blocks * 2 * m_n : 0, 0.0f);
@@ -1414,7 +1483,7 @@ struct ConvGeometry {
   int64_t batch, height, width, cin, cout, kh, kw, out_h, out_w, stride_h, stride_w, pad_h, pad_w;
 };
 
-constexpr int64_t kMaxVectors = 4;   // channels ≤ 64 on the vectorised side
+constexpr int64_t kMaxChannels = 64;   // on the vectorised side
 
 template <int NB>
 void ConvForwardImage(const ConvGeometry& g, const float* x, const float* kp, float* y, int64_t b) {
@@ -1447,16 +1516,18 @@ ConvGeometry MakeConvGeometry(ffi::Span<const int64_t> xd, ffi::Span<const int64
                       stride_w, (kd[0] - 1) / 2, (kd[1] - 1) / 2};
 }
 
-template <typename F>
+// Calls run(NB) with NB = ⌈channels / kLanes⌉ vectors, for channels ≤ kMaxChannels.
+template <int NB = 1, typename F>
 ffi::Error DispatchVectors(int64_t channels, F&& run) {
-  switch ((channels + kLanes - 1) / kLanes) {
-    case 1: run(std::integral_constant<int, 1>()); break;
-    case 2: run(std::integral_constant<int, 2>()); break;
-    case 3: run(std::integral_constant<int, 3>()); break;
-    case 4: run(std::integral_constant<int, 4>()); break;
-    default: return ffi::Error::InvalidArgument("small convolution: at most 64 channels");
+  if constexpr (NB * kLanes > kMaxChannels) {
+    return ffi::Error::InvalidArgument("small convolution: at most 64 channels");
+  } else {
+    if ((channels + kLanes - 1) / kLanes == NB) {
+      run(std::integral_constant<int, NB>());
+      return ffi::Error::Success();
+    }
+    return DispatchVectors<NB + 1>(channels, std::forward<F>(run));
   }
-  return ffi::Error::Success();
 }
 
 // Fast paths of the small convolution, for 3×3 kernels, strides 1 or 2, and output channels
@@ -1465,15 +1536,17 @@ ffi::Error DispatchVectors(int64_t channels, F&& run) {
 // channels with the output vectors. Columns whose taps lie inside the image run unchecked.
 typedef float Lanes8 __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
 
-template <typename V>
-inline V LoadVec(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
+
+// Independent sums per output vector in the forward pass: A·NB accumulators in registers.
+constexpr int ConvForwardSums(int nb) {
+  return kVectorRegisters >= 32 ? (nb <= 2 ? 4 : 2) : std::max(1, std::min(4, 8 / nb));
 }
 
-template <typename V>
-inline void StoreVec(float* p, V v) { std::memcpy(p, &v, sizeof(v)); }
+// Input channels per register block of the kernel gradient: CB·NB sums and NB gradient vectors
+// in registers.
+constexpr int ConvGradChannels(int nb) {
+  return kVectorRegisters >= 32 ? (nb <= 2 ? 8 : 4) : nb == 1 ? 8 : nb == 2 ? 4 : nb <= 4 ? 2 : 1;
+}
 
 // CIN > 0: that many input channels, known at compile time (the stems: 1 and 8); 0: g.cin.
 template <typename V, int NB, int SH, int SW, int CIN>
@@ -1491,7 +1564,7 @@ void ConvForwardImage3(const ConvGeometry& g, const float* x, const float* k, fl
     float* out = y + (b * g.out_h + oh) * g.out_w * cout;
     // A independent sums per output vector (by tap column and input channel) keep the
     // multiply-adds from waiting on each other's latency.
-    constexpr int A = NB == 1 ? 4 : NB == 2 ? 4 : 2;
+    constexpr int A = ConvForwardSums(NB);
     auto position = [&](int64_t ow, auto inside) {
       const int64_t iw0 = ow * SW - g.pad_w;
       V acc[A][NB] = {};
@@ -1590,16 +1663,23 @@ void ConvKernelGradImage3Single(const ConvGeometry& g, const float* x, const flo
   }
 }
 
-// Calls run(V, NB) for output channels 8 (V = Lanes8, NB = 1) or 16·NB (V = Lanes, NB ≤ 4);
-// false for other counts.
+// Calls run(V, NB) for output channels 8, 16, 32, 48 or 64: V = Lanes and NB = cout / kLanes
+// when cout fills whole vectors, else (8 channels on AVX-512) V = Lanes8, NB = 1; false for
+// other counts.
+template <int COUT, typename F>
+void RunOutputVectors(F&& run) {
+  if constexpr (COUT % kLanes == 0) run(Lanes(), std::integral_constant<int, COUT / kLanes>());
+  else run(Lanes8(), std::integral_constant<int, COUT / 8>());
+}
+
 template <typename F>
 bool DispatchOutputVectors(int64_t cout, F&& run) {
   switch (cout) {
-    case 8: run(Lanes8(), std::integral_constant<int, 1>()); return true;
-    case 16: run(Lanes(), std::integral_constant<int, 1>()); return true;
-    case 32: run(Lanes(), std::integral_constant<int, 2>()); return true;
-    case 48: run(Lanes(), std::integral_constant<int, 3>()); return true;
-    case 64: run(Lanes(), std::integral_constant<int, 4>()); return true;
+    case 8: RunOutputVectors<8>(run); return true;
+    case 16: RunOutputVectors<16>(run); return true;
+    case 32: RunOutputVectors<32>(run); return true;
+    case 48: RunOutputVectors<48>(run); return true;
+    case 64: RunOutputVectors<64>(run); return true;
     default: return false;
   }
 }
@@ -1655,7 +1735,7 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
     bool done = false;
     DispatchOutputVectors(g.cout, [&](auto vec, auto nb) {
       constexpr int NB = decltype(nb)::value;
-      constexpr int CB = NB <= 2 ? 8 : 4;   // CB·NB accumulators in registers
+      constexpr int CB = ConvGradChannels(NB);
       done = DispatchStrides(stride_h, stride_w, [&](auto sh, auto sw) {
         ParallelFor(pool, chunks, [&](int64_t chunk) {
           using V = decltype(vec);
@@ -1676,7 +1756,7 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
       return ffi::Error::Success();
     }
   }
-  const int64_t k_n = g.kh * g.kw * g.cin, k_pad = (k_n + 7) / 8 * 8;
+  const int64_t k_n = g.kh * g.kw * g.cin, k_pad = PadRows(k_n);
   const int64_t m_pad = (g.cout + kLanes - 1) / kLanes * kLanes;
   const int64_t positions = g.batch * g.out_h * g.out_w;
   const int64_t chunks = std::min<int64_t>(std::max<int64_t>(positions, 1), kStatChunks);
@@ -1723,6 +1803,14 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
 }
 
 }  // namespace
+
+// The vector target this library was compiled for (recorded by jax_asc.native.describe()).
+extern "C" const char* JaxAscKernelTarget() {
+  static const std::string target = std::string(JAX_ASC_VECTOR_ISA) + ": " +
+                                    std::to_string(kLanes) + " floats, " +
+                                    std::to_string(kVectorRegisters) + " registers";
+  return target.c_str();
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscDepthwiseForward, Forward,
                               ffi::Ffi::Bind()

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_asc import data as data_lib
-from jax_asc import models
+from jax_asc import models, native
 from jax_asc.audio import augment, frontends
 from jax_asc.data import impulse_responses, pipeline
 from jax_asc.data.dataset import Split
@@ -148,8 +148,8 @@ def write_done(workdir: str, stage: str, config, outputs: Optional[dict] = None)
     return
   with open(os.path.join(workdir, f"{stage}.done.json"), "w") as f:
     json.dump({"stage": stage, "config_fingerprint": config_fingerprint(config),
-               "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "outputs": outputs or {}}, f,
-              indent=1)
+               "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "outputs": outputs or {},
+               "cpu_kernels": native.describe()}, f, indent=1)
 
 
 def write_report(workdir: str, name: str, result: Dict, class_names) -> Dict[str, str]:
