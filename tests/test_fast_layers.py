@@ -19,11 +19,11 @@ needs_native = pytest.mark.skipif(
     "native kernels are not built here")
 
 
-def _check_form(fn, *args, native_shape=True):
-  """`fn` lowers to the native kernels exactly when they are expected for this shape."""
+def _check_form(target, fn, *args, native_shape=True):
+  """`fn` lowers to the native kernel `target` exactly when it is expected for this shape."""
   text = jax.jit(fn).lower(*args).as_text()
   want = NATIVE_EXPECTED and native_shape
-  assert ("jax_asc_" in text) == want, (
+  assert (f"@{target}(" in text) == want, (
       f"expected the {'native' if want else 'XLA'} form; kernels: {native.status().reason}")
 
 
@@ -60,7 +60,8 @@ def test_depthwise_matches_grouped_convolution(shape, kernel_size, strides):
   ref_grads = _grads(reference, x, kernel, cotangent)
   forms = {"shifts": lambda x, k: fast_ops.depthwise_conv_shifts(x, k, strides),
            "dispatch": lambda x, k: fast_ops.depthwise_conv(x, k, strides)}
-  _check_form(lambda x, k: _grads(forms["dispatch"], x, k, cotangent), x, kernel)
+  _check_form("jax_asc_depthwise_input_grad",
+              lambda x, k: _grads(forms["dispatch"], x, k, cotangent), x, kernel)
   for name, fn in forms.items():
     _close(jax.jit(fn)(x, kernel), y)
     for ours, ref in zip(jax.jit(lambda x, k: _grads(fn, x, k, cotangent))(x, kernel), ref_grads):
@@ -101,7 +102,7 @@ def test_small_convolution_matches_xla(shape, kernel_shape, strides):
   y = reference(x, kernel)
   cotangent = _random(7, y.shape)
   fn = lambda x, k: fast_ops.conv(x, k, strides)
-  _check_form(lambda x, k: _grads(fn, x, k, cotangent), x, kernel)
+  _check_form("jax_asc_conv_kernel_grad", lambda x, k: _grads(fn, x, k, cotangent), x, kernel)
   _close(jax.jit(fn)(x, kernel), y)
   for ours, ref in zip(jax.jit(lambda x, k: _grads(fn, x, k, cotangent))(x, kernel),
                        _grads(reference, x, kernel, cotangent)):
@@ -113,7 +114,7 @@ def test_small_convolution_matches_xla(shape, kernel_shape, strides):
 def test_matmul_and_its_weight_gradient(n, k, m):
   x, kernel = _random(8, (n, k)), _random(9, (k, m))
   cotangent = _random(10, (n, m))
-  _check_form(fast_ops.matmul_tn, x, cotangent)
+  _check_form("jax_asc_matmul_tn", fast_ops.matmul_tn, x, cotangent)
   _close(jax.jit(fast_ops.matmul)(x, kernel), x @ kernel)
   _close(jax.jit(fast_ops.matmul_tn)(x, cotangent),
          np.asarray(x, np.float64).T @ np.asarray(cotangent, np.float64))
@@ -226,7 +227,7 @@ def test_affine_relu_depthwise_matches_the_unfused_operations(shape, kernel_size
   fused = lambda *args: fast_ops.affine_relu_depthwise(*args, strides)
   unfused = lambda *args: fast_ops.affine_relu_depthwise_xla(*args, strides)
   y = unfused(x, center, a, b, kernel)
-  _check_form(fused, x, center, a, b, kernel)
+  _check_form("jax_asc_affine_relu_depthwise_forward", fused, x, center, a, b, kernel)
   _close(jax.jit(fused)(x, center, a, b, kernel), y)
   cotangent = _random(35, y.shape)
 
@@ -250,7 +251,8 @@ def test_affine_relu_matmul_matches_the_unfused_operations(n, k, m):
   unfused = lambda x, c, a, b, w: jnp.dot(fast_ops.affine_relu(x, c, a, b), w,
                                           precision=jax.lax.Precision.HIGHEST)
   y = unfused(x, center, a, b, kernel)
-  _check_form(fast_ops.affine_relu_matmul, x, center, a, b, kernel, native_shape=m >= 16)
+  _check_form("jax_asc_affine_relu_matmul", fast_ops.affine_relu_matmul, x, center, a, b,
+              kernel, native_shape=m >= 16)
   _close(jax.jit(fast_ops.affine_relu_matmul)(x, center, a, b, kernel), y, rtol=1e-4)
   cotangent = _random(45, y.shape)
 
@@ -275,8 +277,8 @@ def test_affine_relu_matmul_moments_match_the_unfused_operations(n, k, m):
   def unfused(x, c, a, b, w):
     y = jnp.dot(fast_ops.affine_relu(x, c, a, b), w, precision=jax.lax.Precision.HIGHEST)
     return y, jnp.mean(y, 0), jnp.var(y, 0)
-  _check_form(fast_ops.affine_relu_matmul_moments, x, center, a, b, kernel,
-              native_shape=m >= 16)
+  _check_form("jax_asc_affine_relu_matmul_moments", fast_ops.affine_relu_matmul_moments, x,
+              center, a, b, kernel, native_shape=m >= 16)
   fused = jax.jit(fast_ops.affine_relu_matmul_moments)
   for ours, want in zip(fused(x, center, a, b, kernel), unfused(x, center, a, b, kernel)):
     _close(ours, want, rtol=1e-4, atol=1e-4)
@@ -299,7 +301,8 @@ def test_matmul_moments_match_the_unfused_operations(n, k, m):
   def unfused(x, w):
     y = jnp.dot(x, w, precision=jax.lax.Precision.HIGHEST)
     return y, jnp.mean(y, 0), jnp.var(y, 0)
-  _check_form(fast_ops.matmul_moments, x, kernel, native_shape=m >= 16)
+  _check_form("jax_asc_matmul_moments", fast_ops.matmul_moments, x, kernel,
+              native_shape=m >= 16)
   for ours, want in zip(jax.jit(fast_ops.matmul_moments)(x, kernel), unfused(x, kernel)):
     _close(ours, want, rtol=1e-4, atol=1e-4)
   weights = (_random(66, (n, m)), _random(67, (m,)), _random(68, (m,)))
@@ -390,7 +393,7 @@ def test_native_mel_spectrogram_matches_the_xla_frontend(preset, samples):
   key = jax.random.key(3)
   evaluate = jax.jit(lambda w: frontends.log_mel(w, settings))
   train = jax.jit(lambda w, k: frontends.log_mel(w, settings, key=k, aug=aug))
-  _check_form(lambda w: frontends.log_mel(w, settings), waveform,
+  _check_form("jax_asc_mel_spectrogram", lambda w: frontends.log_mel(w, settings), waveform,
               native_shape=settings.power == 2.0 and settings.n_fft & (settings.n_fft - 1) == 0)
   ours_eval, ours_train = evaluate(waveform), train(waveform, key)
   with native.disabled():

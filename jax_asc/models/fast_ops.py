@@ -205,11 +205,23 @@ def _affine_relu_matmul_native_fwd(x, center, a, b, kernel):
   return _affine_relu_matmul_native(x, center, a, b, kernel), (x, center, a, b, kernel)
 
 
+# Input channels from which the input gradient's fused native pass is used: at least one vector
+# of the widest target (the kernel checks K against its own vector width).
+_FUSED_INPUT_GRAD_CHANNELS = 16
+
+
 def _affine_relu_matmul_native_bwd(residuals, dy):
   x, center, a, b, kernel = residuals
   shift = b - center * a
   dk = _affine_matmul_ffi("jax_asc_affine_relu_matmul_tn", kernel.shape, x, a, shift, dy)
-  return (*_affine_relu_vjp(x, center, a, shift, jnp.dot(dy, kernel.T)), dk)
+  if x.shape[1] < _FUSED_INPUT_GRAD_CHANNELS:
+    return (*_affine_relu_vjp(x, center, a, shift, jnp.dot(dy, kernel.T)), dk)
+  # dz = dy·kernelᵀ, its ReLU mask, dx and the two sums in one pass (dz never written).
+  stat = jax.ShapeDtypeStruct(x.shape[1:], jnp.float32)
+  dx, sum_g, sum_g_centred = jax.ffi.ffi_call(
+      "jax_asc_affine_relu_matmul_input_grad",
+      (jax.ShapeDtypeStruct(x.shape, jnp.float32), stat, stat))(x, a, shift, center, dy, kernel)
+  return dx, -a * sum_g, sum_g_centred, sum_g, dk
 
 
 _affine_relu_matmul_native.defvjp(_affine_relu_matmul_native_fwd, _affine_relu_matmul_native_bwd)

@@ -62,6 +62,7 @@ TARGETS = {"jax_asc_depthwise_forward": "JaxAscDepthwiseForward",
            "jax_asc_affine_relu_matmul_moments": "JaxAscAffineReluMatmulMoments",
            "jax_asc_matmul_moments": "JaxAscMatmulMoments",
            "jax_asc_affine_relu_matmul_tn": "JaxAscAffineReluMatmulTN",
+           "jax_asc_affine_relu_matmul_input_grad": "JaxAscAffineReluMatmulInputGrad",
            "jax_asc_conv_forward": "JaxAscConvForward",
            "jax_asc_conv_kernel_grad": "JaxAscConvKernelGrad"}
 # CPU flags worth naming (x86 /proc/cpuinfo "flags", ARM "Features").

@@ -1430,6 +1430,88 @@ void MatmulRowsNN(ffi::ThreadPool& pool, const float* xp, const float* ap, const
   }
 }
 
+// The input side of the backward pass of y = relu(x·a + shift)·w, in one pass over the rows:
+//   dz = dy·wᵀ (a tile of R rows in registers, then in a cached buffer; never written),
+//   g = dz · [x·a + shift > 0],  dx = a·g,  sum_g = Σ g,  sum_gc = Σ g·(x − center)
+// for x (N, K), dy (N, M), w (K, M), K ≥ kLanes. The sums are float per task of rows and double
+// across tasks, in order (deterministic). Replaces a matmul that writes dz and two passes that
+// read it back with x.
+void AffineReluMatmulInputGradRows(ffi::ThreadPool& pool, const float* xp, const float* ap,
+                                   const float* sp, const float* cp, const float* dyp,
+                                   const float* wp, int64_t n, int64_t k_n, int64_t m_n,
+                                   float* dxp, float* sum_g, float* sum_gc) {
+  constexpr int R = kTileRows;
+  constexpr int64_t kBlock = 32 * R;   // rows per task
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<float> wt(m_n * k_n);    // wᵀ (M, K): the tiles read it row by row
+  for (int64_t k = 0; k < k_n; ++k)
+    for (int64_t m = 0; m < m_n; ++m) wt[m * k_n + k] = wp[k * m_n + m];
+  std::vector<float> partial(blocks * 2 * k_n, 0.0f);
+  ParallelFor(pool, blocks, [&](int64_t block) {
+    const int64_t begin = block * kBlock, end = std::min(n, begin + kBlock);
+    thread_local std::vector<float> in_tile, dz_tile;
+    in_tile.assign(R * m_n, 0.0f);
+    dz_tile.resize(R * k_n);
+    float* s1 = partial.data() + block * 2 * k_n;
+    float* s2 = s1 + k_n;
+    for (int64_t r = begin; r < end; r += R) {
+      const int64_t rows = std::min<int64_t>(R, end - r);
+      const float* grad = dyp + r * m_n;
+      if (rows < R) {   // zero rows past the end
+        std::copy(grad, grad + rows * m_n, in_tile.begin());
+        std::fill(in_tile.begin() + rows * m_n, in_tile.end(), 0.0f);
+        grad = in_tile.data();
+      }
+      RowTileNN<R>(grad, wt.data(), dz_tile.data(), m_n, k_n, rows, nullptr);
+      for (int64_t q = 0; q < rows; ++q) {
+        const float* x = xp + (r + q) * k_n;
+        const float* dz = dz_tile.data() + q * k_n;
+        float* dx = dxp + (r + q) * k_n;
+#pragma GCC ivdep
+        for (int64_t c = 0; c < k_n; ++c) {
+          const float g = x[c] * ap[c] + sp[c] > 0.0f ? dz[c] : 0.0f;
+          dx[c] = ap[c] * g;
+          s1[c] += g;
+          s2[c] += g * (x[c] - cp[c]);
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < k_n; ++c) {
+    double t1 = 0.0, t2 = 0.0;
+    for (int64_t block = 0; block < blocks; ++block) {
+      t1 += partial[block * 2 * k_n + c];
+      t2 += partial[block * 2 * k_n + k_n + c];
+    }
+    sum_g[c] = static_cast<float>(t1);
+    sum_gc[c] = static_cast<float>(t2);
+  }
+}
+
+ffi::Error AffineReluMatmulInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                     ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> shift,
+                                     ffi::Buffer<ffi::F32> center, ffi::Buffer<ffi::F32> dy,
+                                     ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+                                     ffi::ResultBuffer<ffi::F32> sum_g,
+                                     ffi::ResultBuffer<ffi::F32> sum_gc) {
+  auto xd = x.dimensions();
+  auto dyd = dy.dimensions();
+  auto wd = w.dimensions();
+  bool ok = xd.size() == 2 && dyd.size() == 2 && wd.size() == 2 && xd[0] == dyd[0] &&
+            wd[0] == xd[1] && wd[1] == dyd[1] && xd[1] >= kLanes && xd[0] >= 1;
+  for (auto* v : {&a, &shift, &center})
+    ok = ok && v->dimensions().size() == 1 && v->dimensions()[0] == xd[1];
+  if (!ok)
+    return ffi::Error::InvalidArgument(
+        "affine-relu matmul input gradient: expected x (N, K), K >= vector width, a, shift, "
+        "center (K,), dy (N, M), w (K, M)");
+  AffineReluMatmulInputGradRows(pool, x.typed_data(), a.typed_data(), shift.typed_data(),
+                                center.typed_data(), dy.typed_data(), w.typed_data(), xd[0],
+                                xd[1], dyd[1], dx->typed_data(), sum_g->typed_data(),
+                                sum_gc->typed_data());
+  return ffi::Error::Success();
+}
+
 ffi::Error CheckMatmulNN(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                          const ffi::Buffer<ffi::F32>* a, const ffi::Buffer<ffi::F32>* shift) {
   auto xd = x.dimensions();
@@ -1931,6 +2013,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluMatmulTN, AffineReluMatmulTN,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluMatmulInputGrad, AffineReluMatmulInputGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscMatmulTN, MatmulTN,
