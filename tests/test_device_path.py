@@ -108,7 +108,10 @@ def test_device_path_reaches_the_host_paths_accuracy(tiny_config, tmp_path):
   call vs a scan), so float rounding differs and training diverges chaotically after a few
   dozen steps, as two seeds do. For this run (200 steps) validation accuracy over seeds 0-5 was
   66/51, 66/61, 71/69, 74/71, 64/73 and 49/40 % (host/device): differences from -16 to +8
-  points, no side consistently ahead. The exact agreement of the first steps is tested above.
+  points, no side consistently ahead; with the AVX2 build of the native kernels (other float
+  rounding again) seed 0 gave 52/72 %. One pair of such runs can differ by as much as two seeds
+  do (40-74 % above), so the bound is 30 points: it catches a path that does not learn, not a
+  rounding difference. The exact agreement of the first steps is tested above.
   """
   config = tiny_config
   config.data.synthetic.update(num_train=640, num_validation=160)
@@ -128,4 +131,4 @@ def test_device_path_reaches_the_host_paths_accuracy(tiny_config, tmp_path):
     scores = common.evaluate_split(result.trainer, result.state, splits["validation"], 80)
     accuracy[pipeline_name] = scores["accuracy"]
   assert min(accuracy.values()) > 0.35, accuracy   # both learned (chance: 0.1)
-  assert abs(accuracy["device"] - accuracy["tf_data"]) <= 0.2, accuracy
+  assert abs(accuracy["device"] - accuracy["tf_data"]) <= 0.3, accuracy

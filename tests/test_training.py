@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_asc import main as main_lib
+from jax_asc import main as main_lib, native
 from jax_asc.data import pipeline
 from jax_asc.stages import common
 from jax_asc.train import loop
@@ -137,8 +137,15 @@ def test_quickstart_tiny_end_to_end(tiny_config, tmp_path, capsys):
     report = json.load(f)
   assert report["count"] == 36 and sum(map(sum, report["confusion"])) == 36
   assert results["evaluate"]["accuracy"] == report["accuracy"]
+  assert "jax_asc: CPU kernels: " in out   # the choice, printed at start
   with open(os.path.join(workdir, "train.done.json")) as f:
-    memory = json.load(f)["outputs"]["memory"]
+    done = json.load(f)
+  memory = done["outputs"]["memory"]
+  # Which form ran is recorded with the run (jax_asc/native.describe()).
+  assert done["cpu_kernels"]["kernels"] == native.describe()["kernels"]
+  assert done["cpu_kernels"]["requested"] == "auto" and done["cpu_kernels"]["reason"]
+  if done["cpu_kernels"]["kernels"] == "native":
+    assert len(done["cpu_kernels"]["library_hash"]) == 16 and done["cpu_kernels"]["target"]
   state = 4 * 3 * results["train"]["params"] / 2**20   # params + Adam's two moments, float32
   assert state < memory["train_state_mb"] < state + 0.05   # + batch stats, counts, key
   assert memory["peak_host_mb"] > 100

@@ -156,10 +156,16 @@ def _affine_relu_vjp(x, center, a, shift, dz):
 def _affine_relu_depthwise_native_bwd(strides, residuals, dy):
   x, center, a, b, kernel = residuals
   shift = b - center * a                       # relu(x·a + shift), the kernels' form
-  dz = _ffi("jax_asc_depthwise_input_grad", x.shape, dy, kernel[:, :, 0, :], strides=strides)
+  # dz (the transposed convolution), its ReLU mask, dx and both sums image by image in cache.
+  stat = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
+  dx, sum_g, sum_g_centred = jax.ffi.ffi_call(
+      "jax_asc_affine_relu_depthwise_input_grad",
+      (jax.ShapeDtypeStruct(x.shape, jnp.float32), stat, stat))(
+          dy, kernel[:, :, 0, :], x, a, shift, center, stride_h=np.int64(strides[0]),
+          stride_w=np.int64(strides[1]))
   dk = _affine_ffi("jax_asc_affine_relu_depthwise_kernel_grad",
                    kernel.shape[:2] + kernel.shape[3:], x, a, shift, dy, strides)
-  return (*_affine_relu_vjp(x, center, a, shift, dz), dk[:, :, None, :])
+  return dx, -a * sum_g, sum_g_centred, sum_g, dk[:, :, None, :]
 
 
 _affine_relu_depthwise_native.defvjp(_affine_relu_depthwise_native_fwd,

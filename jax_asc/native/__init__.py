@@ -52,6 +52,7 @@ MODES = ("auto", "native", "xla")
 TARGETS = {"jax_asc_depthwise_forward": "JaxAscDepthwiseForward",
            "jax_asc_depthwise_input_grad": "JaxAscDepthwiseInputGrad",
            "jax_asc_depthwise_kernel_grad": "JaxAscDepthwiseKernelGrad",
+           "jax_asc_affine_relu_depthwise_input_grad": "JaxAscAffineReluDepthwiseInputGrad",
            "jax_asc_affine_relu_depthwise_forward": "JaxAscAffineReluDepthwiseForward",
            "jax_asc_affine_relu_depthwise_kernel_grad": "JaxAscAffineReluDepthwiseKernelGrad",
            "jax_asc_moments": "JaxAscMoments",

@@ -18,7 +18,8 @@
 // Work is split over the batch on XLA's intra-op thread pool. The kernel gradient sums fixed
 // batch chunks in a fixed order, so results do not depend on thread timing.
 //
-// Built on first use by jax_asc/native/__init__.py (c++ -O3 -march=native -shared).
+// Built by jax_asc/native/__init__.py (c++ -O3 -march=$JAX_ASC_KERNEL_MARCH -shared; `make install`
+// does it); the vector width follows the target (see kLanes).
 
 #include <algorithm>
 #include <cmath>
@@ -141,7 +142,7 @@ ffi::Error CheckShapes(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel, in
 }
 
 // y[b, oh, ow, :] = Σ_ij x[b, oh·sh + i − ph, ow·sw + j − pw, :] · k[i, j, :]
-// Channels go 16 at a time as one vector, the remainder one by one.
+// Channels go kLanes at a time as one vector, the remainder one by one.
 void ForwardRows(const Geometry& g, const float* x, const float* k, float* y, int64_t b) {
   const int64_t c_n = g.channels;
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
@@ -215,8 +216,8 @@ void InputGradRows(const Geometry& g, const float* dy, const float* k, float* dx
 }
 
 // ----------------------------------------------------------------------------- depthwise, 3×3 fast paths
-// For 3×3 kernels, strides 1 or 2 and at least 16 channels, the three passes below replace the
-// general ones: per output row and vector of 16 channels the nine tap weights stay in registers,
+// For 3×3 kernels, strides 1 or 2 and at least kLanes channels, the three passes below replace
+// the general ones: per output row and vector of channels the nine tap weights stay in registers,
 // and columns whose taps all lie inside the image (all but the edges) run without bounds checks.
 // A last partial vector of channels overlaps the one before it: the forward and gathered passes
 // recompute those outputs with identical values, the accumulating passes mask the repeated lanes.
@@ -398,7 +399,7 @@ inline bool FastDepthwise(const Geometry& g) {
 }
 
 // acc[i, j, :] += Σ_{oh, ow} x[b, oh·sh + i − ph, ow·sw + j − pw, :] · dy[b, oh, ow, :]
-// For each vector of 16 channels the KH·KW tap sums of one output row stay in registers
+// For each vector of kLanes channels the KH·KW tap sums of one output row stay in registers
 // (row sums also keep the float sums short); remaining channels go one by one.
 template <int KH, int KW>
 void KernelGradRowsFixed(const Geometry& g, const float* x, const float* dy, float* acc,
@@ -545,40 +546,112 @@ ffi::Error AffineReluForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+// The depthwise input gradient, image by image: dz = the transposed convolution of dy.
+struct InputGradJob {
+  Geometry g;                   // of the forward convolution: x has dx's shape, y has dy's
+  const float* dy;
+  const float* kernel;          // (KH, KW, C)
+  std::vector<float> flipped;   // the 3×3 kernel reversed, for the stride-1 fast path
+
+  InputGradJob(const Geometry& g, const float* dy, const float* kernel)
+      : g(g), dy(dy), kernel(kernel) {
+    if (FastDepthwise(g) && g.stride_h == 1 && g.stride_w == 1) {
+      flipped.resize(9 * g.channels);
+      for (int64_t t = 0; t < 9; ++t)
+        std::memcpy(flipped.data() + (8 - t) * g.channels, kernel + t * g.channels,
+                    g.channels * sizeof(float));
+    }
+  }
+
+  // dx[b] for image b.
+  void Image(float* dx, int64_t b) const {
+    if (!flipped.empty()) {
+      // A stride-1 input gradient is the correlation of dy with the flipped kernel.
+      const Geometry gt{g.batch, g.out_h, g.out_w, g.channels, 3, 3, g.height, g.width, 1, 1,
+                        2 - g.pad_h, 2 - g.pad_w};
+      CorrelateImage3<3, 3, 1, 1>(gt, dy, flipped.data(), dx, b);
+      return;
+    }
+    if (FastDepthwise(g) && DispatchStrides(g.stride_h, g.stride_w, [&](auto sh, auto sw) {
+          ScatterInputGradImage3<3, 3, decltype(sh)::value, decltype(sw)::value>(g, dy, kernel,
+                                                                               dx, b);
+        }))
+      return;
+    InputGradRows(g, dy, kernel, dx, b);
+  }
+};
+
+Geometry InputGradGeometry(ffi::Span<const int64_t> dyd, ffi::Span<const int64_t> dxd,
+                           ffi::Span<const int64_t> kd, int64_t stride_h, int64_t stride_w) {
+  return Geometry{dxd[0], dxd[1], dxd[2], dxd[3], kd[0], kd[1], dyd[1], dyd[2], stride_h,
+                  stride_w, (kd[0] - 1) / 2, (kd[1] - 1) / 2};
+}
+
 ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
                      ffi::ResultBuffer<ffi::F32> dx, int64_t stride_h, int64_t stride_w) {
-  Geometry g;
-  auto dyd = dy.dimensions();
-  auto dxd = dx->dimensions();
-  // Geometry of the forward convolution: x has dx's shape, y has dy's.
-  if (dyd.size() != 4 || dxd.size() != 4)
+  if (dy.dimensions().size() != 4 || dx->dimensions().size() != 4)
     return ffi::Error::InvalidArgument("depthwise input gradient: expected 4-D arrays");
-  auto kd = kernel.dimensions();
-  g = Geometry{dxd[0], dxd[1], dxd[2], dxd[3], kd[0], kd[1], dyd[1], dyd[2], stride_h, stride_w,
-               (kd[0] - 1) / 2, (kd[1] - 1) / 2};
-  const float* dyp = dy.typed_data();
-  const float* kp = kernel.typed_data();
+  const InputGradJob job(InputGradGeometry(dy.dimensions(), dx->dimensions(),
+                                           kernel.dimensions(), stride_h, stride_w),
+                         dy.typed_data(), kernel.typed_data());
   float* dxp = dx->typed_data();
-  if (FastDepthwise(g) && stride_h == 1 && stride_w == 1) {
-    // A stride-1 input gradient is the correlation of dy with the flipped kernel.
-    std::vector<float> flipped(9 * g.channels);
-    for (int64_t t = 0; t < 9; ++t)
-      std::memcpy(flipped.data() + (8 - t) * g.channels, kp + t * g.channels,
-                  g.channels * sizeof(float));
-    const Geometry gt{g.batch, g.out_h, g.out_w, g.channels, 3, 3, g.height, g.width, 1, 1,
-                      2 - g.pad_h, 2 - g.pad_w};
-    ParallelFor(pool, g.batch, [&](int64_t b) {
-      CorrelateImage3<3, 3, 1, 1>(gt, dyp, flipped.data(), dxp, b);
-    });
-    return ffi::Error::Success();
+  ParallelFor(pool, job.g.batch, [&](int64_t b) { job.Image(dxp, b); });
+  return ffi::Error::Success();
+}
+
+// The input side of the backward pass of y = depthwise(relu(x·a + shift)), image by image while
+// the image's dz is in cache: dz = the transposed convolution of dy (written into dx), then
+//   g = dz · [x·a + shift > 0],  dx = a·g,  sum_g = Σ g,  sum_gc = Σ g·(x − center)
+// (float sums per image, added in image order in double: deterministic). Replaces two passes
+// that read dz back from memory with x.
+ffi::Error AffineReluInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                               ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> x,
+                               ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> shift,
+                               ffi::Buffer<ffi::F32> center, ffi::ResultBuffer<ffi::F32> dx,
+                               ffi::ResultBuffer<ffi::F32> sum_g,
+                               ffi::ResultBuffer<ffi::F32> sum_gc, int64_t stride_h,
+                               int64_t stride_w) {
+  auto xd = x.dimensions();
+  if (dy.dimensions().size() != 4 || xd.size() != 4 || dx->dimensions().size() != 4)
+    return ffi::Error::InvalidArgument("depthwise input gradient: expected 4-D arrays");
+  const InputGradJob job(InputGradGeometry(dy.dimensions(), dx->dimensions(),
+                                           kernel.dimensions(), stride_h, stride_w),
+                         dy.typed_data(), kernel.typed_data());
+  const Geometry& g = job.g;
+  if (auto e = CheckAffine(g, a, shift); e.failure()) return e;
+  if (auto e = CheckAffine(g, center, center); e.failure()) return e;
+  const int64_t c_n = g.channels, pixels = g.height * g.width;
+  const float *xp = x.typed_data(), *ap = a.typed_data(), *sp = shift.typed_data(),
+              *cp = center.typed_data();
+  float* dxp = dx->typed_data();
+  std::vector<float> partial(g.batch * 2 * c_n, 0.0f);
+  ParallelFor(pool, g.batch, [&](int64_t b) {
+    job.Image(dxp, b);
+    float* s1 = partial.data() + b * 2 * c_n;
+    float* s2 = s1 + c_n;
+    for (int64_t p = 0; p < pixels; ++p) {
+      const float* in = xp + (b * pixels + p) * c_n;
+      float* d = dxp + (b * pixels + p) * c_n;
+#pragma GCC ivdep
+      for (int64_t c = 0; c < c_n; ++c) {
+        const float grad = in[c] * ap[c] + sp[c] > 0.0f ? d[c] : 0.0f;
+        d[c] = ap[c] * grad;
+        s1[c] += grad;
+        s2[c] += grad * (in[c] - cp[c]);
+      }
+    }
+  });
+  float* o1 = sum_g->typed_data();
+  float* o2 = sum_gc->typed_data();
+  for (int64_t c = 0; c < c_n; ++c) {
+    double t1 = 0.0, t2 = 0.0;
+    for (int64_t b = 0; b < g.batch; ++b) {
+      t1 += partial[b * 2 * c_n + c];
+      t2 += partial[b * 2 * c_n + c_n + c];
+    }
+    o1[c] = static_cast<float>(t1);
+    o2[c] = static_cast<float>(t2);
   }
-  if (FastDepthwise(g) && DispatchStrides(stride_h, stride_w, [&](auto sh, auto sw) {
-        ParallelFor(pool, g.batch, [&](int64_t b) {
-          ScatterInputGradImage3<3, 3, decltype(sh)::value, decltype(sw)::value>(g, dyp, kp, dxp, b);
-        });
-      }))
-    return ffi::Error::Success();
-  ParallelFor(pool, g.batch, [&](int64_t b) { InputGradRows(g, dyp, kp, dxp, b); });
   return ffi::Error::Success();
 }
 
@@ -757,7 +830,7 @@ ffi::Error NormGradSums(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
 // frame_bt = padded[b, t·hop : t·hop + n_fft], padded = the clip pre-emphasised (optional) and
 // centre-padded (reflect or zeros), read from the raw clip on the way.
 // The real FFT of n_fft points is a complex FFT of n_fft/2 points (even samples real, odd
-// imaginary) and a post-processing step. Sixteen frames are transformed together, one per SIMD
+// imaginary) and a post-processing step. kLanes frames are transformed together, one per SIMD
 // lane (structure-of-arrays), so every butterfly is a vector operation.
 struct FftPlan {
   int64_t m = 0;                                   // complex FFT size (n_fft / 2)
@@ -918,8 +991,8 @@ inline Lanes GatherLanes(const float* p, GatherIndex index) {
 #endif
 
 // The windowed samples of kLanes frames in the FFT's input order: even samples to `re`, odd to
-// `im`, bit-reversed, one row of 16 lanes per sample pair. Lane l reads sample 2·pair_lo + i at
-// base + offset[l] + i;
+// `im`, bit-reversed, one row of kLanes lanes per sample pair. Lane l reads sample
+// 2·pair_lo + i at base + offset[l] + i;
 // `emphasise` applies the pre-emphasis on the way (else the samples are taken as they are).
 // Pairs outside [pair_lo, pair_hi) have a zero window and are stored as zeros.
 void LoadFrames(const FftPlan& plan, const float* win, const float* base, const int64_t* offset,
@@ -969,9 +1042,9 @@ void LoadFrames(const FftPlan& plan, const float* win, const float* base, const 
 #endif
 }
 
-// One call's spectrogram: its inputs, and the work for one block of 16 consecutive frames
-// (frame f = b·frames + t, so a block's mel rows are mostly 16 contiguous outputs). A block with
-// a frame that reaches into the padding, or with lane offsets beyond the gather's 32-bit
+// One call's spectrogram: its inputs, and the work for one block of kLanes consecutive frames
+// (frame f = b·frames + t, so a block's mel rows are mostly kLanes contiguous outputs). A block
+// with a frame that reaches into the padding, or with lane offsets beyond the gather's 32-bit
 // indices, builds its frames in a buffer first.
 struct MelJob {
   FrameSource source;
@@ -1094,7 +1167,7 @@ ffi::Error MelSpectrogram(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wave,
 // out (K, M) = Σ_n x[n, :]ᵀ y[n, :] for x (N, K), y (N, M): the weight gradient of a 1×1
 // convolution (N positions). XLA hands this long, thin contraction to a general matmul that
 // transposes and packs both operands; here each row is read once. Rows are split into fixed
-// chunks summed in order (deterministic); within a chunk, tiles of 4 columns of x by 16 of y
+// chunks summed in order (deterministic); within a chunk, register tiles of x's columns by y's
 // accumulate in registers.
 // acc (k_pad, m_pad) += xtᵀ·yt for row tiles xt (rows, k_pad), yt (rows, m_pad) (k_pad a
 // multiple of kTileRows, m_pad of kLanes): blocks of kTileRows × 2 vectors (or × 1 at the edge)
@@ -1300,7 +1373,7 @@ ffi::Error AffineReluMatmulTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 }
 
 // ----------------------------------------------------------------------------- X·W
-// y (R rows, M) = x (R, K) · w (K, M), M ≥ 16: R rows by 32 (or 16) columns accumulate in
+// y (R rows, M) = x (R, K) · w (K, M), M ≥ kLanes: R rows by 2 vectors (or 1) accumulate in
 // registers over k (a last partial block of columns overlaps the one before it); w stays in
 // the first- or second-level cache. Only the first `rows` rows are stored.
 // Per-channel sums of (y − center) and (y − center)² of the output tiles, for the batch
@@ -1322,7 +1395,7 @@ inline void AddTileSums(const Lanes* acc, int64_t rows, int64_t m0, int64_t skip
     t1 += d;
     t2 += d * d;
   }
-  // The last vector of a width that is not a multiple of 16 overlaps the one before it: its
+  // The last vector of a width that is not a multiple of kLanes overlaps the one before it: its
   // first `skip` lanes were counted there.
   if (skip == 0) {
     StoreLanes(sums.s1 + m0, LoadLanes(sums.s1 + m0) + t1);
@@ -1377,7 +1450,7 @@ inline void RowTileNN(const float* x, const float* w, float* y, int64_t k_n, int
   }
 }
 
-// y = relu(x·a + shift)·w for x (N, K), a and shift (K,), w (K, M), M ≥ 16 (or y = x·w when
+// y = relu(x·a + shift)·w for x (N, K), a and shift (K,), w (K, M), M ≥ kLanes (or y = x·w when
 // `ap` is null): each tile of R rows is normalised into a small cached buffer first (zero rows
 // past the end), so the normalised x is never written to memory. With `mean` and `var`, also
 // y's batch statistics over the rows (sums centred on y's first row, in float per task and in
@@ -1613,7 +1686,7 @@ ffi::Error DispatchVectors(int64_t channels, F&& run) {
 }
 
 // Fast paths of the small convolution, for 3×3 kernels, strides 1 or 2, and output channels
-// filling whole vectors: 8 (one 8-lane vector) or 16·NB. The forward pass holds a position's
+// filling whole vectors (8 to 64; see DispatchOutputVectors). The forward pass holds a position's
 // outputs in registers; the kernel gradient, per output row and tap, the products of CB input
 // channels with the output vectors. Columns whose taps lie inside the image run unchecked.
 typedef float Lanes8 __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
@@ -1908,6 +1981,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscDepthwiseInputGrad, InputGrad,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluDepthwiseInputGrad, AffineReluInputGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride_h")
                                   .Attr<int64_t>("stride_w"));
