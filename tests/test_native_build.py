@@ -133,3 +133,18 @@ def test_the_avx2_build_passes_the_parity_tests_on_an_avx512_host():
                            os.path.join(REPO, "tests", "test_fast_layers.py")],
                           env=env, capture_output=True, text=True, cwd=REPO, timeout=1500)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def test_a_gpu_or_tpu_host_never_compiles_the_kernels(tmp_path, monkeypatch):
+  monkeypatch.setenv("JAX_ASC_KERNEL_DIR", str(tmp_path))
+  monkeypatch.setattr(native.jax, "default_backend", lambda: "gpu")
+  try:
+    native.configure("auto")
+    status = native.status()
+    assert not status.active and "default backend is gpu" in status.reason
+    assert not os.listdir(tmp_path)   # nothing compiled
+    with pytest.raises(native.BuildError, match="default backend is gpu"):
+      native.configure("native")
+  finally:
+    monkeypatch.undo()
+    native.configure("auto")

@@ -8,7 +8,9 @@
   normalised activation never written to memory on CPU (CP-Mobile's expansion norm fused into
   its depthwise layer); `moments`, the differentiable batch statistics it is used with.
 * `affine_relu_matmul`: the same for a 1×1 convolution (the depthwise layer's norm fused into
-  the projection).
+  the projection). The backward passes of both take the input side in one native pass: the
+  transposed convolution (or dy·wᵀ), its ReLU mask, dx and the norm's gradient sums, the
+  intermediate gradient never written to memory.
 * `matmul` / `matmul_tn`: 1×1 convolutions as 2-D matmuls, the weight gradient read in place.
 * `matmul_moments` / `affine_relu_matmul_moments`: those 1×1 convolutions with their output's
   batch statistics summed from each output tile in the same pass (no pass over the output);
