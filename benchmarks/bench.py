@@ -86,17 +86,21 @@ def _config(variant: str, batch: int, pipeline: str = "tf_data"):
   return config
 
 
-def jax_train_step(variant: str, batch: int):
-  """One jitted train step on a batch already on the device (a function to time, compiled and
-  warmed up), and a function returning the current train state."""
+def jax_step_parts(variant: str, batch: int):
+  """(trainer, initial train state, a batch on the device) for the variant's config."""
   config = _config(variant, batch)
   split = _split(batch)
   task = common.classification_task(config, split)
   data = common.train_data(config, split)
   run = loop.setup(task, config, data)
-  trainer = run.trainer
-  device_batch = mesh_lib.global_batch(data.example_batch(), trainer.mesh)
-  holder = {"state": run.state}
+  return run.trainer, run.state, mesh_lib.global_batch(data.example_batch(), run.trainer.mesh)
+
+
+def jax_train_step(variant: str, batch: int):
+  """One jitted train step on a batch already on the device (a function to time, compiled and
+  warmed up), and a function returning the current train state."""
+  trainer, state, device_batch = jax_step_parts(variant, batch)
+  holder = {"state": state}
 
   def step():
     holder["state"], metrics = trainer.train_step(holder["state"], device_batch)

@@ -32,8 +32,6 @@ import jax  # noqa: E402
 
 import bench  # noqa: E402
 from jax_asc import native  # noqa: E402
-from jax_asc.stages import common  # noqa: E402
-from jax_asc.train import loop, mesh as mesh_lib  # noqa: E402
 
 
 def main():
@@ -44,21 +42,15 @@ def main():
   parser.add_argument("--top", type=int, default=40)
   args = parser.parse_args()
   print(native.summary())
-  config = bench._config(args.variant, args.batch)
-  split = bench._split(args.batch)
-  task = common.classification_task(config, split)
-  data = common.train_data(config, split)
-  run = loop.setup(task, config, data)
-  trainer = run.trainer
-  batch = mesh_lib.global_batch(data.example_batch(), trainer.mesh)
-  holder = {"state": run.state}
+  trainer, state, batch = bench.jax_step_parts(args.variant, args.batch)
+  holder = {"state": state}
 
   def step():
     holder["state"], metrics = trainer.train_step(holder["state"], batch)
     jax.block_until_ready(metrics["loss"])
 
   # FFI calls are named by their HLO instruction: map those names to the kernels' targets.
-  text = trainer._train.lower(run.state, batch, trainer._frozen).compile().as_text()
+  text = trainer._train.lower(state, batch, trainer._frozen).compile().as_text()
   targets = dict(re.findall(r"%?([\w.\-]+) = .*?custom_call_target=\"(\w+)\"", text))
   bench._warm_up_until_steady(step)
   start = time.perf_counter()
