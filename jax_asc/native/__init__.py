@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import jax
 import jaxlib
@@ -116,14 +116,10 @@ def default_march() -> str:
   return os.environ.get("JAX_ASC_KERNEL_MARCH", "native")
 
 
-def _arch_flags(march: str) -> Sequence[str]:
-  return (f"-march={march}",)
-
-
-def library_key(march: str, cxx: str, extra_flags: Sequence[str] = ()) -> str:
+def library_key(march: str, cxx: str) -> str:
   with open(SOURCE, "rb") as f:
     source = f.read()
-  flags = " ".join([*FLAGS, *_arch_flags(march), *extra_flags])
+  flags = " ".join([*FLAGS, f"-march={march}"])
   parts = [source, jaxlib.__version__.encode(), flags.encode(), cxx.encode()]
   if march == "native":
     parts.append(_cpu_identity().encode())
@@ -131,7 +127,7 @@ def library_key(march: str, cxx: str, extra_flags: Sequence[str] = ()) -> str:
 
 
 def build(march: Optional[str] = None, cxx: Optional[str] = None, *,
-          extra_flags: Sequence[str] = (), announce: bool = True) -> str:
+          announce: bool = True) -> str:
   """Compiles the kernels for `-march=march` (once per cache key) and returns the shared
   library's path. Raises BuildError with the compiler's messages when it fails. The first build
   prints a progress line and its duration on stderr (about a minute on 2 cores)."""
@@ -140,15 +136,14 @@ def build(march: Optional[str] = None, cxx: Optional[str] = None, *,
   if cxx is None:
     raise BuildError("no C++ compiler found ($CXX or c++)")
   folder = _cache_dir()
-  path = os.path.join(folder, f"cpu_kernels_{march}_{library_key(march, cxx, extra_flags)}.so")
+  path = os.path.join(folder, f"cpu_kernels_{march}_{library_key(march, cxx)}.so")
   if os.path.exists(path):
     return path
   os.makedirs(folder, exist_ok=True)
   # Build beside the target and rename: concurrent processes never load a half-written file.
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
   os.close(fd)
-  cmd = [cxx, *FLAGS, *_arch_flags(march), *extra_flags, f"-I{jax.ffi.include_dir()}", SOURCE,
-         "-o", tmp]
+  cmd = [cxx, *FLAGS, f"-march={march}", f"-I{jax.ffi.include_dir()}", SOURCE, "-o", tmp]
   start = time.perf_counter()
   if announce:
     print(f"jax_asc: compiling the native CPU kernels (-march={march}) into {folder} ...",
