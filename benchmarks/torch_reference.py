@@ -60,6 +60,22 @@ class Block(nn.Module):
     return torch.relu(y)
 
 
+def init_weights(module):
+  """The references' `_init_weights`: conv kaiming_normal_(fan_out) (zero bias), BatchNorm 1 / 0,
+  Linear N(0, 0.01) (zero bias). GRN keeps its zeros."""
+  if isinstance(module, nn.Conv2d):
+    nn.init.kaiming_normal_(module.weight, mode="fan_out")
+    if module.bias is not None:
+      nn.init.zeros_(module.bias)
+  elif isinstance(module, nn.BatchNorm2d):
+    nn.init.ones_(module.weight)
+    nn.init.zeros_(module.bias)
+  elif isinstance(module, nn.Linear):
+    nn.init.normal_(module.weight, 0, 0.01)
+    if module.bias is not None:
+      nn.init.zeros_(module.bias)
+
+
 class CPMobile(nn.Module):
   def __init__(self, n_classes=10, base_channels=32, channels_multiplier=1.8, expansion_rate=2.1,
                n_blocks=(3, 2, 1), strides=((1, 1), (1, 1), (1, 2), (2, 1), (1, 1), (1, 1)),
@@ -79,6 +95,7 @@ class CPMobile(nn.Module):
         cin, index = cout, index + 1
     self.blocks = nn.Sequential(*blocks)
     self.head = nn.Sequential(nn.Conv2d(cin, n_classes, 1, bias=False), nn.BatchNorm2d(n_classes))
+    self.apply(init_weights)
 
   def forward(self, x):                   # (B, 1, mels, frames)
     x = self.head(self.blocks(self.stem(x)))

@@ -47,9 +47,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   # data.name and split names: see jax_asc/data/__init__.py. Real datasets are read from
   # data.root (split files from data.split_dir) and cached at data.sample_rate in data.cache_dir.
+  # resampler: "sinc_hann" (torchaudio's sinc_interp_hann, width 6, rolloff 0.99: the d24/25
+  # baselines' 44.1 → 32 kHz; soxr_hq differs from it by up to 0.5 nat on average in the log-mel
+  # bands above 12 kHz) or "soxr_hq" (librosa's default: the d23 reference's librosa.load).
+  # cache_dtype: float32, or float16 at half the disk (its rounding noise moves log-mel bins of
+  # broadband clips by up to 0.4 nat, empty bands by 0.25 nat on average). Both measured by
+  # benchmarks/data_parity.py.
   config.data = ml_collections.ConfigDict(dict(
       name="synthetic", root="", split_dir="", sample_rate=32000, cache_dir="",
-      cache_dtype="float16",
+      resampler="sinc_hann", cache_dtype="float32",
       # Training input: "tf_data" (batches gathered on the host) or "device" (the split held in
       # device memory as device_dtype, steps_per_call steps per jitted call; same order).
       pipeline="tf_data", device_dtype="float16", steps_per_call=8,
@@ -62,9 +68,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.augment = ml_collections.ConfigDict(dict(   # frontend augmentation (on the device)
       fmin_aug_range=1, fmax_aug_range=1, freq_mask=48, time_mask=0, iid_masks=True))
   # Waveform augmentation on the device, in the d23 order DIR → time roll → gain. DIR uses every
-  # wav below dir_folder (e.g. the MicIRP set) on clips of dir_devices (empty = all devices).
+  # wav below dir_folder (e.g. the MicIRP set) on clips of dir_devices (empty = all devices),
+  # resampled with dir_resampler (soxr_hq: the d23 reference's librosa.load).
   config.waveform_augment = ml_collections.ConfigDict(dict(
-      roll_samples=0, gain_db=0.0, dir_folder="", dir_prob=0.0, dir_devices=("a",)))
+      roll_samples=0, gain_db=0.0, dir_folder="", dir_prob=0.0, dir_devices=("a",),
+      dir_resampler="soxr_hq"))
   config.model = cp_mobile("dcase25")
   # Initial weights: "" = random; kind "passt_torch" (an official PaSST .pt/.npz) or "run" (the
   # `checkpoint` of another run's workdir). Parameters whose shape differs (heads) stay fresh.
@@ -243,7 +251,8 @@ def passt_teacher(config, *, roll=10000, dir_prob=0.6, dirs="", mixstyle=(0.4, 0
   model_init.path), Adam (coupled L2 1e-3) lr 1e-5, batch 80, 25 epochs, 3 warm-up epochs,
   ramp-down 3 + 10 → 0.01; frequency masks 48, time masks 20; patchout f 6."""
   config.model = passt()
-  config.frontend = frontend("passt", n_fft=n_fft)
+  # d23's teacher script: fmax = sr/2 − fmax_aug_range/2 = 15500 (train 15001–16000).
+  config.frontend = frontend("passt", n_fft=n_fft, fmax=15500.0)
   config.augment.update(freq_mask=48, time_mask=20, fmax_aug_range=1000)
   config.optimizer.update(name="adam", learning_rate=1e-5, weight_decay=1e-3)
   config.schedule.update(name="dcase23", warmup_epochs=3, rampdown_start=3, rampdown_length=10,

@@ -11,6 +11,7 @@ def get_config(arg=None):
   del arg
   config = common.base_config()
   config.frontend = common.frontend("dcase23")
+  config.data.resampler = "soxr_hq"   # the d23 reference's librosa.load (librosa 0.10.0.post2)
   config.augment.update(fmax_aug_range=1000, freq_mask=48, time_mask=0, iid_masks=False)
   config.model = common.cp_mobile("dcase23")
   config.optimizer.update(name="adam", learning_rate=9e-4, weight_decay=1e-4)

@@ -72,8 +72,9 @@ class _Cfg(dict):
 
 
 def _cfg(name, root, cache, **kw):
+  # librosa's resampler, which the checks below compare with (sinc_hann: test_data_parity.py)
   base = dict(name=name, root=root, split_dir="", sample_rate=32000, cache_dir=cache,
-              skip_bad_files=False, tut17_fold=1, cache_dtype="float16")
+              skip_bad_files=False, tut17_fold=1, cache_dtype="float16", resampler="soxr_hq")
   base.update(kw)
   return _Cfg(base)
 

@@ -190,9 +190,32 @@ class _PlainConvNormAct(nn.Module):
     pads = [((k - 1) // 2, (k - 1) // 2) for k in self.kernel_size]
     x = nn.Conv(features, self.kernel_size, self.strides, padding=pads, use_bias=False,
                 feature_group_count=groups, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     use_fast_variance=False, name="norm")(x)
+    x = _PlainBatchNorm(use_running_average=not train, name="norm")(x)
     return nn.relu(x) if self.activation else x
+
+
+class _PlainBatchNorm(nn.Module):
+  """torch.nn.BatchNorm2d written out (momentum 0.1, eps 1e-5; the running variance averages
+  the unbiased batch variance), with `nn.BatchNorm`'s variable names."""
+  use_running_average: bool
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    mean_v = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    var_v = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    if self.use_running_average:
+      return (x - mean_v.value) / jnp.sqrt(var_v.value + 1e-5) * scale + bias
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    var = jnp.mean(jnp.square(x - mean), axes)
+    if not self.is_initializing():
+      n = x.size // c
+      mean_v.value = 0.9 * mean_v.value + 0.1 * mean
+      var_v.value = 0.9 * var_v.value + 0.1 * var * n / (n - 1)
+    return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
 
 
 @pytest.mark.parametrize("features,kernel_size,strides,depthwise", [

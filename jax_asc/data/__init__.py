@@ -9,8 +9,9 @@ Datasets (`cfg.name`) and their split names:
   icme24         all (unlabelled rows kept with label −1), labelled, unlabelled
   esc50          fold1 … fold5, or several folds as folds1234
   fsdd           train (takes 5–49), test (takes 0–4)
-Real datasets are read from `cfg.root`, resampled to `cfg.sample_rate` once and cached under
-`cfg.cache_dir` (default `$JAX_ASC_DATA_DIR` or `~/.cache/jax_asc`).
+Real datasets are read from `cfg.root`, resampled to `cfg.sample_rate` once with `cfg.resampler`
+(`audio_io.RESAMPLERS`) and cached as `cfg.cache_dtype` under `cfg.cache_dir` (default
+`$JAX_ASC_DATA_DIR` or `~/.cache/jax_asc`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import dataclasses
 import os
 from typing import Dict, Sequence
 
-from jax_asc.data import formats, loading
+from jax_asc.data import audio_io, formats, loading
 from jax_asc.data.dataset import Split, default_cache_dir
 
 DATASETS = ("synthetic", "tau22", "tau20", "dcase25_eval", "tut17", "icme24", "esc50", "fsdd")
@@ -60,6 +61,7 @@ def manifest(cfg, split: str) -> formats.Manifest:
 
 def load_splits(cfg, names: Sequence[str]) -> Dict[str, Split]:
   """{split name: Split} for the named splits (each loaded once)."""
+  audio_io.check_resampler(cfg.resampler, "data.resampler")
   if cfg.name == "synthetic":
     from jax_asc.data import synthetic
     if cfg.sample_rate != synthetic.SAMPLE_RATE:
@@ -72,5 +74,6 @@ def load_splits(cfg, names: Sequence[str]) -> Dict[str, Split]:
     return {n: splits[n] for n in names}
   cache_dir = cfg.cache_dir or default_cache_dir()
   return {n: loading.load(manifest(cfg, n), sample_rate=cfg.sample_rate, cache_dir=cache_dir,
-                          skip_bad_files=cfg.skip_bad_files, cache_dtype=cfg.cache_dtype)
+                          skip_bad_files=cfg.skip_bad_files, cache_dtype=cfg.cache_dtype,
+                          resampler=cfg.resampler)
           for n in dict.fromkeys(names)}

@@ -1,11 +1,13 @@
 """Reading and validating audio files: every problem is an error that names the file.
 
 `read_audio` checks what a dataset promises (sample rate, channel count) and what every clip must
-be (readable, non-empty, finite); `resample` converts once, at load time (librosa / soxr, the
-same resampler for every file).
+be (readable, non-empty, finite); `resample` converts once, at load time, with one resampler for
+every file (`RESAMPLERS`: the d24/25 reference's windowed sinc, or librosa's soxr_hq).
 """
 from __future__ import annotations
 
+import functools
+import math
 import os
 from typing import Optional
 
@@ -76,13 +78,88 @@ def read_audio(path: str, *, expected_sample_rate: Optional[int] = None,
   return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0], sample_rate
 
 
-def resample(waveform: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
-  """Resamples a mono waveform (librosa's default soxr_hq); unchanged when the rates match."""
+# "sinc_hann": torchaudio's `Resample` / `functional.resample` with its defaults (sinc_interp_hann,
+# lowpass_filter_width 6, rolloff 0.99), which the DCASE 2024/2025 baselines apply 44.1 → 32 kHz.
+# "soxr_hq": librosa.resample's default (libsoxr, high quality); `librosa.load(sr=…)` of the d23
+# reference (its MicIRP impulse responses) resamples with it.
+RESAMPLERS = ("sinc_hann", "soxr_hq")
+
+
+def check_resampler(method: str, key: str = "data.resampler") -> str:
+  if method not in RESAMPLERS:
+    raise ValueError(f"{key} must be one of {RESAMPLERS}, got {method!r}")
+  return method
+
+
+def resample(waveform: np.ndarray, source_rate: int, target_rate: int,
+             method: str = "sinc_hann") -> np.ndarray:
+  """Resamples waveforms (..., samples) to float32; unchanged (as float32) when the rates match.
+
+  method "sinc_hann": band-limited windowed-sinc interpolation, the torchaudio `sinc_interp_hann`
+  resampler of the d24/25 reference (width 6, rolloff 0.99; same kernel, zero padding and output
+  length ceil(samples · target / source)); "soxr_hq": librosa / libsoxr.
+  """
+  check_resampler(method, "resample method")
   if source_rate == target_rate:
-    return waveform.astype(np.float32)
-  import librosa
-  return librosa.resample(waveform.astype(np.float32), orig_sr=source_rate,
-                          target_sr=target_rate).astype(np.float32)
+    return np.asarray(waveform, np.float32)
+  if method == "soxr_hq":
+    import librosa
+    return librosa.resample(np.asarray(waveform, np.float32), orig_sr=source_rate,
+                            target_sr=target_rate).astype(np.float32)
+  return sinc_resample(waveform, source_rate, target_rate)
+
+
+@functools.lru_cache(maxsize=32)
+def _sinc_phases(orig: int, new: int, width_zeros: int, rolloff: float) -> tuple:
+  """(taps (new, 2·pad + 1) float32, start (new,) int, pad) of the polyphase windowed sinc.
+
+  Rates are gcd-reduced (`orig` → `new`). Output j + m·new is the input interpolated at input
+  sample m·orig + j·orig/new by an ideal low-pass of cutoff rolloff · min(orig, new) / 2 (so
+  `base` = rolloff · min(orig, new) is twice the cutoff): tap weight sinc(t) · cos²(π t / (2 W)) ·
+  base / orig at t = base · (input offset) / orig, clamped to |t| ≤ W = `width_zeros` zero
+  crossings (unit DC gain). `pad` = ceil(W · orig / base) zeros on each side bound the support,
+  as in torchaudio; phase j needs only the 2·pad + 1 inputs from floor(j·orig/new) on: the other
+  taps of torchaudio's dense (new, 2·pad + orig) kernel are the clamped window ends, below 1e-40.
+  """
+  base = min(orig, new) * rolloff
+  pad = math.ceil(width_zeros * orig / base)
+  j = np.arange(new)
+  start = (orig * j) // new
+  k = start[:, None] + np.arange(2 * pad + 1)[None, :]          # index into the padded input
+  # torchaudio forms the phase offset j/new in float32 and the rest in float64; the same here
+  # keeps the output within float32 rounding of its `Resample` (an exact j/new moves it by up to
+  # ~1e-5 at 32 → 44.1 kHz, new = 441).
+  phase = (j.astype(np.float32) / np.float32(new)).astype(np.float64)
+  t = np.clip(((k - pad) / orig - phase[:, None]) * base, -width_zeros, width_zeros)
+  window = np.cos(t * np.pi / (2 * width_zeros)) ** 2
+  return (np.sinc(t) * window * (base / orig)).astype(np.float32), start, pad
+
+
+def sinc_resample(waveform: np.ndarray, source_rate: int, target_rate: int, *,
+                  lowpass_filter_width: int = 6, rolloff: float = 0.99) -> np.ndarray:
+  """Windowed-sinc (Hann) resampling of (..., samples) → float32 (..., ceil(samples·new/orig)).
+
+  Polyphase: the input, zero-padded by `pad` before and `pad + orig` after, is read in blocks of
+  `orig` samples; block m gives outputs m·new … m·new + new − 1, output j of a block the dot
+  product of 2·pad + 1 inputs with phase j's taps (44.1 → 32 kHz: 441 → 320, 19 taps).
+  """
+  source_rate, target_rate = int(source_rate), int(target_rate)
+  if source_rate <= 0 or target_rate <= 0:
+    raise ValueError(f"sample rates must be positive, got {source_rate} → {target_rate}")
+  x = np.asarray(waveform, np.float32)
+  if source_rate == target_rate:
+    return x.copy()
+  g = math.gcd(source_rate, target_rate)
+  orig, new = source_rate // g, target_rate // g
+  taps, start, pad = _sinc_phases(orig, new, int(lowpass_filter_width), float(rolloff))
+  lead, length = x.shape[:-1], x.shape[-1]
+  out_length = -(-new * length // orig)
+  blocks = -(-out_length // new)
+  padded = np.pad(x.reshape(-1, length), ((0, 0), (pad, pad + orig)))
+  windows = np.lib.stride_tricks.sliding_window_view(padded, taps.shape[1], axis=1)
+  first = (np.arange(blocks) * orig)[:, None] + start[None, :]   # (blocks, new)
+  y = np.einsum("bmnr,nr->bmn", windows[:, first], taps)
+  return y.reshape(*lead, blocks * new)[..., :out_length]
 
 
 def fit_length(waveform: np.ndarray, num_samples: int) -> np.ndarray:

@@ -1,9 +1,10 @@
 """Manifest → `Split`: read, validate and resample every clip once, cached on disk.
 
 The cache (`<cache_dir>/<dataset>/<split>-<fingerprint>/`) holds the resampled waveforms as a
-float16 (or float32) `.npy` (memory-mapped when read back, so a full TAU set need not fit in
-memory), the metadata arrays and the list of skipped files. The fingerprint covers the file list with sizes and
-modification times, the target rate and clip length, so a changed dataset is read anew.
+float32 (or float16) `.npy` (memory-mapped when read back, so a full TAU set need not fit in
+memory), the metadata arrays and the list of skipped files. The fingerprint covers the file list
+with sizes and modification times, the target rate, clip length, resampler and cache dtype, so a
+changed dataset or setting is read anew.
 
 Bad files raise `BadAudioError` naming the file; with `skip_bad_files=True` they are left out,
 counted, and listed in `Split.skipped` (which the stages write to the workdir).
@@ -29,11 +30,11 @@ LENGTH_TOLERANCE = 0.01   # fraction of the nominal clip length a fixed-length f
 
 
 def _fingerprint(manifest: Manifest, sample_rate: int, skip_bad_files: bool,
-                 cache_dtype: str) -> str:
+                 cache_dtype: str, resampler: str) -> str:
   h = hashlib.sha256()
   h.update(json.dumps([CACHE_VERSION, manifest.dataset, manifest.split,
                        os.path.abspath(manifest.root), sample_rate, manifest.clip_seconds,
-                       skip_bad_files, cache_dtype]).encode())
+                       skip_bad_files, cache_dtype, resampler]).encode())
   for ex in manifest.examples:
     try:
       stat = os.stat(ex.path)
@@ -44,7 +45,7 @@ def _fingerprint(manifest: Manifest, sample_rate: int, skip_bad_files: bool,
   return h.hexdigest()[:16]
 
 
-def _load_one(manifest: Manifest, example, sample_rate: int) -> np.ndarray:
+def _load_one(manifest: Manifest, example, sample_rate: int, resampler: str) -> np.ndarray:
   waveform, native_rate = audio_io.read_audio(
       example.path, expected_sample_rate=manifest.sample_rate,
       expected_channels=manifest.channels)
@@ -55,26 +56,33 @@ def _load_one(manifest: Manifest, example, sample_rate: int) -> np.ndarray:
   if too_long or too_short:
     raise audio_io.BadAudioError(example.path, f"clip of {seconds:.3f} s, expected "
                                  f"{manifest.clip_seconds} s")
-  waveform = audio_io.resample(waveform, native_rate, sample_rate)
+  waveform = audio_io.resample(waveform, native_rate, sample_rate, resampler)
   return audio_io.fit_length(waveform, int(round(manifest.clip_seconds * sample_rate)))
 
 
 def load(manifest: Manifest, *, sample_rate: int, cache_dir: str,
-         skip_bad_files: bool = False, workers: int = 0, cache_dtype: str = "float16") -> Split:
+         skip_bad_files: bool = False, workers: int = 0, cache_dtype: str = "float32",
+         resampler: str = "sinc_hann") -> Split:
   """The manifest's examples as a `Split` at `sample_rate` (read once, then from the cache).
 
-  cache_dtype: float16 (half the disk; ~1e-3 relative precision, below the noise floor of the
-  recordings) or float32 (exact resampler output). Batches are float32 either way.
+  cache_dtype: float32 (the resampler's output) or float16 (half the disk; its rounding noise,
+  ~1e-4 of the clip's level, is white: it moves single DCASE25 log-mel bins of broadband clips by
+  up to 0.4 nat and lifts empty bands, FSDD's above 4 kHz, by 0.25 nat on average;
+  `benchmarks/data_parity.py`).
+  Batches are float32 either way.
+  resampler: `audio_io.RESAMPLERS` ("sinc_hann": the d24/25 reference's torchaudio resampler;
+  "soxr_hq": librosa's, as the d23 reference's `librosa.load`).
   """
   if cache_dtype not in CACHE_DTYPES:
     raise ValueError(f"data.cache_dtype must be one of {CACHE_DTYPES}, got {cache_dtype!r}")
-  key = _fingerprint(manifest, sample_rate, skip_bad_files, cache_dtype)
+  audio_io.check_resampler(resampler, "data.resampler")
+  key = _fingerprint(manifest, sample_rate, skip_bad_files, cache_dtype, resampler)
   safe_split = manifest.split.replace("/", "_")
   folder = os.path.join(cache_dir, manifest.dataset, f"{safe_split}-{key}")
   done = os.path.join(folder, "done.json")
   if not os.path.exists(done):
     _build(manifest, folder, sample_rate, skip_bad_files, workers or min(os.cpu_count() or 1, 8),
-           np.dtype(cache_dtype))
+           np.dtype(cache_dtype), resampler)
   with np.load(os.path.join(folder, "meta.npz")) as meta:
     arrays = {k: meta[k] for k in meta.files}
   with open(os.path.join(folder, "skipped.json")) as f:
@@ -91,7 +99,7 @@ def load(manifest: Manifest, *, sample_rate: int, cache_dir: str,
 
 
 def _build(manifest: Manifest, folder: str, sample_rate: int, skip_bad_files: bool,
-           workers: int, dtype: np.dtype) -> None:
+           workers: int, dtype: np.dtype, resampler: str) -> None:
   if not manifest.examples:
     raise ValueError(f"{manifest.dataset}/{manifest.split}: the split lists no files")
   os.makedirs(folder, exist_ok=True)
@@ -105,7 +113,7 @@ def _build(manifest: Manifest, folder: str, sample_rate: int, skip_bad_files: bo
 
   def work(i):
     try:
-      return i, _load_one(manifest, manifest.examples[i], sample_rate), None
+      return i, _load_one(manifest, manifest.examples[i], sample_rate, resampler), None
     except audio_io.BadAudioError as error:
       if not skip_bad_files:
         raise
@@ -147,5 +155,6 @@ def _build(manifest: Manifest, folder: str, sample_rate: int, skip_bad_files: bo
     json.dump(skipped, f, indent=1)
   with open(os.path.join(folder, "done.json"), "w") as f:
     json.dump({"dataset": manifest.dataset, "split": manifest.split, "examples": len(kept),
-               "skipped": len(skipped), "sample_rate": sample_rate,
+               "skipped": len(skipped), "sample_rate": sample_rate, "resampler": resampler,
+               "cache_dtype": str(dtype),
                "classes": list(manifest.classes), "devices": list(manifest.devices)}, f)

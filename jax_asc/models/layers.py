@@ -127,7 +127,9 @@ class BatchNorm(nn.Module):
   """`nn.BatchNorm` (PyTorch defaults: momentum 0.1 → 0.9, eps 1e-5, two-pass variance) with an
   optional fused ReLU and the written-out gradient of `fast_ops.batch_norm`.
 
-  Same variables as `nn.BatchNorm`; the running variance is the biased batch variance, as Flax's.
+  Same variables as `nn.BatchNorm`; the running variance averages the unbiased batch variance,
+  as PyTorch's (Flax's averages the biased one: over n values per channel a factor n/(n − 1)
+  apart, which matters for the small maps of the last stages).
   With `defer` (training, ReLU, float32), the batch statistics are taken and the running
   averages updated here, but the normalisation and ReLU are returned as a `DeferredNorm` for the
   next layer to apply within its own pass. In training the input may be `WithMoments`: the
@@ -170,8 +172,13 @@ class BatchNorm(nn.Module):
       y, mean, var = fast_ops.batch_norm(x, scale, bias, epsilon=self.epsilon, relu=self.relu)
       out = y.astype(self.dtype)
     if not self.is_initializing():
+      # torch.nn.BatchNorm2d keeps the unbiased batch variance (÷ (n − 1)) in its running
+      # average while normalising with the biased one; evaluation uses the running average.
+      count = x.size // x.shape[-1]
+      unbiased = var * (count / max(count - 1, 1))
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * lax.stop_gradient(mean)
-      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * lax.stop_gradient(var)
+      ra_var.value = (self.momentum * ra_var.value
+                      + (1 - self.momentum) * lax.stop_gradient(unbiased))
     return out
 
 

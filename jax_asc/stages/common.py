@@ -43,7 +43,8 @@ def waveform_augmentation(config, split: Split):
   if cfg.dir_prob > 0:
     if not cfg.dir_folder:
       raise ValueError("waveform_augment.dir_prob > 0 needs waveform_augment.dir_folder")
-    irs, _ = impulse_responses.load_impulse_responses(cfg.dir_folder, split.sample_rate)
+    irs, _ = impulse_responses.load_impulse_responses(cfg.dir_folder, split.sample_rate,
+                                                      cfg.dir_resampler)
     irs = jnp.asarray(irs)
     unknown = [d for d in cfg.dir_devices if d not in split.devices]
     if unknown:
