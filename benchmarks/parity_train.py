@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -90,13 +89,8 @@ def run_reference(config, splits, seed: int) -> dict:
                           weight_decay=o.weight_decay)
   steps_per_epoch = len(train) // config.batch_size
   total = steps_per_epoch * config.num_epochs
-  warmup = config.schedule.warmup_steps
-
-  def factor(step):
-    if step < warmup:
-      return step / max(1, warmup)
-    return max(0.0, 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
-  scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+  scheduler = torch.optim.lr_scheduler.LambdaLR(
+      opt, torch_reference.cosine_with_warmup(config.schedule.warmup_steps, total))
   waves = torch.from_numpy(train.float_waveforms())
   labels = torch.from_numpy(train.label.astype(np.int64))
   generator = torch.Generator().manual_seed(seed)
@@ -147,6 +141,7 @@ def main():
     with open(path) as f:
       results.update(json.load(f)["runs"])
   sides = args.sides.split(",")
+  splits = None   # the data does not depend on the seed: read once
   for seed in range(args.seeds):
     config = base_config(args.dataset)
     config.seed = seed
@@ -158,8 +153,9 @@ def main():
       print(f"ours seed {seed}: {out} ({time.time() - t0:.0f} s)", flush=True)
     if "reference" in sides and not any(r["seed"] == seed for r in results["reference"]):
       t0 = time.time()
-      splits = data_lib.load_splits(config.data, [config.data.train_split,
-                                                  config.evaluate.split])
+      if splits is None:
+        splits = data_lib.load_splits(config.data, [config.data.train_split,
+                                                    config.evaluate.split])
       out = run_reference(config, splits, seed)
       results["reference"].append(dict(out, seed=seed, seconds=time.time() - t0))
       print(f"reference seed {seed}: {out} ({time.time() - t0:.0f} s)", flush=True)

@@ -9,6 +9,8 @@ needs only `torch` (2.13.0 CPU).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -123,6 +125,17 @@ class LogMel(nn.Module):
                       center=True, pad_mode="reflect", return_complex=True)
     power = spec.real ** 2 + spec.imag ** 2
     return torch.log(torch.matmul(self.filterbank.T, power) + 1e-5)
+
+
+def cosine_with_warmup(warmup: int, total: int):
+  """`transformers.get_cosine_schedule_with_warmup`'s factor of the step count (a `LambdaLR`
+  lambda): linear 0 → 1 over `warmup` steps, then half a cosine to 0 at `total`."""
+  def factor(step):
+    if step < warmup:
+      return step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+  return factor
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -60,16 +60,6 @@ OPTIMIZERS = {
 
 
 # ----------------------------------------------------------------------------- reference side
-def cosine_with_warmup(warmup, total):
-  """`transformers.get_cosine_schedule_with_warmup`'s factor of the step count."""
-  def factor(step):
-    if step < warmup:
-      return step / max(1, warmup)
-    progress = (step - warmup) / max(1, total - warmup)
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-  return factor
-
-
 def dcase23_factor(warmup_epochs, rampdown_start, rampdown_length, last_value):
   """fschmid56/cpjku_dcase23 `run_training.py`: exp ramp-up × linear ramp-down, per epoch."""
   def factor(epoch):
@@ -102,7 +92,7 @@ def torch_optimizer(model, spec):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0), "step"
   if s["name"] == "warmup_cosine":
     return opt, torch.optim.lr_scheduler.LambdaLR(
-        opt, cosine_with_warmup(s["warmup_steps"], STEPS)), "step"
+        opt, torch_reference.cosine_with_warmup(s["warmup_steps"], STEPS)), "step"
   factor = dcase23_factor(s["warmup_epochs"], s["rampdown_start"], s["rampdown_length"],
                           s["last_value"])
   return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor), "epoch"
