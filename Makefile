@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install reference-deps demo test bench clean
+.PHONY: install reference-deps demo test test-unit test-integration test-chains bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# The suite's parts alone (markers set in tests/conftest.py).
+test-unit test-integration test-chains: test-%: install
+	$(PY) -m pytest -q tests -m $*
 
 bench: install
 	$(HUGE_PAGES) $(PY) benchmarks/bench.py

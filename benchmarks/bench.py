@@ -10,7 +10,7 @@ For the CP-Mobile DCASE25 (61,148 parameters, 256 mel × 65 frames) and DCASE23 
   + mel frontend, and the model step alone (the reference's 325 ms figure is model-only).
 * the frontend alone (log-mel, evaluation) both ways.
 * the two input paths end to end over a synthetic split of float16 clips: tf.data (host
-  gather → device → step) and on-device (split in device memory, 8 steps per call).
+  gather → device → step) and accelerator path (split in accelerator memory, 8 steps per call).
 * memory: the train state's bytes on the device and the process's peak resident memory.
 
 The two sides run in alternating rounds (jax_asc, then PyTorch, `--rounds` times, each the median
@@ -129,7 +129,7 @@ def jax_input_paths(variant: str, batch: int, steps: int = 24, clips: int = 1024
   (after a warm-up that compiles each)."""
   split = _split(clips, seed=1)
   rates = {}
-  for pipeline in ("tf_data", "device"):
+  for pipeline in ("tf_data", "accelerator"):
     config = _config(variant, batch, pipeline)
     config.data.steps_per_call = 8
     task = common.classification_task(config, split)
@@ -145,13 +145,13 @@ def jax_input_paths(variant: str, batch: int, steps: int = 24, clips: int = 1024
               state, mesh_lib.global_batch(next(batches), trainer.mesh))
         return state, metrics
     else:
-      arrays = trainer.put_device_data(data.on_device)
+      arrays = trainer.put_accelerator_data(data.accelerator)
 
       def advance(state, count, start):
         for first in range(start, start + count, 8):
-          rows = np.stack([data.on_device.rows(s) for s in range(first, first + 8)])
+          rows = np.stack([data.accelerator.rows(s) for s in range(first, first + 8)])
           state, metrics = trainer.train_steps(state, arrays, rows, 8,
-                                               data.on_device.waveform_scale)
+                                               data.accelerator.waveform_scale)
         return state, metrics
     state, metrics = advance(state, 8, 0)   # compile and warm up
     jax.block_until_ready(metrics["loss"])
@@ -267,7 +267,7 @@ def main():
     line += f"; PyTorch (torch.stft + mel matmul) {their_ms[0]:.1f} ms, ×{ratios[0]:.2f}"
   print(line)
   print(f"Input paths (dcase25, float16 clips, 24 steps): tf.data {rates['tf_data']:.0f} "
-        f"samples/s, on-device (8 steps per call) {rates['device']:.0f} samples/s")
+        f"samples/s, accelerator path (8 steps per call) {rates['accelerator']:.0f} samples/s")
   for variant, state in states.items():
     print(f"Train state on the device ({variant}: params, batch stats, optimizer): "
           f"{state_lib.memory_bytes(state()) / 2**20:.2f} MB")

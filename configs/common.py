@@ -9,6 +9,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from jax_asc.audio import frontends
+from jax_asc.losses import registry
 
 
 def frontend(preset: str = "dcase25", **overrides) -> ml_collections.ConfigDict:
@@ -56,11 +57,21 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       name="synthetic", root="", split_dir="", sample_rate=32000, cache_dir="",
       resampler="sinc_hann", cache_dtype="float32",
-      # Training input: "tf_data" (batches gathered on the host) or "device" (the split held in
-      # device memory as device_dtype, steps_per_call steps per jitted call; same order).
-      pipeline="tf_data", device_dtype="float16", steps_per_call=8,
+      # Training input: "tf_data" (batches gathered on the host) or "accelerator" (the split held in
+      # accelerator memory as accelerator_dtype, steps_per_call steps per jitted call; same order).
+      pipeline="tf_data", accelerator_dtype="float16", steps_per_call=8,
       skip_bad_files=False, tut17_fold=1,
-      train_split="train", validation_split="validation", test_split="test"))
+      train_split="train", validation_split="validation", test_split="test",
+      # validation_split="holdout": a validation split held out from train_split, whole
+      # recording locations (Split.identifier, e.g. TAU's barcelona-203) making up
+      # holdout_fraction of its examples, chosen from holdout_seed (sha256: the same on every
+      # machine); train_split then lacks them. selection_split: where best-k checkpoints,
+      # soups and "best" teachers are chosen: "validation", or "test" (explicit opt-in, needed
+      # when validation_split == test_split; the report tables then carry a note).
+      selection_split="validation", holdout_fraction=0.1, holdout_seed=0,
+      # > 0: every clip of every split cut into consecutive segments of this many seconds
+      # (`<file>@<k>`; the clip length must be a whole multiple, else an error); 0 = whole clips.
+      segment_seconds=0.0))
   config.data.synthetic = ml_collections.ConfigDict(dict(
       seed=0, num_train=4000, num_validation=600, num_test=1800, clip_seconds=1.0))
 
@@ -75,15 +86,17 @@ def base_config() -> ml_collections.ConfigDict:
       dir_resampler="soxr_hq"))
   config.model = cp_mobile("dcase25")
   # Initial weights: "" = random; kind "passt_torch" (an official PaSST .pt/.npz) or "run" (the
-  # `checkpoint` of another run's workdir). Parameters whose shape differs (heads) stay fresh.
+  # `checkpoint` of another run's workdir; params_only: without its BatchNorm statistics; a
+  # plan's `init_from` sets these). Parameters whose shape differs (heads) stay fresh.
   config.model_init = ml_collections.ConfigDict(dict(path="", kind="passt_torch",
-                                                     checkpoint="best"))
-  # Loss = Σ weights·terms (jax_asc/stages/tasks.py): ce, kd (cached ensemble, temperature),
-  # dcsl/gdal (report 000), feature (online teacher, kind dfm|ssfm, "student:teacher" stages).
+                                                     checkpoint="best", params_only=False))
+  # Loss = Σ weight · term over `loss.terms` (jax_asc/losses/registry.py: every registered term
+  # is listed, 0 = off), each with its settings under `loss.<term>` (e.g. loss.kd.temperature,
+  # loss.ssfm.stages "student:teacher" pairs, loss.kd.teacher: which named teacher it reads).
+  # Report 000 eq. 1 is {ce: 1 − λ, kd: λ}; report 001 eq. 3 is {kd: α, ssfm or dfm: β, ce: γ}.
   config.loss = ml_collections.ConfigDict(dict(
-      label_smoothing=0.0, temperature=2.0, kd_reduction="batchmean",
-      weights=ml_collections.ConfigDict(dict(ce=1.0, kd=0.0, dcsl=0.0, gdal=0.0, feature=0.0)),
-      feature=ml_collections.ConfigDict(dict(kind="ssfm", stages="s3:s3"))))
+      terms={name: 1.0 if name == "ce" else 0.0 for name in registry.TERMS},
+      **registry.default_settings()))
   # Spectrogram mixing on the device: (Freq-)MixStyle (p, α) and mixup (α; 0 = off).
   config.mix = ml_collections.ConfigDict(dict(
       mixstyle_p=0.0, mixstyle_alpha=0.3, mixstyle_frequency_wise=True, mixup_alpha=0.0))
@@ -104,10 +117,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.batch_size = 256
   config.num_epochs = 150
+  # param_groups: ((regex over '/'-joined param paths, {lr_mult, wd_mult, frozen, schedule}), …),
+  # first full match wins; e.g. (("backbone/.*", {"frozen": True}),). See jax_asc/train/optim.py.
   config.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=0.005, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9,
       nesterov=False, weight_decay=1e-4, decay_norm_and_bias=True, grad_clip_norm=0.0,
-      grad_accum_steps=1))
+      grad_accum_steps=1, param_groups=()))
   config.schedule = ml_collections.ConfigDict(dict(
       name="warmup_cosine", warmup_steps=2000, end_factor=0.0,
       warmup_epochs=14, rampdown_start=50, rampdown_length=84, last_value=0.005))
@@ -157,8 +172,9 @@ def parse_arg(arg, roles, defaults=None) -> dict:
 
 
 def tau_dcase25(config, root: str) -> None:
-  """TAU Urban Acoustic Scenes 2022 Mobile in the DCASE25 setting: 25 % split, test split."""
-  config.data.update(name="tau22", root=root, train_split="split25", validation_split="test",
+  """TAU Urban Acoustic Scenes 2022 Mobile in the DCASE25 setting: 25 % split, test split;
+  selection on a validation split held out from split25 by recording location."""
+  config.data.update(name="tau22", root=root, train_split="split25", validation_split="holdout",
                      test_split="test")
   config.evaluate.split = "test"
 

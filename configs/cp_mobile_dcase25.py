@@ -19,7 +19,8 @@ def get_config(arg=None):
   config.frontend = common.frontend("dcase25")
   config.model = common.cp_mobile("dcase25")
   if arg:
-    config.data.update(name="tau22", root=arg, train_split="split25", validation_split="test",
+    # Checkpoints are selected on locations held out from split25 (data.holdout_fraction).
+    config.data.update(name="tau22", root=arg, train_split="split25", validation_split="holdout",
                        test_split="test")
     config.evaluate.split = "test"
   return config

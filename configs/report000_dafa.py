@@ -14,6 +14,7 @@ KD averaged over B×C (`elementwise_mean`, the d23 reduction the λ = 0.98 goes 
 PaSST teacher recipe of d23, DIR on device a (p 0.6). `launch/report000_dafa.sh` runs it all.
 """
 from configs import common
+from jax_asc import plans
 
 ROLES = ("teacher_ce", "teacher_dafa", "student")
 
@@ -32,8 +33,8 @@ def get_config(arg=None):
     config.schedule.update(name="warmup_cosine", warmup_steps=2000)
     config.batch_size, config.num_epochs = 128, 500
     config.mix.update(mixstyle_p=0.4, mixstyle_alpha=0.3, mixup_alpha=0.3)
-    config.loss.weights.update(ce=0.02, kd=0.98)
-    config.loss.update(temperature=2.0, kd_reduction="elementwise_mean")
+    config.loss.terms.update(ce=0.02, kd=0.98)
+    config.loss.kd.update(temperature=2.0, reduction="elementwise_mean")
     config.teacher.ensemble = "logits"
     config.waveform_augment.roll_samples = 4000
     common.with_dir(config, options["dirs"], 0.6, quiet=options["smoke"])
@@ -43,7 +44,7 @@ def get_config(arg=None):
     config.stage = "train,evaluate,predict"
     common.passt_teacher(config, dirs=options["dirs"], quiet=options["smoke"])
     if role == "teacher_dafa":
-      config.loss.weights.update(ce=1.0, dcsl=0.01, gdal=0.01)
+      config.loss.terms.update(ce=1.0, dcsl=0.01, gdal=0.01)
     config.predict.update(splits="train,test", checkpoint="best")
     config.evaluate.checkpoint = "best"
   config.eval_every_epochs = 5 if role == "student" else 1
@@ -52,3 +53,23 @@ def get_config(arg=None):
   else:
     common.tau_dcase25(config, options["root"])
   return config
+
+
+def get_plan() -> plans.Plan:
+  """Three PaSST teachers; students distilled from each single teacher and the two ensembles
+  (table 1); DSFT of the T_CE1 + T_DAFA student per device (table 2)."""
+  runs = [plans.Run("teachers/t_ce1", "teacher_ce,seed=0", ("train", "evaluate", "predict"),
+                    passt=True),
+          plans.Run("teachers/t_ce2", "teacher_ce,seed=1", ("train", "evaluate", "predict"),
+                    passt=True),
+          plans.Run("teachers/t_dafa", "teacher_dafa,seed=0", ("train", "evaluate", "predict"),
+                    passt=True)]
+  for members in ("t_ce1", "t_ce2", "t_dafa", "t_ce1+t_ce2", "t_ce1+t_dafa"):
+    names = members.split("+")
+    runs.append(plans.Run(f"students/{members}", "student", ("ensemble", "distill", "evaluate"),
+                          {"teacher.members": plans.member_paths(*names)},
+                          needs=tuple(f"teachers/{n}" for n in names)))
+  runs.append(plans.Run("students/t_ce1+t_dafa", "student", ("finetune_device",),
+                        {"teacher.members": plans.member_paths("t_ce1", "t_dafa")},
+                        needs=("teachers/t_ce1", "teachers/t_dafa")))
+  return plans.Plan("report000", "configs/report000_dafa.py", tuple(runs), tables="report000")

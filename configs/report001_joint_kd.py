@@ -16,6 +16,7 @@ the student's (DCASE25 baseline: AdamW 0.005, 150 epochs, batch 256), and which 
 the features (cpresnet2: the student's hop).
 """
 from configs import common
+from jax_asc import plans
 
 ROLES = ("passt1", "passt2", "cpresnet1", "cpresnet2", "student_ssfm", "student_dfm")
 
@@ -31,13 +32,15 @@ def get_config(arg=None):
     config.frontend = common.frontend("dcase25")
     config.waveform_augment.roll_samples = 10000
     common.with_dir(config, dirs, 0.6, quiet)
-    config.loss.weights.update(kd=1.0, feature=0.1, ce=0.05)
-    config.loss.update(temperature=2.0, kd_reduction="batchmean")
+    config.loss.terms.update(kd=1.0, ce=0.05)
+    config.loss.kd.update(temperature=2.0, reduction="batchmean")
     config.teacher.update(ensemble="probabilities", online_checkpoint="soup")
     if role == "student_ssfm":
-      config.loss.feature.update(kind="ssfm", stages="s1:s1,s2:s2,s3:s3")
+      config.loss.terms.ssfm = 0.1
+      config.loss.ssfm.stages = "s1:s1,s2:s2,s3:s3"
     else:
-      config.loss.feature.update(kind="dfm", stages="s3:s3")
+      config.loss.terms.dfm = 0.1
+      config.loss.dfm.stages = "s3:s3"
     config.evaluate.update(checkpoint="latest", fp16=True)
     config.eval_every_epochs = 5
   else:
@@ -71,3 +74,17 @@ def get_config(arg=None):
   else:
     common.tau_dcase25(config, options["root"])
   return config
+
+
+def get_plan() -> plans.Plan:
+  """Four teachers (each souped), then the SSFM and DFM students (table 2)."""
+  teachers = ("passt1", "passt2", "cpresnet1", "cpresnet2")
+  runs = [plans.Run(f"teachers/{t}", t, ("train", "soup", "evaluate", "predict"),
+                    passt=t.startswith("passt")) for t in teachers]
+  for student in ("student_ssfm", "student_dfm"):
+    runs.append(plans.Run(f"students/{student}", student, ("ensemble", "distill", "evaluate"),
+                          {"teacher.members": plans.member_paths(*teachers),
+                           "teacher.online": "{workdir}/teachers/cpresnet2"},
+                          needs=tuple(f"teachers/{t}" for t in teachers)))
+  return plans.Plan("report001", "configs/report001_joint_kd.py", tuple(runs),
+                    tables="report001")

@@ -40,8 +40,26 @@ def tiny_config(data_dir):
   return config
 
 
+# The suite's three parts (`pytest -m unit|integration|chains`, `make test-unit` …): unit tests
+# of pure functions and small pieces (seconds each); integration tests that train, build native
+# kernels or compare with the PyTorch references (tens of seconds each); the report chains and
+# the notebook, end to end (minutes). A test file not named here is a unit test.
+INTEGRATION = {"test_training.py", "test_trainer.py", "test_accelerator_path.py",
+               "test_training_parity.py", "test_param_groups.py", "test_native_build.py",
+               "test_passt.py", "test_bench_reference.py", "test_data_parity.py",
+               "test_augment_parity.py", "test_losses_sharded.py", "test_fast_layers.py",
+               "test_plans.py", "test_toy_tasks.py"}
+CHAINS = {"test_launch.py", "test_notebook.py"}
+
+
+@pytest.hookimpl(tryfirst=True)   # before `-m` deselects by these markers
 def pytest_collection_modifyitems(config, items):
-  """tests/test_launch.py last: its chains then run beside every other test before it waits."""
+  """Marks each test with its part; tests/test_launch.py last: its chains then run beside every
+  other test before it waits."""
+  for item in items:
+    name = os.path.basename(str(item.fspath))
+    part = "chains" if name in CHAINS else "integration" if name in INTEGRATION else "unit"
+    item.add_marker(getattr(pytest.mark, part))
   items.sort(key=lambda item: "test_launch.py" in item.nodeid)
 
 

@@ -290,3 +290,57 @@ def test_submission_file(tmp_path):
   assert abs(sum(float(v) for v in rows[1][2:]) - 1.0) < 1e-5
   with pytest.raises(ValueError, match="expected"):
     submission.write_submission(path, ["a"], logits, ["x", "y", "z"])
+
+
+def test_tau_device_suffix_must_match_source_label(tau_root, tmp_path):
+  root, meta = tau_root
+  header = ["filename", "scene_label", "identifier", "source_label"]
+  rows = [list(m) for m in meta]
+  rows[2][3] = "s3"   # file …-c.wav, metadata says s3: line 4 of meta.csv (after the header)
+  _tsv(os.path.join(root, "meta.csv"), header, rows)
+  with pytest.raises(MetadataError) as error:
+    _load(root, tmp_path)
+  message = str(error.value)
+  assert "meta.csv, row 4:" in message and meta[2][0] in message
+  assert "'c'" in message and "source_label is 's3'" in message
+
+
+def test_tau20_segments_are_views_of_the_cached_clips(tmp_path):
+  root, cache = str(tmp_path / "tau20"), str(tmp_path / "c")
+  _tau22_tree(root, seconds=10.0, with_sub=False)
+  whole = data_lib.load_splits(_cfg("tau20", root, cache), ["fold1_train"])["fold1_train"]
+  seg = data_lib.load_splits(_cfg("tau20", root, cache, segment_seconds=1.0),
+                             ["fold1_train"])["fold1_train"]
+  assert seg.waveform.shape == (10 * len(whole), 32000) and seg.num_samples == 32000
+  assert seg.filename[:2].tolist() == [f"{whole.filename[0]}@0", f"{whole.filename[0]}@1"]
+  assert seg.index.tolist() == [10 * i + k for i in whole.index for k in range(10)]
+  # a reshape view of the memory-mapped cache, not a copy in memory
+  assert isinstance(seg.waveform, np.memmap) and not seg.waveform.flags.owndata
+  for i in range(len(whole)):
+    np.testing.assert_array_equal(seg.waveform[10 * i + 3], whole.waveform[i, 96000:128000])
+    assert seg.label[10 * i + 9] == whole.label[i] and seg.identifier[10 * i] == whole.identifier[i]
+  with pytest.raises(ValueError, match=r"segment_seconds=3.0: the clips of tau2020_mobile/"
+                                       r"fold1_train are 320000 samples \(10 s at 32000 Hz\), "
+                                       r"not a whole multiple"):
+    data_lib.load_splits(_cfg("tau20", root, cache, segment_seconds=3.0), ["fold1_train"])
+
+
+def test_tau_holdout_by_location_and_fsdd_without_locations(tau_root, tmp_path):
+  root, _ = tau_root
+  cfg = _cfg("tau22", root, str(tmp_path / "cache"), train_split="fold1_train",
+             validation_split="holdout", test_split="fold1_evaluate", holdout_fraction=0.2,
+             holdout_seed=0)
+  full = _load(root, tmp_path)
+  splits = data_lib.load_splits(cfg, ["fold1_train", "holdout"])
+  train, held = splits["fold1_train"], splits["holdout"]
+  assert len(held) == 1 and len(train) == 5   # 6 locations of one clip each: 1 ≈ 0.2 · 6
+  assert sorted(train.filename.tolist() + held.filename.tolist()) == sorted(full.filename)
+  assert not set(train.identifier) & set(held.identifier)
+  assert set(held.index) | set(train.index) == set(full.index)
+  fsdd = str(tmp_path / "fsdd")
+  for name in ("3_george_7.wav", "4_theo_9.wav"):
+    _wav(os.path.join(fsdd, name), 0.5, rate=8000, subtype="PCM_16")
+  fsdd_cfg = _cfg("fsdd", fsdd, str(tmp_path / "cache"), sample_rate=8000, train_split="train",
+                  validation_split="holdout", test_split="test")
+  with pytest.raises(ValueError, match=r"fsdd gives no recording-location identifiers"):
+    data_lib.load_splits(fsdd_cfg, ["holdout"])

@@ -87,7 +87,7 @@ def test_report001_chain(chains):
   # DFM trains adapters next to the student; SSFM has none.
   config = json.loads((root / "report001" / "students" / "student_dfm" / "config.json")
                       .read_text())
-  assert config["loss"]["feature"]["kind"] == "dfm"
+  assert config["loss"]["terms"]["dfm"] > 0 and config["loss"]["terms"]["ssfm"] == 0
   assert _resume_skips_everything(root, env, "report001") < 120
 
 

@@ -42,13 +42,3 @@ def test_mask_excludes_padded_rows():
   labels = jnp.array([0, 1, 1])
   masked = classification.cross_entropy(logits, labels, mask=jnp.array([True, True, False]))
   assert np.isclose(float(masked), float(classification.cross_entropy(logits[:2], labels[:2])))
-
-
-def test_combine_weights_named_terms_and_names_typos():
-  import pytest
-  from jax_asc import losses
-  terms = {"ce": jnp.float32(2.0), "kd": jnp.float32(3.0), "crd": jnp.float32(5.0)}
-  total, metrics = losses.combine(terms, {"ce": 0.5, "kd": 2.0})
-  assert float(total) == 7.0 and set(metrics) == {"ce", "kd", "crd"}
-  with pytest.raises(KeyError, match="kdd"):
-    losses.combine(terms, {"kdd": 1.0})

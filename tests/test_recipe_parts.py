@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jax_asc import fingerprint
 from jax_asc.audio import augment
 from jax_asc.data.dataset import Split
 from jax_asc.losses import distillation
@@ -59,14 +60,22 @@ def _split(filenames, n_classes=3):
                devices=["a"], sample_rate=32000, dataset="test")
 
 
+def _record(workdir, stage, config_json, token):
+  (workdir / f"{stage}.done.json").write_text(json.dumps(
+      {"stage": stage, "config_fingerprint": fingerprint.of_json(config_json), "token": token}))
+
+
 def _teacher(tmp_path, name, split, logits, *, seed=0):
+  """A teacher run as its train and predict stages leave it (records and the cache)."""
   workdir = tmp_path / name
   workdir.mkdir()
   config_json = json.dumps({"seed": seed, "stage": "train", "model": {"name": "x"}})
   (workdir / "config.json").write_text(config_json)
+  _record(workdir, "train", config_json, "t-train")
   teachers.save_cache(teachers.predictions_path(str(workdir), "train"), split.filename, logits, {
-      "teacher_config_fingerprint": teachers.run_fingerprint(config_json),
+      "teacher_config_fingerprint": fingerprint.of_json(config_json), "token": f"{name}-predict",
       "classes": list(split.classes), "split_fingerprint": teachers.split_fingerprint(split)})
+  _record(workdir, "predict", config_json, f"{name}-predict")
   return str(workdir)
 
 
@@ -98,13 +107,21 @@ def test_ensemble_cache_aligns_checks_and_averages(tmp_path):
     teachers.load_ensemble(_config([a]), str(run), split)
   with pytest.raises(teachers.CacheMismatchError, match="split fingerprint"):
     teachers.load_ensemble(_config([a, b]), str(run), _split(["f1", "f2", "f4"]))
+  # config.json rewritten by a later call of the same workdir (another stage, other
+  # overrides) does not invalidate the caches: they are checked against the stages' records.
+  (tmp_path / "b" / "config.json").write_text(json.dumps({"seed": 5, "stage": "evaluate"}))
+  teachers.load_ensemble(_config([a, b]), str(run), split)
+  teachers.build_ensemble(_config([a, b]), split)
   # A member retrained with another configuration after predicting is refused.
-  (tmp_path / "b" / "config.json").write_text(json.dumps({"seed": 1, "stage": "train",
-                                                          "model": {"name": "x"}}))
+  _record(tmp_path / "b", "train", json.dumps({"seed": 1, "model": {"name": "x"}}), "t2")
   with pytest.raises(teachers.CacheMismatchError, match="changed since it predicted"):
     teachers.load_ensemble(_config([a, b]), str(run), split)
-  with pytest.raises(teachers.CacheMismatchError, match="configured as"):
+  with pytest.raises(teachers.CacheMismatchError, match="changed since it predicted"):
     teachers.build_ensemble(_config([a, b]), split)
+  # A cache that the recorded predict stage did not write (token differs) is refused.
+  _record(tmp_path / "a", "predict", json.dumps({"seed": 0, "model": {"name": "x"}}), "other")
+  with pytest.raises(teachers.CacheMismatchError, match="not the cache"):
+    teachers.build_ensemble(_config([a]), split)
 
 
 def test_ensemble_refuses_missing_files_and_absent_predictions(tmp_path):

@@ -12,6 +12,15 @@ Datasets (`cfg.name`) and their split names:
 Real datasets are read from `cfg.root`, resampled to `cfg.sample_rate` once with `cfg.resampler`
 (`audio_io.RESAMPLERS`) and cached as `cfg.cache_dtype` under `cfg.cache_dir` (default
 `$JAX_ASC_DATA_DIR` or `~/.cache/jax_asc`).
+
+Derived at load time (`derived.py`), for every dataset:
+  segment_seconds > 0   every clip of every split cut into consecutive segments `<file>@<k>`
+  validation_split = "holdout"   a split "holdout" of `holdout_fraction` of `train_split`,
+                        whole recording locations (`Split.identifier`) chosen by
+                        `holdout_seed`; whenever `train_split` is loaded it lacks them
+  selection_split       "validation" (checkpoints, soups, "best" teachers are chosen on the
+                        validation split, which must then differ from the test split) or "test"
+                        (an explicit opt-in to select on the test split)
 """
 from __future__ import annotations
 
@@ -19,10 +28,45 @@ import dataclasses
 import os
 from typing import Dict, Sequence
 
-from jax_asc.data import audio_io, formats, loading
+from jax_asc.data import audio_io, derived, formats, loading
 from jax_asc.data.dataset import Split, default_cache_dir
 
 DATASETS = ("synthetic", "tau22", "tau20", "dcase25_eval", "tut17", "icme24", "esc50", "fsdd")
+SELECTION_SPLITS = ("validation", "test")
+HOLDOUT = derived.HOLDOUT
+# base_config()'s values of the keys a hand-built `cfg` (tests, benchmarks) may lack.
+_DEFAULTS = dict(validation_split="validation", test_split="test", train_split="train",
+                 selection_split="validation", holdout_fraction=0.1, holdout_seed=0,
+                 segment_seconds=0.0)
+
+
+def _option(cfg, key: str):
+  try:
+    return getattr(cfg, key)
+  except (AttributeError, KeyError):
+    return _DEFAULTS[key]
+
+
+def check_selection(cfg) -> None:
+  """Raises when `cfg` (config.data) would select checkpoints on the test split unasked.
+
+  Selection (best-k checkpoints, model soups, "best" teachers) reads `validation_split`; when
+  that is the test split, `selection_split` must say "test" explicitly.
+  """
+  selection = _option(cfg, "selection_split")
+  if selection not in SELECTION_SPLITS:
+    raise ValueError(f"data.selection_split must be one of {SELECTION_SPLITS}, got "
+                     f"{selection!r}")
+  validation, test = _option(cfg, "validation_split"), _option(cfg, "test_split")
+  if validation == test and selection != "test":
+    raise ValueError(
+        f"data.validation_split is the test split {test!r}: checkpoints (best-k, soups, "
+        f"'best' teachers) would be selected on the test split. Hold out a validation split "
+        f"(data.validation_split='holdout') or name another one; a config that really wants "
+        f"this must set data.selection_split='test'")
+  if validation == HOLDOUT and _option(cfg, "train_split") == HOLDOUT:
+    raise ValueError("data.train_split cannot be named 'holdout' when "
+                     "data.validation_split='holdout'")
 
 
 def manifest(cfg, split: str) -> formats.Manifest:
@@ -60,8 +104,39 @@ def manifest(cfg, split: str) -> formats.Manifest:
 
 
 def load_splits(cfg, names: Sequence[str]) -> Dict[str, Split]:
-  """{split name: Split} for the named splits (each loaded once)."""
+  """{split name: Split} for the named splits (each loaded once), after the derivations above.
+
+  The order: load, cut into `segment_seconds` segments, then hold out (the held-out locations
+  are the same with or without segments). With `validation_split="holdout"`, asking for
+  "holdout" loads `train_split` to split it, and `train_split` comes back without the held-out
+  examples whichever names are asked for.
+  """
   audio_io.check_resampler(cfg.resampler, "data.resampler")
+  check_selection(cfg)
+  wanted = list(dict.fromkeys(names))
+  use_holdout = _option(cfg, "validation_split") == HOLDOUT
+  train_name = _option(cfg, "train_split")
+  if HOLDOUT in wanted and not use_holdout:
+    raise ValueError(f"split 'holdout' asked for, but data.validation_split is "
+                     f"{_option(cfg, 'validation_split')!r}: set data.validation_split='holdout'")
+  to_load = [n for n in wanted if n != HOLDOUT]
+  if HOLDOUT in wanted and train_name not in to_load:
+    to_load.append(train_name)
+  splits = _load_plain(cfg, to_load)
+  seconds = float(_option(cfg, "segment_seconds"))
+  if seconds < 0:
+    raise ValueError(f"data.segment_seconds must be ≥ 0 (0 = whole clips), got {seconds}")
+  if seconds > 0:
+    splits = {n: derived.segment(s, seconds) for n, s in splits.items()}
+  if use_holdout and train_name in splits:
+    splits[train_name], splits[HOLDOUT] = derived.holdout(
+        splits[train_name], float(_option(cfg, "holdout_fraction")),
+        int(_option(cfg, "holdout_seed")))
+  return {n: splits[n] for n in wanted}
+
+
+def _load_plain(cfg, names: Sequence[str]) -> Dict[str, Split]:
+  """{split name: Split} as the dataset gives them (no segments, no holdout)."""
   if cfg.name == "synthetic":
     from jax_asc.data import synthetic
     if cfg.sample_rate != synthetic.SAMPLE_RATE:

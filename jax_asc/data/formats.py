@@ -131,7 +131,8 @@ def tau_mobile(root: str, split: str, *, version: str = "2022",
   split: `fold1_train`, `fold1_evaluate` (= `train` / `test` of the references) or `fold1_test`
   (unlabelled list) from `evaluation_setup/`; or, with the DCASE 2024/2025 split files in
   `split_dir` (default `root`), `split5` … `split100` and `test`. Labels, devices and
-  identifiers always come from `meta.csv`.
+  identifiers always come from `meta.csv`; each row's `source_label` must equal the device
+  suffix of its file name (`…-<device>.wav`), else a `MetadataError` names the row.
   """
   meta_path = os.path.join(root, "meta.csv")
   meta = _unique(_read_table(meta_path, delimiter="\t", header=True,
@@ -142,6 +143,11 @@ def tau_mobile(root: str, split: str, *, version: str = "2022",
     if row["source_label"] not in TAU_DEVICES:
       raise MetadataError(f"{meta_path}, row {row['_row']}: device {row['source_label']!r} "
                           f"not in {list(TAU_DEVICES)}")
+    # The file name ends in its device (`…-s4.wav`): a disagreement means a broken meta.csv.
+    if tau_device(row["filename"]) != row["source_label"]:
+      raise MetadataError(f"{meta_path}, row {row['_row']}: file name {row['filename']!r} ends "
+                          f"in device {tau_device(row['filename'])!r} but source_label is "
+                          f"{row['source_label']!r}; expected them to agree")
   aliases = {"train": "fold1_train", "evaluate": "fold1_evaluate", "validation": "fold1_evaluate"}
   split = aliases.get(split, split)
   if split.startswith("fold1_"):

@@ -105,7 +105,7 @@ def _iterate(ds: tf.data.Dataset) -> Iterator[dict]:
 
 def global_step_rows(num_examples: int, global_batch: int, seed: int, step: int) -> np.ndarray:
   """The (global_batch,) row indices of global training step `step`; host p of P takes the
-  p-th contiguous slice. The same order feeds the tf.data and the on-device paths."""
+  p-th contiguous slice. The same order feeds the tf.data and the accelerator paths."""
   steps = steps_per_epoch(num_examples, global_batch)
   epoch, within = divmod(step, steps)
   order = epoch_permutation(num_examples, seed, epoch)

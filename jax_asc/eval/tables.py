@@ -56,6 +56,31 @@ def _runs(folder: str) -> List[str]:
       if os.path.isdir(folder) else []
 
 
+def _selected_on_test(run: str) -> bool:
+  """Whether the run at `run` chose checkpoints (best-k, soups, "best" teachers) on the test split:
+  `data.selection_split == "test"` in its config.json (older runs without that key: when their
+  validation split was the test split)."""
+  data = (_load(os.path.join(run, "config.json")) or {}).get("data", {})
+  if "selection_split" in data:
+    return data["selection_split"] == "test"
+  return "validation_split" in data and data["validation_split"] == data.get("test_split")
+
+
+def _test_selection_note(runs: List[str]) -> List[str]:
+  """The note under a table whose `runs` (workdirs) include some that selected on the test."""
+  names = [os.path.basename(r) for r in runs if _selected_on_test(r)]
+  if not names:
+    return []
+  return ["", f"**Note: selected on the test split** ({', '.join(names)}): checkpoints, soups or "
+              "'best' teachers were chosen on the split evaluated here (data.selection_split="
+              "\"test\"), so these figures are optimistic."]
+
+
+def _all_runs(workdir: str) -> List[str]:
+  return [os.path.join(workdir, g, r) for g in ("teachers", "students")
+          for r in _runs(os.path.join(workdir, g))]
+
+
 def _split_of(workdir: str) -> str:
   for group in ("students", "teachers"):
     for run in _runs(os.path.join(workdir, group)):
@@ -76,11 +101,14 @@ def report000(workdir: str, split: str, ours: str) -> tuple:
     data["table1"][name] = row
     lines.append(f"| {name.upper().replace('T_', 'T_')} | " + " | ".join(_pct(v) for v in row) +
                  " | " + " | ".join(f"{v:.2f}" for v in reference) + " |")
+  lines += _test_selection_note([os.path.join(workdir, "students", n) for n in REPORT000_TABLE1])
   lines += ["", f"Teachers alone ({ours}):", "", "| teacher | accuracy |", "|---|---:|"]
   for name in _runs(os.path.join(workdir, "teachers")):
     result = _eval(os.path.join(workdir, "teachers", name), split)
     data["teachers"][name] = result and result["accuracy"]
     lines.append(f"| {name} | {_pct(result and result['accuracy'])} |")
+  lines += _test_selection_note([os.path.join(workdir, "teachers", n)
+                                 for n in _runs(os.path.join(workdir, "teachers"))])
   dsft = _load(os.path.join(workdir, "students", "t_ce1+t_dafa", "reports", f"dsft_{split}.json"))
   lines += ["", "## Report 000, table 2: accuracy (%) by device, before and after DSFT", ""]
   if dsft:
@@ -95,6 +123,7 @@ def report000(workdir: str, split: str, ours: str) -> tuple:
       ref = REPORT000_TABLE2[key]
       lines.append(f"| {label} (report) | " + " | ".join(f"{ref[d]:.2f}" for d in devices) +
                    f" | {ref['overall']:.2f} |")
+    lines += _test_selection_note([os.path.join(workdir, "students", "t_ce1+t_dafa")])
     data["table2"] = {k: dsft[k]["per_device"] for k in ("before", "after")}
   else:
     lines.append("(no DSFT report yet: run the finetune_device stage)")
@@ -122,12 +151,14 @@ def report001(workdir: str, split: str, ours: str) -> tuple:
     lines.append(f"| {name} | {method} | {stages} | {feature_teacher} | "
                  f"{' + '.join(members) or '–'} | {_int(row['params'])} | {_int(row['macs'])} | "
                  f"{_pct(row['accuracy'])} | {_pct(fp16)} | {reference:.2f} |")
+  lines += _test_selection_note([os.path.join(workdir, "students", n) for n in REPORT001_TABLE2])
   lines += ["", f"Teachers ({ours}; model soup of the best checkpoints):", "",
             "| teacher | soup accuracy |", "|---|---:|"]
   for name in teachers:
     result = _eval(os.path.join(workdir, "teachers", name), split)
     data["teachers"][name] = result and result["accuracy"]
     lines.append(f"| {name} | {_pct(result and result['accuracy'])} |")
+  lines += _test_selection_note([os.path.join(workdir, "teachers", n) for n in teachers])
   lines.append("\nThe report states 61.16 K parameters and 17.05 M MACs for its student and 58.80 / "
                "59.30 % accuracy (S1 / S2).")
   return "\n".join(lines) + "\n", data
@@ -152,6 +183,7 @@ def report002(workdir: str, split: str, ours: str) -> tuple:
       student = _eval(os.path.join(workdir, "students", name), split)
       data[name] = {"student": student and student["accuracy"]}
       lines.append(f"| ensemble {name} | – | – | – | {_pct(student and student['accuracy'])} |")
+  lines += _test_selection_note(_all_runs(workdir))
   lines.append(f"\nReport: best student {REPORT002_BEST:.2f} % (CP-ResNet + PaSST ensemble, "
                "DIRFMS, TAU20 validation).")
   return "\n".join(lines) + "\n", data
@@ -170,7 +202,9 @@ def write(report: str, workdir: str, smoke: bool = False) -> str:
   with open(os.path.join(folder, f"{report}.md"), "w") as f:
     f.write(header + markdown)
   with open(os.path.join(folder, f"{report}.json"), "w") as f:
-    json.dump({"split": split, "smoke": smoke, **data}, f, indent=1)
+    json.dump({"split": split, "smoke": smoke, **data,
+               "selected_on_test": sorted(os.path.relpath(r, workdir) for r in _all_runs(workdir)
+                                          if _selected_on_test(r))}, f, indent=1)
   return header + markdown
 
 

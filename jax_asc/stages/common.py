@@ -1,10 +1,10 @@
 """What the stages share: data, the classification task, the trainer set-up, evaluation."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
+import uuid
 from typing import Dict, Optional
 
 import jax
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_asc import data as data_lib
-from jax_asc import models, native
+from jax_asc import fingerprint, models, native
 from jax_asc.audio import augment, frontends
 from jax_asc.data import impulse_responses, pipeline
 from jax_asc.data.dataset import Split
@@ -70,21 +70,21 @@ def classification_task(config, split: Split) -> loop.Task:
   return tasks.build_task(config, split)
 
 
-PIPELINES = ("tf_data", "device")
-DEVICE_DTYPES = ("float16", "float32")
+PIPELINES = ("tf_data", "accelerator")
+ACCELERATOR_DTYPES = ("float16", "float32")
 
 
-def device_data(config, split: Split) -> loop.DeviceData:
-  """The split for the on-device path (`data.pipeline = "device"`): waveforms in
-  `data.device_dtype` (int16 PCM stays int16: as small, and exact), the same step order as
+def accelerator_data(config, split: Split) -> loop.AcceleratorData:
+  """The split for the accelerator path (`data.pipeline = "accelerator"`): waveforms in
+  `data.accelerator_dtype` (int16 PCM stays int16: as small, and exact), the same step order as
   the tf.data pipeline."""
   cfg = config.data
-  if cfg.device_dtype not in DEVICE_DTYPES:
-    raise ValueError(f"data.device_dtype must be one of {DEVICE_DTYPES}, got "
-                     f"{cfg.device_dtype!r}")
+  if cfg.accelerator_dtype not in ACCELERATOR_DTYPES:
+    raise ValueError(f"data.accelerator_dtype must be one of {ACCELERATOR_DTYPES}, got "
+                     f"{cfg.accelerator_dtype!r}")
   waveform, scale = split.waveform, float(split.waveform_scale)
-  if waveform.dtype != np.int16 and (waveform.dtype != np.dtype(cfg.device_dtype) or scale != 1):
-    converted = np.empty(waveform.shape, cfg.device_dtype)
+  if waveform.dtype != np.int16 and (waveform.dtype != np.dtype(cfg.accelerator_dtype) or scale != 1):
+    converted = np.empty(waveform.shape, cfg.accelerator_dtype)
     for start in range(0, len(split), 1024):   # in chunks: the cache may be a memory map
       rows = np.arange(start, min(start + 1024, len(split)))
       converted[rows] = split.float_waveforms(rows)
@@ -92,12 +92,12 @@ def device_data(config, split: Split) -> loop.DeviceData:
   arrays = {"waveform": np.asarray(waveform), "label": split.label, "device": split.device,
             "index": split.index}
   rows = lambda step: pipeline.global_step_rows(len(split), config.batch_size, config.seed, step)
-  return loop.DeviceData(arrays, rows, steps_per_call=cfg.steps_per_call, waveform_scale=scale)
+  return loop.AcceleratorData(arrays, rows, steps_per_call=cfg.steps_per_call, waveform_scale=scale)
 
 
 def train_data(config, split: Split) -> loop.TrainData:
   """The training split for the loop: tf.data batches from the host (`data.pipeline`
-  "tf_data") or the split held on the devices ("device"), in the same order."""
+  "tf_data") or the split held on the accelerators ("accelerator"), in the same order."""
   if config.data.pipeline not in PIPELINES:
     raise ValueError(f"data.pipeline must be one of {PIPELINES}, got {config.data.pipeline!r}")
 
@@ -109,9 +109,9 @@ def train_data(config, split: Split) -> loop.TrainData:
     per_host = config.batch_size // jax.process_count()
     batch = pipeline.host_batch(split, np.arange(per_host) % len(split))
     return dict(batch, mask=np.ones(per_host, bool))
-  on_device = device_data(config, split) if config.data.pipeline == "device" else None
+  accelerator = accelerator_data(config, split) if config.data.pipeline == "accelerator" else None
   return loop.TrainData(pipeline.steps_per_epoch(len(split), config.batch_size), batches,
-                        example, on_device)
+                        example, accelerator)
 
 
 def eval_batches(split: Split, batch_size: int):
@@ -139,18 +139,25 @@ def model_complexity(config, n_classes: int, num_samples: int) -> complexity.Com
   return complexity.count(model, (1, settings.n_mels, settings.num_frames(num_samples)))
 
 
-def config_fingerprint(config) -> str:
-  return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
+def new_token() -> str:
+  """A fresh id for one finished stage (what downstream stages record they consumed)."""
+  return uuid.uuid4().hex[:16]
 
 
-def write_done(workdir: str, stage: str, config, outputs: Optional[dict] = None) -> None:
-  """`<workdir>/<stage>.done.json`: lets launch scripts skip a finished stage."""
+def write_done(workdir: str, stage: str, config, outputs: Optional[dict] = None,
+               token: Optional[str] = None) -> None:
+  """`<workdir>/<stage>.done.json`: the config fingerprint (`stage` left out,
+  jax_asc/fingerprint.py), a fresh token, the CPU-kernel path and the outputs. A plan
+  (jax_asc/plans.py) skips the stage while its fingerprint and upstream tokens are unchanged."""
   if jax.process_index() > 0:
     return
-  with open(os.path.join(workdir, f"{stage}.done.json"), "w") as f:
-    json.dump({"stage": stage, "config_fingerprint": config_fingerprint(config),
+  path = os.path.join(workdir, f"{stage}.done.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump({"stage": stage, "config_fingerprint": fingerprint.config_fingerprint(config),
+               "token": token or new_token(),
                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "outputs": outputs or {},
                "cpu_kernels": native.describe()}, f, indent=1)
+  os.replace(path + ".tmp", path)
 
 
 def write_report(workdir: str, name: str, result: Dict, class_names) -> Dict[str, str]:

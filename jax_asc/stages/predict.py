@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from jax_asc import fingerprint
 from jax_asc.audio import frontends
 from jax_asc.stages import common, teachers
 
@@ -25,12 +26,13 @@ def run(config, workdir: str) -> dict:
   model = common.Inference(config, reference, variables)
   settings = dataclasses.asdict(frontends.settings_from_config(config.frontend))
   outputs = {}
+  token = common.new_token()   # also in predict.done.json: the record this cache is checked by
   for name in names:
     split = splits[name]
     logits = model.logits(split)
     path = teachers.predictions_path(workdir, name)
     teachers.save_cache(path, split.filename, logits, {
-        "teacher_config_fingerprint": teachers.config_fingerprint(config),
+        "teacher_config_fingerprint": fingerprint.config_fingerprint(config), "token": token,
         "teacher_workdir": os.path.abspath(workdir),
         "model": config.model.to_dict(), "frontend": settings,
         "checkpoint": {"which": which, "step": int(meta["step"])},
@@ -38,5 +40,5 @@ def run(config, workdir: str) -> dict:
         "split_fingerprint": teachers.split_fingerprint(split), "classes": list(split.classes)})
     outputs[name] = path
     print(f"predict: {len(split)} clips of {name!r} → {path}", flush=True)
-  common.write_done(workdir, "predict", config, outputs)
+  common.write_done(workdir, "predict", config, outputs, token=token)
   return outputs

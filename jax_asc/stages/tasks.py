@@ -1,14 +1,17 @@
-"""The one task builder every training stage uses: frontend, augmentation, model and loss terms.
+"""The classification task every training stage of reports 000-002 uses: frontend,
+augmentation, model, teachers and loss terms.
 
 What a run trains is set by its config, not by code paths per recipe:
 
-* `config.loss.weights` {ce, kd, dcsl, gdal, feature}: a weighted sum (`losses.combine`) of
-  cross-entropy (mixup-aware), KD from the cached teacher ensemble (τ = `loss.temperature`),
-  DCSL/GDAL on the embedding by device (report 000 eq. 2–4), and feature distillation from a
-  frozen online teacher (`loss.feature.kind` "dfm" or "ssfm", report 001 eq. 4–5).
-  Report 000 eq. 1 is {ce: 1 − λ, kd: λ}; report 001 eq. 3 is {kd: α, feature: β, ce: γ}.
+* `config.loss.terms` {name: weight}: any term of the registry (jax_asc/losses/registry.py) whose
+  inputs this task provides — ce (mixup-aware), kd (from teacher "ensemble": the cached logits
+  of `teacher.members`, at `loss.kd.temperature`), dcsl / gdal on the embedding by device
+  (report 000 eq. 2-4), dfm / ssfm from teacher "online" (a frozen run, `teacher.online`;
+  report 001 eq. 4-5), supcon / soft_supcon on the embedding, cka / cosine against the online
+  teacher's embedding. Report 000 eq. 1 is {ce: 1 − λ, kd: λ}; report 001 eq. 3 is
+  {kd: α, ssfm or dfm: β, ce: γ}.
 * `config.mix`: Freq-MixStyle / MixStyle on the student's log-mels, mixup of inputs and targets.
-* `config.teacher`: the ensemble members (cached logits) and the online feature teacher.
+* `config.teacher`: the ensemble members (cached logits) and the online teacher.
 
 Training input order: waveform augmentation (DIR → roll → gain) → log-mel (+ fmin/fmax jitter,
 masks) → MixStyle → mixup. An online teacher sees the same augmented waveform through its own
@@ -22,27 +25,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_asc import losses, models
+from jax_asc import models
 from jax_asc.audio import augment, frontends
 from jax_asc.data.dataset import Split
-from jax_asc.losses import classification, dafa, distillation, features
+from jax_asc.losses import distillation, registry
 from jax_asc.models import heads
 from jax_asc.stages import common, teachers
 from jax_asc.train import loop
 
-FEATURE_KINDS = ("dfm", "ssfm")
+FEATURE_TERMS = ("dfm", "ssfm")
+# What this task gives the loss terms (registry input names) besides the model's outputs.
+BATCH_INPUTS = ("logits", "targets", "target_probs", "labels", "device", "num_devices", "index")
 
 
-def feature_pairs(spec: str) -> List[Tuple[str, str]]:
+def feature_pairs(spec: str, term: str = "ssfm") -> List[Tuple[str, str]]:
   """"s1:s1,s3:s2" → [("s1", "s1"), ("s3", "s2")]: (student stage, teacher stage) pairs."""
-  pairs = []
-  for item in [p.strip() for p in spec.split(",") if p.strip()]:
-    if item.count(":") != 1:
-      raise ValueError(f"loss.feature.stages item {item!r}: expected 'student_stage:teacher_stage'")
-    pairs.append(tuple(s.strip() for s in item.split(":")))
-  if not pairs:
-    raise ValueError("loss.feature.stages is empty but loss.weights.feature > 0")
-  return pairs
+  return list(registry.pairs(spec, term))
+
+
+def loss_settings(config) -> Dict[str, dict]:
+  """{term: settings} from `config.loss.<term>` (registered defaults where a config has none)."""
+  settings = registry.default_settings()
+  for name in settings:
+    if name in config.loss:
+      settings[name].update(config.loss[name].to_dict())
+  return settings
 
 
 def _feature_shapes(model, n_mels: int, frames: int) -> Dict[str, tuple]:
@@ -61,51 +68,64 @@ def build_task(config, split: Split, workdir: Optional[str] = None, *,
   prediction need no teacher). `cache_split`: the split the teacher cache was made for when
   `split` is a subset of it (device-specific fine-tuning); default `split`.
   """
-  settings = frontends.settings_from_config(config.frontend)
-  if settings.sample_rate != split.sample_rate:
-    raise ValueError(f"frontend.sample_rate {settings.sample_rate} differs from the data's "
+  settings_fe = frontends.settings_from_config(config.frontend)
+  if settings_fe.sample_rate != split.sample_rate:
+    raise ValueError(f"frontend.sample_rate {settings_fe.sample_rate} differs from the data's "
                      f"{split.sample_rate} Hz (data.sample_rate)")
   augment_cfg = frontends.augment_from_config(config.augment)
   wave_augment = common.waveform_augmentation(config, split) if need_teachers else None
-  weights = {k: float(v) for k, v in config.loss.weights.items()}
+  weights = registry.active(config.loss.terms)
+  settings = loss_settings(config)
   mix = config.mix
   n_classes, n_devices = len(split.classes), len(split.devices)
   student = models.build(config.model, n_classes=n_classes, dtype=dtype)
-  frames = settings.num_frames(split.num_samples)
+  frames = settings_fe.num_frames(split.num_samples)
 
-  use_kd = weights.get("kd", 0) > 0
-  use_dafa = weights.get("dcsl", 0) > 0 or weights.get("gdal", 0) > 0
-  use_feature = weights.get("feature", 0) > 0
-  kind = config.loss.feature.kind
-  if use_feature and kind not in FEATURE_KINDS:
-    raise ValueError(f"loss.feature.kind must be one of {FEATURE_KINDS}, got {kind!r}")
+  use_kd = "kd" in weights
+  feature_terms = [t for t in FEATURE_TERMS if t in weights]
+  online_terms = [t for t in weights if registry.TERMS[t].teacher_name(settings[t]) == "online"]
+  teacher_outputs: Dict[str, Tuple[str, ...]] = {}
+  if use_kd or not need_teachers:
+    teacher_outputs["ensemble"] = ("log_probs",)
+  if online_terms and (config.teacher.online or not need_teachers):
+    teacher_outputs["online"] = ("features", "embedding")
+  provided = set(BATCH_INPUTS) | {"embedding", "features"} | (
+      {"adapted"} if "dfm" in weights else set())
+  registry.check_inputs(weights, settings, provided, teacher_outputs, "classification")
 
   frozen: Dict = {}
   teacher_model = teacher_settings = None
-  pairs: List[Tuple[str, str]] = []
+  pairs: List[Tuple[str, str]] = []      # (student stage, teacher stage) of the feature terms
+  for term in feature_terms:
+    pairs += [p for p in feature_pairs(settings[term]["stages"], term) if p not in pairs]
   model = student
-  if use_feature:
+  if online_terms and need_teachers:
     if not config.teacher.online:
-      raise ValueError("loss.weights.feature > 0 needs teacher.online (a teacher run workdir)")
-    pairs = feature_pairs(config.loss.feature.stages)
+      raise ValueError(f"loss terms {online_terms} read teacher 'online': set teacher.online "
+                       "(a teacher run workdir)")
     teacher_config, teacher_variables = teachers.load_frozen_teacher(
-        config.teacher.online, config.teacher.online_checkpoint) if need_teachers else (
-            teachers.load_run_config(config.teacher.online), None)
+        config.teacher.online, config.teacher.online_checkpoint)
     teacher_model = models.build(teacher_config.model, n_classes=n_classes)
     teacher_settings = frontends.settings_from_config(teacher_config.frontend)
     t_shapes = _feature_shapes(teacher_model, teacher_settings.n_mels,
                                teacher_settings.num_frames(split.num_samples))
-    s_shapes = _feature_shapes(student, settings.n_mels, frames)
+    s_shapes = _feature_shapes(student, settings_fe.n_mels, frames)
     for s_stage, t_stage in pairs:
       for stage, shapes, who in ((s_stage, s_shapes, "student"), (t_stage, t_shapes, "teacher")):
         if stage not in shapes or len(shapes[stage]) != 4:
-          raise ValueError(f"loss.feature.stages: {who} has no feature map {stage!r}; maps: "
+          raise ValueError(f"loss.{'/'.join(feature_terms)}.stages: {who} has no feature map "
+                           f"{stage!r}; maps: "
                            f"{sorted(k for k, v in shapes.items() if len(v) == 4)}")
-    if kind == "dfm":
-      adapters = tuple((s, t_shapes[t][-1], s_shapes[s][-1]) for s, t in pairs)
-      model = heads.WithFeatureAdapters(student, adapters)
-    if teacher_variables is not None:
-      frozen["teacher"] = teacher_variables
+    frozen["teacher"] = teacher_variables
+  if "dfm" in weights:
+    # The adapters' shapes: (student stage, teacher channels, student channels). In training
+    # they come from the teacher; evaluation needs no teacher (the adapters are not used).
+    dfm_pairs = feature_pairs(settings["dfm"]["stages"], "dfm")
+    if teacher_model is not None:
+      adapters = tuple((s, t_shapes[t][-1], s_shapes[s][-1]) for s, t in dfm_pairs)
+    else:
+      adapters = tuple((s, 1, 1) for s, _ in dfm_pairs)
+    model = heads.WithFeatureAdapters(student, adapters)
   if use_kd and need_teachers:
     if workdir is None:
       raise ValueError("KD from cached teacher logits needs the run's workdir")
@@ -117,15 +137,16 @@ def build_task(config, split: Split, workdir: Optional[str] = None, *,
     frozen["teacher_logits"] = jnp.asarray(
         teachers.index_table(cache_split, member_logits.transpose(1, 0, 2)))  # (max idx+1, K, C)
 
-  temperature = float(config.loss.temperature)
-  return_features = use_dafa or use_feature
+  temperature = float(settings["kd"]["temperature"])
+  return_features = any(name in registry.TERMS[t].reads for t in weights
+                        for name in ("embedding", "features", "adapted"))
 
   def make_inputs(key, batch):
     if key is None:
-      return frontends.log_mel(batch["waveform"], settings)
+      return frontends.log_mel(batch["waveform"], settings_fe)
     k_wave, k_front, k_style, k_mixup = jax.random.split(key, 4)
     waveform = wave_augment(k_wave, batch)
-    x = frontends.log_mel(waveform, settings, key=k_front, aug=augment_cfg)
+    x = frontends.log_mel(waveform, settings_fe, key=k_front, aug=augment_cfg)
     x = augment.mixstyle(k_style, x, mix.mixstyle_p, mix.mixstyle_alpha,
                          frequency_wise=mix.mixstyle_frequency_wise)
     extras = {}
@@ -140,6 +161,7 @@ def build_task(config, split: Split, workdir: Optional[str] = None, *,
     return loop.Prepared(x, extras)
 
   def teacher(frozen_vars, batch):
+    """{teacher name: outputs}: "ensemble" (cached KD targets), "online" (the frozen run)."""
     out = {}
     if "teacher_logits" in frozen_vars:
       members = frozen_vars["teacher_logits"][batch["index"]]               # (B, K, C)
@@ -148,47 +170,36 @@ def build_task(config, split: Split, workdir: Optional[str] = None, *,
       if "mix_perm" in batch:   # targets mixed like the inputs
         log_p = jnp.log(jnp.maximum(augment.mix(jnp.exp(log_p), batch["mix_perm"],
                                                 batch["mix_lam"]), 1e-30))
-      out["log_probs"] = log_p
+      out["ensemble"] = {"log_probs": log_p}
     if "teacher" in frozen_vars:
       feats = teacher_model.apply(frozen_vars["teacher"], batch["teacher_input"], train=False,
                                   return_features=True)
-      out["features"] = {s: feats[t] for s, t in pairs}
+      out["online"] = {"features": {s: feats[t] for s, t in pairs},
+                       "embedding": feats.get("embedding")}
     return out
 
   def loss(output, batch, key, loss_state):
-    del key
     logits = output["logits"] if isinstance(output, dict) else output
     labels = batch["label"]
+    target_probs = jax.nn.one_hot(labels, n_classes, dtype=jnp.float32)
     targets = labels
     if "mix_perm" in batch:
-      one_hot = jax.nn.one_hot(labels, n_classes, dtype=jnp.float32)
-      targets = augment.mix(one_hot, batch["mix_perm"], batch["mix_lam"])
-    terms = {"ce": classification.cross_entropy(logits, targets,
-                                                label_smoothing=config.loss.label_smoothing)}
-    if use_kd:
-      terms["kd"] = distillation.kd_from_log_probs(logits, batch["teacher"]["log_probs"],
-                                                   temperature,
-                                                   reduction=config.loss.kd_reduction)
-    if use_dafa:
-      terms["dcsl"] = dafa.dcsl_loss(output["embedding"], batch["device"], n_devices)
-      terms["gdal"] = dafa.gdal_loss(output["embedding"], batch["device"], n_devices)
-    if use_feature:
-      parts = []
-      for s_stage, _ in pairs:
-        if kind == "dfm":
-          parts.append(features.dfm_loss(output[s_stage], output["adapted"][s_stage]))
-        else:
-          parts.append(features.ssfm_loss(output[s_stage],
-                                          batch["teacher"]["features"][s_stage]))
-      terms["feature"] = sum(parts)
-    value, metrics = losses.combine(terms, {k: v for k, v in weights.items() if v})
+      target_probs = augment.mix(target_probs, batch["mix_perm"], batch["mix_lam"])
+      targets = target_probs
+    inputs = {"logits": logits, "targets": targets, "target_probs": target_probs,
+              "labels": labels, "device": batch["device"], "num_devices": n_devices,
+              "index": batch["index"], "teachers": batch.get("teacher", {}), "crd_key": key}
+    if isinstance(output, dict):
+      inputs.update(embedding=output.get("embedding"), adapted=output.get("adapted"),
+                    features=output)
+    value, metrics, states = registry.total(weights, settings, inputs, loss_state)
     metrics["accuracy"] = (logits.argmax(-1) == labels).mean()
-    return value, metrics, loss_state
+    return value, metrics, (states or loss_state)
 
   has_teacher = bool(frozen)
   train_kwargs = None
-  if kind == "dfm" and use_feature:
-    train_kwargs = lambda batch: {"teacher_features": batch["teacher"]["features"]}
+  if "dfm" in weights and teacher_model is not None:
+    train_kwargs = lambda batch: {"teacher_features": batch["teacher"]["online"]["features"]}
   return loop.Task(model=model, make_inputs=make_inputs, loss=loss, features=return_features,
                    teacher=teacher if has_teacher else None,
                    frozen_variables=frozen if has_teacher else None, train_kwargs=train_kwargs)
@@ -213,7 +224,8 @@ def pretrained_initializer(config):
       batch_stats = None
     elif config.model_init.kind == "run":
       variables, _ = teachers.load_frozen_teacher(source, config.model_init.checkpoint)
-      loaded, batch_stats = variables["params"], variables["batch_stats"]
+      loaded = variables["params"]
+      batch_stats = None if config.model_init.params_only else variables["batch_stats"]
     else:
       raise ValueError(f"model_init.kind must be 'passt_torch' or 'run', got "
                        f"{config.model_init.kind!r}")

@@ -9,19 +9,22 @@
   the mean of the softmaxes, report 001) and the members' metadata. The temperature is applied
   when training, so both modes are exact at any τ.
 * Loading checks that the cache was made for this run: same split (fingerprint of the file
-  list), same members, same mode, and each member's config unchanged since it predicted.
+  list), same members, same mode, and each member's cache against the record of the stage that
+  wrote it (`predict.done.json`: token and config fingerprint), never against `config.json`,
+  which a later call of the same workdir rewrites.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
 import numpy as np
 
+from jax_asc import fingerprint
 from jax_asc.data.dataset import Split
 from jax_asc.train import checkpoint as checkpoint_lib
 
@@ -38,17 +41,6 @@ def split_fingerprint(split: Split) -> str:
   return h.hexdigest()[:16]
 
 
-def run_fingerprint(config_json: str) -> str:
-  """Fingerprint of a run's configuration, ignoring `stage` (which stages a call runs)."""
-  cfg = json.loads(config_json)
-  cfg.pop("stage", None)
-  return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def config_fingerprint(config) -> str:
-  return run_fingerprint(config.to_json_best_effort(sort_keys=True))
-
-
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
@@ -58,9 +50,36 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def workdir_fingerprint(workdir: str) -> str:
-  with open(os.path.join(workdir, "config.json")) as f:
-    return run_fingerprint(f.read())
+# Stages whose checkpoints a teacher's predictions come from: a record of one of them with
+# another fingerprint than the cache's means the teacher changed after it predicted.
+MODEL_STAGES = ("train", "distill", "soup", "finetune_device")
+
+
+stage_record = fingerprint.read_record
+
+
+def check_member_record(member: str, meta: Dict, path: str) -> Optional[str]:
+  """The problem with teacher `member`'s prediction cache `path` (metadata `meta`), or None.
+
+  The cache is checked against the record of the run that made it: the member's
+  `predict.done.json` must carry the cache's token (it finished writing this cache), and no
+  model-making stage of the member may have run since with another configuration.
+  """
+  record = stage_record(member, "predict")
+  if record is None:
+    return (f"{member} has no predict.done.json: {path} was not finished by a predict stage "
+            "(re-run it)")
+  made_by = meta.get("teacher_config_fingerprint")
+  if record.get("token") != meta.get("token"):
+    return (f"{path} is not the cache {member}'s last predict stage wrote (token "
+            f"{meta.get('token')} ≠ {record.get('token')}): re-run its predict stage")
+  for stage in MODEL_STAGES:
+    done = stage_record(member, stage)
+    if done is not None and done.get("config_fingerprint") != made_by:
+      return (f"teacher {member} changed since it predicted: its {stage} stage ran with "
+              f"configuration {done.get('config_fingerprint')}, {path} was predicted with "
+              f"{made_by}; re-run its predict stage")
+  return None
 
 
 def predictions_path(workdir: str, split_name: str) -> str:
@@ -122,11 +141,9 @@ def build_ensemble(config, split: Split) -> Tuple[np.ndarray, Dict]:
       raise FileNotFoundError(f"{path} does not exist: run the predict stage of teacher {member} "
                               f"on split {split.name!r} first")
     filenames, logits, meta = load_cache(path)
-    current = workdir_fingerprint(member)
-    if meta.get("teacher_config_fingerprint") != current:
-      raise CacheMismatchError(f"{path} was predicted by configuration "
-                               f"{meta.get('teacher_config_fingerprint')}, but {member} is now "
-                               f"configured as {current}: re-run its predict stage")
+    problem = check_member_record(member, meta, path)
+    if problem:
+      raise CacheMismatchError(problem)
     if list(meta.get("classes", [])) != list(split.classes):
       raise CacheMismatchError(f"{path} has classes {meta.get('classes')}, the split has "
                                f"{list(split.classes)}")
@@ -155,9 +172,11 @@ def load_ensemble(config, workdir: str, split: Split) -> np.ndarray:
     problems.append(f"members {[m.get('workdir') for m in meta.get('members', [])]} ≠ "
                     f"teacher.members {expected}")
   for member in meta.get("members", []):
-    if (os.path.exists(os.path.join(member["workdir"], "config.json")) and
-        workdir_fingerprint(member["workdir"]) != member.get("teacher_config_fingerprint")):
-      problems.append(f"teacher {member['workdir']} changed since it predicted")
+    if os.path.isdir(member["workdir"]):   # a moved teacher folder: the cache still stands
+      problem = check_member_record(member["workdir"], member,
+                                    predictions_path(member["workdir"], split.name))
+      if problem:
+        problems.append(problem)
   if meta.get("split_fingerprint") != split_fingerprint(split):
     problems.append(f"split fingerprint {meta.get('split_fingerprint')} ≠ this run's "
                     f"{split_fingerprint(split)} (other files or sample rate)")

@@ -64,8 +64,11 @@ def run(config, workdir: str) -> dict:
 
 
 def run_distill(config, workdir: str) -> dict:
-  weights = config.loss.weights
-  if not (weights.kd > 0 or weights.feature > 0):
-    raise ValueError("stage distill needs a teacher term: set loss.weights.kd (with "
-                     "teacher.members) and/or loss.weights.feature (with teacher.online)")
+  from jax_asc.losses import registry
+  settings = tasks.loss_settings(config)
+  teacher_terms = [t for t in registry.active(config.loss.terms)
+                   if registry.TERMS[t].teacher_name(settings[t])]
+  if not teacher_terms:
+    raise ValueError("stage distill needs a teacher term in loss.terms: e.g. kd (with "
+                     "teacher.members) or ssfm / dfm (with teacher.online)")
   return fit_run(config, workdir, "distill")

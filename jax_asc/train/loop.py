@@ -1,9 +1,10 @@
 """The one training loop every recipe reuses.
 
-A recipe hands in a `Task`: the model, how a batch becomes model input on the device (frontend and
-augmentation, with an explicit key), and the loss. The loop owns everything else: the train state,
-the jitted, sharded, buffer-donating update step, the data order, evaluation cadence, metrics,
-checkpoints and resuming.
+A recipe hands in a `Task` (`step.Task`): the model, how a batch becomes model input on the
+device (frontend and augmentation, with an explicit key), the teacher and the loss. What one
+step does is `step.train_step`; training from a split held on the accelerator is
+`on_accelerator`. The loop owns the rest: the train state, jitting the step (sharded, buffer
+donating), the data order, chunks of steps, evaluation cadence, metrics, checkpoints, resuming.
 
 Resume order (what happens when a run starts):
   1. build the optimizer and an initial state from `config.seed` (same shapes as any checkpoint);
@@ -23,9 +24,8 @@ import functools
 import logging
 import math
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,11 +33,12 @@ from clu import metrics as clu_metrics
 from clu import periodic_actions
 from jax.experimental import multihost_utils
 
-from jax_asc.losses import pit
 from jax_asc.train import checkpoint as checkpoint_lib
 from jax_asc.train import mesh as mesh_lib
+from jax_asc.train import on_accelerator
 from jax_asc.train import optim
 from jax_asc.train import state as state_lib
+from jax_asc.train import step as step_lib
 from jax_asc.train import writers
 from jax_asc.train.state import TrainState
 
@@ -48,22 +49,10 @@ INIT_O0_LIMIT = 10_000_000
 Batch = Dict[str, jax.Array]
 
 
-@dataclasses.dataclass(frozen=True)
-class DeviceData:
-  """The training split held in device memory: each step gathers its batch by row index inside
-  the jitted program, and `steps_per_call` steps run per call (a scan), so an accelerator never
-  waits on the host.
-
-  arrays: `waveform` (N, samples) in its storage dtype (float16, float32 or int16 PCM) and the
-    per-example columns `label`, `device`, `index` (N,), all NumPy; replicated on every device.
-  waveform_scale: float32 factor applied after the cast to float32 (int16 PCM), as
-    `Split.float_waveforms` does, so both paths see the same samples.
-  rows: global step → (global_batch,) row indices: the same order as the host pipeline.
-  """
-  arrays: Dict[str, np.ndarray]
-  rows: Callable[[int], np.ndarray]
-  steps_per_call: int = 8
-  waveform_scale: float = 1.0
+# The task and the split on the accelerator live beside the step; these names stay importable.
+Task = step_lib.Task
+Prepared = step_lib.Prepared
+AcceleratorData = on_accelerator.AcceleratorData
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +63,12 @@ class TrainData:
   batches: start_step → iterator of this host's batches (dicts of NumPy arrays) from that
     global step on, in the deterministic order of the run.
   example: a host batch with the shapes of training (default: the first of `batches`).
-  on_device: when set, `fit` trains from the split held on the devices instead of `batches`.
+  accelerator: when set, `fit` trains from the split held on the accelerators instead of `batches`.
   """
   steps_per_epoch: int
   batches: Callable[[int], Iterator[Dict[str, np.ndarray]]]
   example: Optional[Callable[[], Dict[str, np.ndarray]]] = None
-  on_device: Optional[DeviceData] = None
+  accelerator: Optional[AcceleratorData] = None
 
   def example_batch(self) -> Dict[str, np.ndarray]:
     """A host batch with the shapes of training (for initialisation)."""
@@ -92,80 +81,33 @@ class TrainData:
       getattr(batches, "close", lambda: None)()
 
 
-class Prepared(NamedTuple):
-  """What `Task.make_inputs` may return instead of a bare model input: the model input plus
-  extra arrays (mixup permutation and weights, a teacher's input, …) that the teacher and the
-  loss see as additional entries of the batch."""
-  model_input: Any
-  extras: Dict[str, Any]
-
-
-def _split_prepared(prepared) -> tuple:
-  if isinstance(prepared, Prepared):
-    return prepared.model_input, prepared.extras
-  return prepared, {}
-
-
-def _default_logits(output):
-  return output["logits"] if isinstance(output, dict) else output
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """The recipe-specific parts of training.
-
-  model: Flax module called as `model.apply(variables, inputs, train=…)` (plus
-    `return_features=True` when `features`).
-  make_inputs: (key or None, batch) → model input or `Prepared`, on the device inside jit; key
-    None means evaluation (no augmentation).
-  loss: (model output in training mode, batch, key, loss_state) →
-    (scalar loss, {name: scalar} metrics, new loss_state). The batch holds the `Prepared.extras`
-    and, with a teacher, its output under "teacher".
-  logits: model output → (B, C) logits for evaluation.
-  init_loss_state: key → the initial loss state (e.g. CRD's memory banks), kept in the train
-    state, checkpointed and restored with it; None when the loss keeps no state.
-  features: call the model with `return_features=True` (a dict with "logits", "embedding", …).
-  teacher: (frozen_variables, batch) → teacher output, run inside the jitted step on the same
-    augmented batch (frozen: no gradient, not in the train state).
-  frozen_variables: the teachers' variables (or cached teacher targets), handed to every step
-    as a replicated argument (not baked into the compiled program).
-  train_kwargs: batch (with the teacher output) → extra keyword arguments of the model in
-    training (e.g. teacher feature maps for trainable DFM adapters); None: none.
-  """
-  model: nn.Module
-  make_inputs: Callable[[Optional[jax.Array], Batch], Any]
-  loss: Callable[[Any, Batch, jax.Array, Any], tuple]
-  logits: Callable[[Any], jax.Array] = _default_logits
-  init_loss_state: Optional[Callable[[jax.Array], Any]] = None
-  features: bool = False
-  teacher: Optional[Callable[[Any, Batch], Any]] = None
-  frozen_variables: Any = None
-  train_kwargs: Optional[Callable[[Batch], Dict[str, Any]]] = None
-
-  def apply(self, variables, inputs, **kwargs):
-    if self.features:
-      kwargs["return_features"] = True
-    return self.model.apply(variables, inputs, **kwargs)
-
-
 class Trainer:
-  """Jitted, sharded init / train / predict functions for one task and optimizer."""
+  """Jitted, sharded init / train / predict functions for one task and optimizer.
 
-  def __init__(self, task: Task, tx, mesh, *, ema_decay: float = 0.0):
+  `frozen_mask`: True where a parameter is frozen (`optim.frozen_mask`), None: all trained.
+  """
+
+  def __init__(self, task: Task, tx, mesh, *, ema_decay: float = 0.0,
+               frozen_mask: Optional[Any] = None):
+    step_lib.check_task(task, ema_decay)
     self.task, self.tx, self.mesh, self.ema_decay = task, tx, mesh, ema_decay
+    self.frozen_mask = frozen_mask
     rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
     self._rep = rep
     self._frozen = jax.device_put(task.frozen_variables, rep)
-    self._train = jax.jit(self._train_step, in_shardings=(rep, data, rep),
+    self._step = functools.partial(step_lib.train_step, task=task, tx=tx, ema_decay=ema_decay,
+                                   frozen_mask=frozen_mask)
+    self._train = jax.jit(self._step, in_shardings=(rep, data, rep),
                           out_shardings=(rep, rep), donate_argnums=(0,))
-    self._predict = jax.jit(self._predict_step, in_shardings=(rep, rep, data), out_shardings=data)
+    self._predict = jax.jit(functools.partial(step_lib.predict_step, task=task),
+                            in_shardings=(rep, rep, data), out_shardings=data)
     self._train_many = None
 
   def train_step(self, state: TrainState, batch: Batch):
     """One optimizer step on a global batch: (new state, {metric: scalar})."""
     return self._train(state, batch, self._frozen)
 
-  def put_device_data(self, data: DeviceData) -> Dict[str, jax.Array]:
+  def put_accelerator_data(self, data: AcceleratorData) -> Dict[str, jax.Array]:
     """The split's arrays on every device (replicated), for `train_steps`."""
     return jax.device_put({k: np.asarray(v) for k, v in data.arrays.items()}, self._rep)
 
@@ -176,39 +118,20 @@ class Trainer:
     `active` are skipped. Returns (new state, {metric: (K,) per step, 0 where skipped})."""
     if self._train_many is None:
       data = mesh_lib.batch_sharded(self.mesh, axis=1)
-      self._train_many = jax.jit(self._train_scan, in_shardings=(self._rep, self._rep, data,
-                                                                 self._rep, self._rep),
+      scan = functools.partial(on_accelerator.train_steps, self._step)
+      self._train_many = jax.jit(scan, in_shardings=(self._rep, self._rep, data,
+                                                     self._rep, self._rep),
                                  out_shardings=(self._rep, self._rep), static_argnums=(5,),
                                  donate_argnums=(0,))
     rows = mesh_lib.global_array(np.asarray(rows, np.int32), self.mesh, axis=1)
     return self._train_many(state, arrays, rows, jnp.int32(active), self._frozen,
                             float(waveform_scale))
 
-  def _train_scan(self, state, arrays, rows, active, frozen, waveform_scale):
-    def gather(step_rows):
-      waveform = arrays["waveform"][step_rows].astype(jnp.float32)
-      if waveform_scale != 1.0:
-        waveform = waveform * jnp.float32(waveform_scale)
-      batch = {k: v[step_rows] for k, v in arrays.items() if k != "waveform"}
-      return dict(batch, waveform=waveform, mask=jnp.ones(step_rows.shape, bool))
-
-    def body(state, inputs):
-      index, step_rows = inputs
-
-      def run(state):
-        return self._train_step(state, gather(step_rows), frozen)
-
-      def skip(state):
-        shapes = jax.eval_shape(run, state)[1]
-        return state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-      return jax.lax.cond(index < active, run, skip, state)
-    return jax.lax.scan(body, state, (jnp.arange(rows.shape[0]), rows))
-
   def init(self, seed: int, example_batch: Batch) -> TrainState:
     def init_fn(batch):
       rng = jax.random.PRNGKey(seed)
       init_rng, state_rng, loss_rng = jax.random.split(rng, 3)
-      inputs, _ = _split_prepared(self.task.make_inputs(None, batch))
+      inputs, _ = step_lib.split_prepared(self.task.make_inputs(None, batch))
       variables = self.task.model.init(init_rng, inputs, train=False)
       loss_state = (None if self.task.init_loss_state is None
                     else self.task.init_loss_state(loss_rng))
@@ -220,41 +143,6 @@ class Trainer:
     # they save (tiny CP-Mobile: 4.5 s → 1.5 s); for PaSST-S (86 M parameters) they pay off.
     options = {"xla_backend_optimization_level": 0} if numbers < INIT_O0_LIMIT else {}
     return lowered.compile(compiler_options=options)(example_batch)
-
-  def _train_step(self, state: TrainState, batch: Batch, frozen):
-    rng = jax.random.fold_in(state.rng, state.step)
-    k_inputs, k_model, k_loss, k_patchout = jax.random.split(rng, 4)
-    inputs, extras = _split_prepared(self.task.make_inputs(k_inputs, batch))
-    batch = dict(batch, **extras)
-    if self.task.teacher is not None:
-      batch["teacher"] = jax.lax.stop_gradient(self.task.teacher(frozen, batch))
-
-    model_kwargs = {} if self.task.train_kwargs is None else self.task.train_kwargs(batch)
-
-    def loss_fn(params):
-      output, updates = self.task.apply(
-          {"params": params, "batch_stats": state.batch_stats}, inputs, train=True,
-          mutable=["batch_stats"], rngs={"dropout": k_model, "patchout": k_patchout},
-          **model_kwargs)
-      loss, metrics, loss_state = self.task.loss(output, batch, k_loss, state.loss_state)
-      return loss, (metrics, updates.get("batch_stats", state.batch_stats), loss_state)
-
-    (loss, (metrics, batch_stats, loss_state)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state.params, updates)
-    ema = state.ema_params
-    if ema is not None:
-      ema = pit.ema_update(ema, params, self.ema_decay)
-    metrics = dict(metrics, loss=loss, grad_norm=_global_norm(grads))
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state, ema_params=ema, loss_state=loss_state)
-    return new_state, metrics
-
-  def _predict_step(self, params, batch_stats, batch):
-    inputs, _ = _split_prepared(self.task.make_inputs(None, batch))
-    output = self.task.apply({"params": params, "batch_stats": batch_stats}, inputs, train=False)
-    return self.task.logits(output).astype(jnp.float32)
 
   def predict(self, state: TrainState, local_batches: Iterable[Dict[str, np.ndarray]], *,
               num_examples: int, use_ema: bool = False) -> np.ndarray:
@@ -272,10 +160,6 @@ class Trainer:
     if len(logits) != num_examples:
       raise RuntimeError(f"predicted {len(logits)} rows for {num_examples} examples")
     return logits
-
-
-def _global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 _NO_BAD_STEP = np.iinfo(np.int32).max
@@ -328,11 +212,13 @@ def setup(task: Task, config, train_data: TrainData, mesh=None,
   example = mesh_lib.global_batch(train_data.example_batch(), mesh)
   abstract_params = jax.eval_shape(
       lambda b: task.model.init(jax.random.PRNGKey(0),
-                                _split_prepared(task.make_inputs(None, b))[0], train=False),
+                                step_lib.split_prepared(task.make_inputs(None, b))[0],
+                                train=False),
       example)["params"]
   tx, schedule = optim.make_optimizer(config.optimizer, config.schedule, abstract_params,
                                       total_steps, train_data.steps_per_epoch)
-  trainer = Trainer(task, tx, mesh, ema_decay=config.ema_decay)
+  trainer = Trainer(task, tx, mesh, ema_decay=config.ema_decay,
+                    frozen_mask=optim.frozen_mask(config.optimizer, abstract_params))
   state = trainer.init(config.seed, example)
   if initialize is not None:
     state = jax.device_put(initialize(state), mesh_lib.replicated(mesh))
@@ -353,7 +239,8 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
         initialize: Optional[Callable[[TrainState], TrainState]] = None) -> FitResult:
   """Trains `task` on `train_data` as `config` says; resumes from `workdir` when it can.
 
-  Config keys used: seed, batch_size, num_epochs, optimizer.*, schedule.*, ema_decay,
+  Config keys used: seed, batch_size, num_epochs, optimizer.* (param_groups too), schedule.*,
+  ema_decay,
   eval_every_epochs, log_every_steps, checkpoint.{every_steps, best_metric, best_mode, keep_best}.
   `evaluate(trainer, state)` returns scalar metrics (logged; `checkpoint.best_metric` picks the
   best-k checkpoints). `hooks` run after every step with (steps done, state) (on the device
@@ -382,10 +269,10 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
                                              every_steps=max(steps_per_epoch, 1))
   accum = int(config.optimizer.grad_accum_steps)
 
-  device_data = train_data.on_device
-  if device_data is not None:
-    batches, arrays = None, trainer.put_device_data(device_data)
-    per_call = max(int(device_data.steps_per_call), 1)
+  accelerator_data = train_data.accelerator
+  if accelerator_data is not None:
+    batches, arrays = None, trainer.put_accelerator_data(accelerator_data)
+    per_call = max(int(accelerator_data.steps_per_call), 1)
   else:
     batches = train_data.batches(start_step)
   stops = (steps_per_epoch, config.log_every_steps, ckpt_cfg.every_steps)
@@ -413,19 +300,19 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
     done = start_step
     while done < total_steps:
       step = done
-      if device_data is None:
+      if accelerator_data is None:
         batch = mesh_lib.global_batch(next(batches), trainer.mesh)
         state, step_metrics = trainer.train_step(state, batch)
         count = 1
       else:   # up to the next log, evaluation or checkpoint, at most `per_call` steps
         count = min(per_call, _next_stop(step, total_steps, stops) - step)
-        rows = np.stack([device_data.rows(s) for s in range(step, step + count)] +
-                        [device_data.rows(step)] * (per_call - count))
+        rows = np.stack([accelerator_data.rows(s) for s in range(step, step + count)] +
+                        [accelerator_data.rows(step)] * (per_call - count))
         host = jax.process_index()
         per_host = rows.shape[1] // jax.process_count()
         state, step_metrics = trainer.train_steps(
             state, arrays, rows[:, host * per_host:(host + 1) * per_host], count,
-            device_data.waveform_scale)
+            accelerator_data.waveform_scale)
       tracker = _track(tracker, step_metrics, step + 1, count, steps_summed == 0)
       steps_summed += count
       done = step + count
@@ -468,7 +355,7 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
       print(line, flush=True)
     check_finite()
   finally:
-    getattr(batches, "close", lambda: None)()   # a tf.data generator (None on the device path)
+    getattr(batches, "close", lambda: None)()   # a tf.data generator (None on the accelerator path)
     checkpoints.wait()
     checkpoints.close()
     writer.flush()

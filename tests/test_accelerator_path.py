@@ -1,4 +1,4 @@
-"""The on-device data path (`data.pipeline = "device"`): the split held on the devices, batches
+"""The accelerator data path (`data.pipeline = "accelerator"`): the split held on the accelerators, batches
 gathered inside the step, several steps per call; against the tf.data path."""
 import os
 
@@ -17,7 +17,7 @@ def _split(config):
 
 
 def _device_config(config, steps_per_call=3):
-  config.data.pipeline = "device"
+  config.data.pipeline = "accelerator"
   config.data.steps_per_call = steps_per_call
   return config
 
@@ -34,7 +34,7 @@ def test_device_batches_are_the_host_pipelines_batches(tiny_config):
   split = _split(config)
   host = common.train_data(config, split)
   device = common.train_data(_device_config(config.copy_and_resolve_references()), split)
-  data = device.on_device
+  data = device.accelerator
   assert data.arrays["waveform"].dtype == split.waveform.dtype   # no float32 copy of the split
   batches = host.batches(0)
   for step in range(5):   # across the epoch boundary (4 steps per epoch)
@@ -56,8 +56,8 @@ def test_device_path_trains_like_the_host_path(tiny_config, tmp_path):
   task = common.classification_task(config, split)
   host = loop.fit(task, config, str(tmp_path / "host"), common.train_data(config, split)).state
   device_config = _device_config(config.copy_and_resolve_references())
-  device_data = common.train_data(device_config, split)
-  device = loop.fit(task, device_config, str(tmp_path / "device"), device_data).state
+  accelerator_data = common.train_data(device_config, split)
+  device = loop.fit(task, device_config, str(tmp_path / "device"), accelerator_data).state
   assert int(device.step) == int(host.step) == 8
   assert _max_relative_difference(device.params, host.params) < 1e-3
   assert _max_relative_difference(device.batch_stats, host.batch_stats) < 1e-3
@@ -122,7 +122,7 @@ def test_device_path_reaches_the_host_paths_accuracy(tiny_config, tmp_path):
   config.log_every_steps = 10
   splits = common.load_splits(config, "train", "validation")
   accuracy = {}
-  for pipeline_name in ("tf_data", "device"):
+  for pipeline_name in ("tf_data", "accelerator"):
     run_config = config.copy_and_resolve_references()
     run_config.data.pipeline = pipeline_name
     task = common.classification_task(run_config, splits["train"])
@@ -131,4 +131,4 @@ def test_device_path_reaches_the_host_paths_accuracy(tiny_config, tmp_path):
     scores = common.evaluate_split(result.trainer, result.state, splits["validation"], 80)
     accuracy[pipeline_name] = scores["accuracy"]
   assert min(accuracy.values()) > 0.35, accuracy   # both learned (chance: 0.1)
-  assert abs(accuracy["device"] - accuracy["tf_data"]) <= 0.3, accuracy
+  assert abs(accuracy["accelerator"] - accuracy["tf_data"]) <= 0.3, accuracy

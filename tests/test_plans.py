@@ -1,0 +1,120 @@
+"""The plan runner (jax_asc/plans.py): which stages run again when a config changes.
+
+The stages are replaced by a fake that records the call and writes the stage's `.done.json` as
+every real stage does (`stages.common.write_done`), so these tests check the runner's decisions
+alone; tests/test_launch.py runs the real report plans end to end.
+"""
+import json
+import os
+import textwrap
+
+import pytest
+
+from jax_asc import main, plans
+from jax_asc.stages import common
+
+CONFIG = textwrap.dedent('''
+    import ml_collections
+    from jax_asc import plans
+
+    def get_config(arg=None):
+      role = arg.split(",")[0]
+      return ml_collections.ConfigDict(dict(
+          stage="", role=role, lr=0.1, members="",
+          model_init=dict(path="", kind="passt_torch", checkpoint="best", params_only=False)))
+
+    def get_plan():
+      return plans.Plan("toy", __file__, (
+          plans.Run("teachers/a", "teacher", ("train", "predict")),
+          plans.Run("teachers/b", "teacher", ("train", "predict")),
+          plans.Run("students/s", "student", ("ensemble", "distill", "evaluate"),
+                    {"members": plans.member_paths("a")}, needs=("teachers/a",)),
+          plans.Run("students/s2", "student", ("train",), init_from=plans.InitFrom(
+              "students/s", "latest", params_only=True))))
+    ''')
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+  config_file = tmp_path / "toy_config.py"
+  config_file.write_text(CONFIG)
+  calls = []
+
+  def fake_run(config, workdir):
+    calls.append((os.path.relpath(workdir, tmp_path / "chain"), config.stage))
+    os.makedirs(workdir, exist_ok=True)
+    common.write_done(workdir, config.stage, config)
+  monkeypatch.setattr(main, "run", fake_run)
+
+  def run(**lr):
+    plan = plans.load_plan(str(config_file))
+    if lr:   # a changed hyper-parameter of one run
+      runs = tuple(plans.Run(r.path, r.role, r.stages, dict(r.overrides, **lr.get(r.path, {})),
+                             r.needs, r.init_from) for r in plan.runs)
+      plan = plans.Plan(plan.name, plan.config, runs)
+    calls.clear()
+    plans.run_plan(plan, str(tmp_path / "chain"), smoke=True)
+    return list(calls)
+  return run, tmp_path / "chain"
+
+
+def test_fresh_plan_runs_everything_then_nothing(toy):
+  run, _ = toy
+  assert run() == [("teachers/a", "train"), ("teachers/a", "predict"),
+                   ("teachers/b", "train"), ("teachers/b", "predict"),
+                   ("students/s", "ensemble"), ("students/s", "distill"),
+                   ("students/s", "evaluate"), ("students/s2", "train")]
+  assert run() == []
+
+
+def test_changed_config_reruns_that_run_and_everything_downstream(toy):
+  run, chain = toy
+  run()
+  # Teacher a's learning rate changes: a reruns, and so do the student that needs it and the
+  # run initialised from that student; teacher b is untouched.
+  assert run(**{"teachers/a": {"lr": 0.2}}) == [
+      ("teachers/a", "train"), ("teachers/a", "predict"), ("students/s", "ensemble"),
+      ("students/s", "distill"), ("students/s", "evaluate"), ("students/s2", "train")]
+  assert run(**{"teachers/a": {"lr": 0.2}}) == []
+  # A change of the student's own settings reruns it from its first stage (and s2), not a.
+  assert run(**{"teachers/a": {"lr": 0.2}, "students/s": {"lr": 0.3}}) == [
+      ("students/s", "ensemble"), ("students/s", "distill"), ("students/s", "evaluate"),
+      ("students/s2", "train")]
+  # Deleting a record redoes that stage and what follows it, in this run and downstream.
+  os.remove(chain / "students" / "s" / "distill.done.json")
+  assert run(**{"teachers/a": {"lr": 0.2}, "students/s": {"lr": 0.3}}) == [
+      ("students/s", "distill"), ("students/s", "evaluate"), ("students/s2", "train")]
+
+
+def test_records_hold_fingerprint_and_consumed_tokens(toy):
+  run, chain = toy
+  run()
+  record = json.loads((chain / "students" / "s" / "ensemble.done.json").read_text())
+  teacher = json.loads((chain / "teachers" / "a" / "predict.done.json").read_text())
+  assert record["upstream"] == {"teachers/a:predict": teacher["token"]}
+  distill = json.loads((chain / "students" / "s" / "distill.done.json").read_text())
+  assert distill["upstream"] == {"students/s:ensemble": record["token"],
+                                 "teachers/a:predict": teacher["token"]}
+  # `stage` is not part of the fingerprint: every stage of a run records the same one.
+  assert record["config_fingerprint"] == distill["config_fingerprint"]
+
+
+def test_init_from_sets_model_init_and_plan_checks_order(toy, tmp_path):
+  plan = plans.load_plan(str(tmp_path / "toy_config.py"))
+  config = plans.run_config(plan, plan.runs[3], "/w", "smoke", True)
+  assert config.model_init.to_dict() == {"path": "/w/students/s", "kind": "run",
+                                         "checkpoint": "latest", "params_only": True}
+  assert plans.dependencies(plan)[3] == [2]
+  with pytest.raises(ValueError, match="needs 'teachers/z', which is not an earlier run"):
+    plans.Plan("bad", "x.py", (plans.Run("students/s", "student", ("train",),
+                                         needs=("teachers/z",)),))
+
+
+def test_report_plans_declare_their_needs():
+  for name in ("report000_dafa", "report001_joint_kd", "report002_teachers"):
+    plan = plans.load_plan(f"configs/{name}.py")
+    for run in plan.runs:
+      for value in run.overrides.values():   # every teacher a run reads is one it needs
+        for item in str(value).split(","):
+          if item.startswith("{workdir}/"):
+            assert item[len("{workdir}/"):] in run.all_needs(), (name, run.path, item)
