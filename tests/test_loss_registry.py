@@ -113,3 +113,22 @@ def test_evaluation_needs_no_teacher_run(tmp_path):
   assert task.logits(task.apply(variables, x)).shape == (n, 10)
   with pytest.raises(FileNotFoundError, match="moved_away"):   # training does need it
     tasks.build_task(config, split, str(tmp_path / "run"))
+
+
+def test_kd_from_the_students_own_ema_trains_the_classification_task(tiny_config, tmp_path):
+  """`loss.kd.teacher = "ema"`: the classification task distils from its own EMA (report 004's
+  EMA teacher, by config); without an EMA it is an error naming config.ema_decay."""
+  from jax_asc.stages import common
+  from jax_asc.train import loop
+  config = tiny_config
+  config.loss.terms.update(ce=0.5, kd=0.5)
+  config.loss.kd.teacher = "ema"
+  split = common.load_splits(config, "train")["train"]
+  with pytest.raises(ValueError, match="config.ema_decay"):
+    tasks.build_task(config, split)
+  config.ema_decay = 0.9
+  task = tasks.build_task(config, split)
+  assert task.ema_teacher and task.teacher is not None
+  result = loop.fit(task, config, str(tmp_path / "ema_kd"), common.train_data(config, split))
+  assert int(result.state.step) == config.num_epochs * result.steps_per_epoch
+  assert tasks.eval_task(config, split).teacher is None   # evaluation needs no teacher

@@ -8,7 +8,8 @@ What a run trains is set by its config, not by code paths per recipe:
   of `teacher.members`, at `loss.kd.temperature`), dcsl / gdal on the embedding by device
   (report 000 eq. 2-4), dfm / ssfm from teacher "online" (a frozen run, `teacher.online`;
   report 001 eq. 4-5), supcon / soft_supcon on the embedding, cka / cosine against the online
-  teacher's embedding. Report 000 eq. 1 is {ce: 1 − λ, kd: λ}; report 001 eq. 3 is
+  teacher's embedding; any of kd / cka / cosine with `loss.<term>.teacher = "ema"` reads the
+  EMA of the student (`config.ema_decay`) as it was before the step (a mean teacher). Report 000 eq. 1 is {ce: 1 − λ, kd: λ}; report 001 eq. 3 is
   {kd: α, ssfm or dfm: β, ce: γ}.
 * `config.mix`: Freq-MixStyle / MixStyle on the student's log-mels, mixup of inputs and targets.
 * `config.teacher`: the ensemble members (cached logits) and the online teacher.
@@ -81,10 +82,16 @@ def build_task(config, split: Split, workdir: Optional[str] = None, *,
   student = models.build(config.model, n_classes=n_classes, dtype=dtype)
   frames = settings_fe.num_frames(split.num_samples)
 
-  use_kd = "kd" in weights
+  use_kd = any(registry.TERMS[t].teacher_name(settings[t]) == "ensemble" for t in weights)
   feature_terms = [t for t in FEATURE_TERMS if t in weights]
   online_terms = [t for t in weights if registry.TERMS[t].teacher_name(settings[t]) == "online"]
+  ema_terms = [t for t in weights if registry.TERMS[t].teacher_name(settings[t]) == "ema"]
   teacher_outputs: Dict[str, Tuple[str, ...]] = {}
+  if ema_terms:
+    if not config.ema_decay > 0:
+      raise ValueError(f"loss terms {ema_terms} read teacher 'ema' (the EMA of the student): "
+                       f"set config.ema_decay in (0, 1), got {config.ema_decay}")
+    teacher_outputs["ema"] = ("log_probs", "logits", "embedding")
   if use_kd or not need_teachers:
     teacher_outputs["ensemble"] = ("log_probs",)
   if online_terms and (config.teacher.online or not need_teachers):
@@ -138,6 +145,7 @@ def build_task(config, split: Split, workdir: Optional[str] = None, *,
         teachers.index_table(cache_split, member_logits.transpose(1, 0, 2)))  # (max idx+1, K, C)
 
   temperature = float(settings["kd"]["temperature"])
+  use_ema_teacher = bool(ema_terms) and need_teachers
   return_features = any(name in registry.TERMS[t].reads for t in weights
                         for name in ("embedding", "features", "adapted"))
 
@@ -155,14 +163,24 @@ def build_task(config, split: Split, workdir: Optional[str] = None, *,
       perm, lam = augment.mixup_draw(k_mixup, x.shape[0], mix.mixup_alpha)
       x = augment.mix(x, perm, lam)
       extras.update(mix_perm=perm, mix_lam=lam)
+    if use_ema_teacher:   # the mean teacher sees the student's augmented input
+      extras["ema_input"] = x
     if teacher_model is not None:
       xt = frontends.log_mel(waveform, teacher_settings)
       extras["teacher_input"] = xt if perm is None else augment.mix(xt, perm, lam)
     return loop.Prepared(x, extras)
 
   def teacher(frozen_vars, batch):
-    """{teacher name: outputs}: "ensemble" (cached KD targets), "online" (the frozen run)."""
+    """{teacher name: outputs}: "ensemble" (cached KD targets), "online" (the frozen run),
+    "ema" (the student's EMA before this step, on the same augmented input)."""
     out = {}
+    if use_ema_teacher:
+      ema_out = model.apply(frozen_vars["ema"], batch["ema_input"], train=False,
+                            **({"return_features": True} if return_features else {}))
+      logits = ema_out["logits"] if isinstance(ema_out, dict) else ema_out
+      out["ema"] = {"logits": logits, "log_probs": jax.nn.log_softmax(
+          logits.astype(jnp.float32) / temperature, axis=-1),
+                    "embedding": ema_out.get("embedding") if isinstance(ema_out, dict) else None}
     if "teacher_logits" in frozen_vars:
       members = frozen_vars["teacher_logits"][batch["index"]]               # (B, K, C)
       log_p = distillation.ensemble_log_probs(members.transpose(1, 0, 2), temperature,
@@ -196,13 +214,14 @@ def build_task(config, split: Split, workdir: Optional[str] = None, *,
     metrics["accuracy"] = (logits.argmax(-1) == labels).mean()
     return value, metrics, (states or loss_state)
 
-  has_teacher = bool(frozen)
+  has_teacher = bool(frozen) or use_ema_teacher
   train_kwargs = None
   if "dfm" in weights and teacher_model is not None:
     train_kwargs = lambda batch: {"teacher_features": batch["teacher"]["online"]["features"]}
   return loop.Task(model=model, make_inputs=make_inputs, loss=loss, features=return_features,
                    teacher=teacher if has_teacher else None,
-                   frozen_variables=frozen if has_teacher else None, train_kwargs=train_kwargs)
+                   frozen_variables=frozen if has_teacher else None, train_kwargs=train_kwargs,
+                   ema_teacher=use_ema_teacher)
 
 
 def eval_task(config, split: Split, dtype=jnp.float32) -> loop.Task:
