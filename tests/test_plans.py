@@ -118,3 +118,55 @@ def test_report_plans_declare_their_needs():
         for item in str(value).split(","):
           if item.startswith("{workdir}/"):
             assert item[len("{workdir}/"):] in run.all_needs(), (name, run.path, item)
+
+
+TWO_PHASE = textwrap.dedent('''
+    from configs import quickstart
+    from jax_asc import plans
+
+    def get_config(arg=None):
+      config = quickstart.get_config("tiny")
+      config.stage = "train"
+      if arg.split(",")[0] == "frozen_backbone":
+        config.optimizer.param_groups = (("(b[0-9]|stem_[0-9])/.*", {"frozen": True}),)
+      return config
+
+    def get_plan():
+      return plans.Plan("two_phase", __file__, (
+          plans.Run("phase1", "frozen_backbone", ("train",)),
+          plans.Run("phase2", "end_to_end", ("train",),
+                    init_from=plans.InitFrom("phase1", "latest", params_only=True))))
+    ''')
+
+
+def test_two_phase_recipe_frozen_backbone_then_end_to_end(tmp_path, data_dir):
+  """Report 003's recipe shape as a plan: phase 1 trains the head on a frozen backbone, phase 2
+  starts from phase 1's parameters (`init_from`, params only) and trains everything."""
+  import jax
+  import numpy as np
+  from jax_asc.stages import tasks
+  from jax_asc.train import loop
+  config_file = tmp_path / "two_phase.py"
+  config_file.write_text(TWO_PHASE)
+  plan = plans.load_plan(str(config_file))
+  chain = tmp_path / "chain"
+  plans.run_plan(plan, str(chain), smoke=True)
+
+  phase1 = plans.run_config(plan, plan.runs[0], str(chain), "smoke", True)
+  split = common.load_splits(phase1, "train")["train"]
+  fresh = loop.setup(tasks.build_task(phase1, split), phase1,
+                     common.train_data(phase1, split)).state.params
+  after1 = common.restore_variables(phase1, str(chain / "phase1"), "latest")[0]["params"]
+  phase2 = plans.run_config(plan, plan.runs[1], str(chain), "smoke", True)
+  after2 = common.restore_variables(phase2, str(chain / "phase2"), "latest")[0]["params"]
+  for name in fresh:
+    same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(fresh[name]),
+                                                    jax.tree.leaves(after1[name])))
+    assert same == (not name.startswith("head")), name   # phase 1: only the head moved
+    moved = not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after1[name]),
+                                                         jax.tree.leaves(after2[name])))
+    assert moved, name                                   # phase 2: everything trains
+  record = json.loads((chain / "phase2" / "train.done.json").read_text())
+  phase1_record = json.loads((chain / "phase1" / "train.done.json").read_text())
+  assert record["upstream"] == {"phase1:train": phase1_record["token"]}
+  assert phase2.model_init.params_only and phase2.model_init.kind == "run"

@@ -242,7 +242,7 @@ def pretrained_initializer(config):
       loaded = convert.passt_params(convert.load_torch_state_dict(source))
       batch_stats = None
     elif config.model_init.kind == "run":
-      variables, _ = teachers.load_frozen_teacher(source, config.model_init.checkpoint)
+      _, variables = teachers.load_frozen_teacher(source, config.model_init.checkpoint)
       loaded = variables["params"]
       batch_stats = None if config.model_init.params_only else variables["batch_stats"]
     else:
