@@ -70,12 +70,12 @@ def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
 
 def _split(num_clips: int, seed: int = 0) -> Split:
   rng = np.random.default_rng(seed)
-  return Split(name="bench", waveform=(rng.standard_normal((num_clips, SAMPLES)) * 0.1
-                                       ).astype(np.float16),
-               label=rng.integers(0, 10, num_clips).astype(np.int32),
-               device=np.zeros(num_clips, np.int32),
-               filename=np.array([f"{i}.wav" for i in range(num_clips)]),
-               index=np.arange(num_clips, dtype=np.int32), classes=tuple(map(str, range(10))),
+  columns = dict(waveform=(rng.standard_normal((num_clips, 1, SAMPLES)) * 0.1).astype(np.float16),
+                 label=rng.integers(0, 10, num_clips).astype(np.int32),
+                 recording_device=np.zeros(num_clips, np.int32),
+                 filename=np.array([f"{i}.wav" for i in range(num_clips)]),
+                 index=np.arange(num_clips, dtype=np.int32))
+  return Split(name="bench", columns=columns, classes=tuple(map(str, range(10))),
                devices=("a",), sample_rate=32000)
 
 
@@ -90,8 +90,8 @@ def jax_step_parts(variant: str, batch: int):
   """(trainer, initial train state, a batch on the device) for the variant's config."""
   config = _config(variant, batch)
   split = _split(batch)
-  task = common.classification_task(config, split)
-  data = common.train_data(config, split)
+  split, task = common.training_task(config, split)
+  data = common.train_data(config, split, task.columns)
   run = loop.setup(task, config, data)
   return run.trainer, run.state, mesh_lib.global_batch(data.example_batch(), run.trainer.mesh)
 
@@ -132,8 +132,8 @@ def jax_input_paths(variant: str, batch: int, steps: int = 24, clips: int = 1024
   for pipeline in ("tf_data", "accelerator"):
     config = _config(variant, batch, pipeline)
     config.data.steps_per_call = 8
-    task = common.classification_task(config, split)
-    data = common.train_data(config, split)
+    split_, task = common.training_task(config, split)
+    data = common.train_data(config, split_, task.columns)
     run = loop.setup(task, config, data)
     trainer, state = run.trainer, run.state
     if pipeline == "tf_data":
@@ -150,8 +150,7 @@ def jax_input_paths(variant: str, batch: int, steps: int = 24, clips: int = 1024
       def advance(state, count, start):
         for first in range(start, start + count, 8):
           rows = np.stack([data.accelerator.rows(s) for s in range(first, first + 8)])
-          state, metrics = trainer.train_steps(state, arrays, rows, 8,
-                                               data.accelerator.waveform_scale)
+          state, metrics = trainer.train_steps(state, data.accelerator.gather, arrays, rows, 8)
         return state, metrics
     state, metrics = advance(state, 8, 0)   # compile and warm up
     jax.block_until_ready(metrics["loss"])

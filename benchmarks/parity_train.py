@@ -95,8 +95,8 @@ def run_reference(config, splits, seed: int) -> dict:
   total = steps_per_epoch * config.num_epochs
   scheduler = torch.optim.lr_scheduler.LambdaLR(
       opt, torch_reference.cosine_with_warmup(config.schedule.warmup_steps, total))
-  waves = torch.from_numpy(train.float_waveforms())
-  labels = torch.from_numpy(train.label.astype(np.int64))
+  waves = torch.from_numpy(train.audio()[:, 0])
+  labels = torch.from_numpy(np.asarray(train["label"]).astype(np.int64))
   generator = torch.Generator().manual_seed(seed)
   model.train()
   for _ in range(config.num_epochs):
@@ -111,13 +111,13 @@ def run_reference(config, splits, seed: int) -> dict:
       opt.step()
       scheduler.step()
   model.eval()
-  test_waves = torch.from_numpy(test.float_waveforms())
+  test_waves = torch.from_numpy(test.audio()[:, 0])
   predictions = []
   with torch.no_grad():
     for start in range(0, len(test), 128):
       predictions.append(model(features(test_waves[start:start + 128], False)).argmax(-1))
   predicted = torch.cat(predictions).numpy()
-  truth = test.label
+  truth = np.asarray(test["label"])
   per_class = [float(np.mean(predicted[truth == c] == c)) for c in np.unique(truth)]
   return {"accuracy": float(np.mean(predicted == truth)),
           "macro_accuracy": float(np.mean(per_class))}

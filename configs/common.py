@@ -45,6 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
   # evaluate (jax_asc/stages).
   config.stage = "train,evaluate"
   config.seed = 0
+  # The task family (jax_asc/tasks): what the run trains, its outputs and evaluators.
+  config.task = "classification"
 
   # data.name and split names: see jax_asc/data/__init__.py. Real datasets are read from
   # data.root (split files from data.split_dir) and cached at data.sample_rate in data.cache_dir.
@@ -71,7 +73,10 @@ def base_config() -> ml_collections.ConfigDict:
       selection_split="validation", holdout_fraction=0.1, holdout_seed=0,
       # > 0: every clip of every split cut into consecutive segments of this many seconds
       # (`<file>@<k>`; the clip length must be a whole multiple, else an error); 0 = whole clips.
-      segment_seconds=0.0))
+      segment_seconds=0.0,
+      # The waveform column is (N, C, S): C = the dataset's channels when True, else mixed to
+      # mono (C = 1).
+      keep_channels=False))
   config.data.synthetic = ml_collections.ConfigDict(dict(
       seed=0, num_train=4000, num_validation=600, num_test=1800, clip_seconds=1.0))
 
@@ -100,13 +105,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Spectrogram mixing on the device: (Freq-)MixStyle (p, α) and mixup (α; 0 = off).
   config.mix = ml_collections.ConfigDict(dict(
       mixstyle_p=0.0, mixstyle_alpha=0.3, mixstyle_frequency_wise=True, mixup_alpha=0.0))
-  # Teachers: `members` = comma-separated teacher run workdirs whose `predict` caches form the KD
-  # ensemble ("logits": mean logits, "probabilities": mean softmax); `online` = the teacher run
-  # whose frozen `online_checkpoint` gives feature maps inside the step.
-  config.teacher = ml_collections.ConfigDict(dict(
-      members="", ensemble="logits", online="", online_checkpoint="best"))
-  # Stage predict: logits of this run's `checkpoint` on the named splits (train, validation, test).
-  config.predict = ml_collections.ConfigDict(dict(splits="train,test", checkpoint="best"))
+  # Named teachers (jax_asc/teachers): {name: cache_teacher(…) | online_teacher(…) |
+  # ema_teacher(…)}; a loss term reads the one named by loss.<term>.teacher. None by default.
+  config.teachers = ml_collections.ConfigDict()
+  # Stage predict: the named `outputs` (comma-separated: the task's, e.g. logits, embedding) of
+  # this run's `checkpoint` on the named splits (train, validation, test), cached by filename.
+  config.predict = ml_collections.ConfigDict(dict(splits="train,test", checkpoint="best",
+                                                  outputs="logits"))
   config.soup = ml_collections.ConfigDict(dict(top_k=5))   # stage soup: mean of the best k
   # Stage finetune_device (DSFT, report 000): one copy per device of `devices` ("" = every
   # training device), started from the general model's `general_checkpoint`; `schedule`
@@ -142,6 +147,28 @@ def base_config() -> ml_collections.ConfigDict:
   # error naming the cause otherwise) or "xla". Recorded in every <stage>.done.json.
   config.kernels = "auto"
   return config
+
+
+def cache_teacher(runs: str = "", combine: str = "logits",
+                  output: str = "logits") -> ml_collections.ConfigDict:
+  """A teacher read from other runs' `predict` caches: `runs` (comma-separated workdirs; a
+  plan sets them), `combine` ("logits": softmax of the mean logits, report 000;
+  "probabilities": mean of the softmaxes, report 001; "mean"), the cached `output`."""
+  return ml_collections.ConfigDict(dict(source="cache", runs=runs, combine=combine,
+                                        output=output))
+
+
+def online_teacher(run: str = "", checkpoint: str = "best", dtype: str = "float32",
+                   sharding: str = "replicated") -> ml_collections.ConfigDict:
+  """A frozen run inside the step: its workdir (`run`), `checkpoint` (best, latest, soup),
+  weights in `dtype` (float32, bfloat16, float16), `sharding` (replicated, split)."""
+  return ml_collections.ConfigDict(dict(source="online", run=run, checkpoint=checkpoint,
+                                        dtype=dtype, sharding=sharding))
+
+
+def ema_teacher(decay: float = 0.999) -> ml_collections.ConfigDict:
+  """The EMA of the student (a mean teacher), momentum `decay` (report 004: 0.999)."""
+  return ml_collections.ConfigDict(dict(source="ema", decay=decay))
 
 
 def parse_arg(arg, roles, defaults=None) -> dict:

@@ -4,8 +4,9 @@ Roles (`configs/report000_dafa.py:<role>[,root=TAU][,dirs=MicIRP][,seed=N][,smok
   teacher_ce    PaSST fine-tuned with CE (T_CE1 with seed 0, T_CE2 with seed 1)
   teacher_dafa  PaSST with CE + 0.01·DCSL + 0.01·GDAL on the pooled embedding (eq. 2–4)
   student       CP-Mobile (base 32, expansion 3, multiplier 2.3: 126,952 params, 28.9 MMACs at
-                256 × 64) distilled from `teacher.members` (averaged logits, eq. 1 with τ = 2,
-                λ = 0.98); stage finetune_device then runs DSFT per device (100 epochs, lr 1e-5)
+                256 × 64) distilled from the cache teacher `teachers.ensemble` (averaged
+                logits, eq. 1 with τ = 2, λ = 0.98); stage finetune_device then runs DSFT per
+                device (100 epochs, lr 1e-5)
 
 From the report: Adam, batch 128, lr 5e-4, linear warm-up + cosine, 500 epochs; Mixup and
 Freq-MixStyle. Not stated there, taken from the CPJKU code the report builds on (and so marked
@@ -35,7 +36,7 @@ def get_config(arg=None):
     config.mix.update(mixstyle_p=0.4, mixstyle_alpha=0.3, mixup_alpha=0.3)
     config.loss.terms.update(ce=0.02, kd=0.98)
     config.loss.kd.update(temperature=2.0, reduction="elementwise_mean")
-    config.teacher.ensemble = "logits"
+    config.teachers.ensemble = common.cache_teacher(combine="logits")
     config.waveform_augment.roll_samples = 4000
     common.with_dir(config, options["dirs"], 0.6, quiet=options["smoke"])
     config.dsft.update(num_epochs=100, learning_rate=1e-5, general_checkpoint="latest")
@@ -67,9 +68,9 @@ def get_plan() -> plans.Plan:
   for members in ("t_ce1", "t_ce2", "t_dafa", "t_ce1+t_ce2", "t_ce1+t_dafa"):
     names = members.split("+")
     runs.append(plans.Run(f"students/{members}", "student", ("ensemble", "distill", "evaluate"),
-                          {"teacher.members": plans.member_paths(*names)},
+                          {"teachers.ensemble.runs": plans.member_paths(*names)},
                           needs=tuple(f"teachers/{n}" for n in names)))
   runs.append(plans.Run("students/t_ce1+t_dafa", "student", ("finetune_device",),
-                        {"teacher.members": plans.member_paths("t_ce1", "t_dafa")},
+                        {"teachers.ensemble.runs": plans.member_paths("t_ce1", "t_dafa")},
                         needs=("teachers/t_ce1", "teachers/t_dafa")))
   return plans.Plan("report000", "configs/report000_dafa.py", tuple(runs), tables="report000")

@@ -34,7 +34,8 @@ def get_config(arg=None):
     common.with_dir(config, dirs, 0.6, quiet)
     config.loss.terms.update(kd=1.0, ce=0.05)
     config.loss.kd.update(temperature=2.0, reduction="batchmean")
-    config.teacher.update(ensemble="probabilities", online_checkpoint="soup")
+    config.teachers.ensemble = common.cache_teacher(combine="probabilities")
+    config.teachers.online = common.online_teacher(checkpoint="soup")
     if role == "student_ssfm":
       config.loss.terms.ssfm = 0.1
       config.loss.ssfm.stages = "s1:s1,s2:s2,s3:s3"
@@ -83,8 +84,8 @@ def get_plan() -> plans.Plan:
                     passt=t.startswith("passt")) for t in teachers]
   for student in ("student_ssfm", "student_dfm"):
     runs.append(plans.Run(f"students/{student}", student, ("ensemble", "distill", "evaluate"),
-                          {"teacher.members": plans.member_paths(*teachers),
-                           "teacher.online": "{workdir}/teachers/cpresnet2"},
+                          {"teachers.ensemble.runs": plans.member_paths(*teachers),
+                           "teachers.online.run": "{workdir}/teachers/cpresnet2"},
                           needs=tuple(f"teachers/{t}" for t in teachers)))
   return plans.Plan("report001", "configs/report001_joint_kd.py", tuple(runs),
                     tables="report001")

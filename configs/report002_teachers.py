@@ -5,7 +5,8 @@ Roles (`configs/report002_teachers.py:<role>[,root=TAU20][,dirs=MicIRP][,seed=N]
                       2m (base 128) or 10m (base 256); method none, ms (MixStyle), fms
                       (Freq-MixStyle), dir, dirfms (DIR + Freq-MixStyle)
   passt_<method>      PaSST-S teacher fine-tuned from the AudioSet checkpoint, same methods
-  student             CP-Mobile (DCASE23, 126,952 params) distilled from `teacher.members`
+  student             CP-Mobile (DCASE23, 126,952 params) distilled from the cache teacher
+                      `teachers.ensemble`
                       (d23 KD: τ = 2, label weight 0.02, mean over B×C; averaged logits)
 Dataset: TAU Urban Acoustic Scenes 2020 Mobile (the report's), fold1 train / evaluate, cut into
 1-s segments; validation (checkpoint selection) on locations held out from fold1_train. The
@@ -41,7 +42,7 @@ def get_config(arg=None):
     common.with_dir(config, dirs, 0.6, quiet)
     config.loss.terms.update(ce=0.02, kd=0.98)
     config.loss.kd.update(temperature=2.0, reduction="elementwise_mean")
-    config.teacher.ensemble = "logits"
+    config.teachers.ensemble = common.cache_teacher(combine="logits")
     config.eval_every_epochs = 5
   else:
     family, method = role.split("_")
@@ -85,7 +86,7 @@ def get_plan() -> plans.Plan:
   for members in teachers + ["cpr128k_dirfms+passt_dirfms"]:
     names = members.split("+")
     runs.append(plans.Run(f"students/{members}", "student", ("ensemble", "distill", "evaluate"),
-                          {"teacher.members": plans.member_paths(*names)},
+                          {"teachers.ensemble.runs": plans.member_paths(*names)},
                           needs=tuple(f"teachers/{n}" for n in names)))
   return plans.Plan("report002", "configs/report002_teachers.py", tuple(runs),
                     tables="report002")

@@ -94,7 +94,7 @@ class Plan:
 
 
 def member_paths(*names: str, group: str = "teachers") -> str:
-  """"{workdir}/teachers/a,{workdir}/teachers/b": a `teacher.members` override value."""
+  """"{workdir}/teachers/a,{workdir}/teachers/b": a cache teacher's `runs` override value."""
   return ",".join(f"{{workdir}}/{group}/{n}" for n in names)
 
 

@@ -1,5 +1,6 @@
 """The accelerator data path (`data.pipeline = "accelerator"`): the split held on the accelerators, batches
 gathered inside the step, several steps per call; against the tf.data path."""
+import dataclasses
 import os
 
 import jax
@@ -22,6 +23,15 @@ def _device_config(config, steps_per_call=3):
   return config
 
 
+def _short_run(config):
+  """The tiny config with one block per stage and waveform and spectrogram augmentation: the
+  two tests below compile the same programs (the second reads them from the cache)."""
+  config.model.update(n_blocks=(1, 1, 1), strides=((1, 1), (2, 1), (1, 2)))
+  config.waveform_augment.update(roll_samples=200, gain_db=2.0)
+  config.mix.update(mixstyle_p=1.0)
+  return config
+
+
 def _max_relative_difference(a, b):
   return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))) /
                    (np.max(np.abs(np.asarray(y))) + 1e-12))
@@ -35,25 +45,24 @@ def test_device_batches_are_the_host_pipelines_batches(tiny_config):
   host = common.train_data(config, split)
   device = common.train_data(_device_config(config.copy_and_resolve_references()), split)
   data = device.accelerator
-  assert data.arrays["waveform"].dtype == split.waveform.dtype   # no float32 copy of the split
+  assert data.arrays["waveform"].dtype == split["waveform"].dtype   # no float32 copy
   batches = host.batches(0)
   for step in range(5):   # across the epoch boundary (4 steps per epoch)
     expected = next(batches)
     rows = data.rows(step)
     np.testing.assert_array_equal(rows, expected["index"])  # synthetic: index == row
-    samples = data.arrays["waveform"][rows].astype(np.float32) * np.float32(data.waveform_scale)
-    np.testing.assert_array_equal(samples, expected["waveform"])
+    gathered = data.gather(data.arrays, rows)
+    assert set(gathered) == set(expected)
+    for name, value in expected.items():
+      np.testing.assert_array_equal(np.asarray(gathered[name]), value)
   batches.close()
 
 
 def test_device_path_trains_like_the_host_path(tiny_config, tmp_path):
   """Same data, keys and update rule: after 8 steps (chunks of 3, cut at every log step) the
   parameters agree to float32 noise (bit-exact determinism: the resume test below)."""
-  config = tiny_config
-  config.waveform_augment.update(roll_samples=200, gain_db=2.0)
-  config.mix.update(mixstyle_p=1.0)
-  split = _split(config)
-  task = common.classification_task(config, split)
+  config = _short_run(tiny_config)
+  split, task = common.training_task(config, _split(config))
   host = loop.fit(task, config, str(tmp_path / "host"), common.train_data(config, split)).state
   device_config = _device_config(config.copy_and_resolve_references())
   accelerator_data = common.train_data(device_config, split)
@@ -64,11 +73,9 @@ def test_device_path_trains_like_the_host_path(tiny_config, tmp_path):
 
 
 def test_device_path_resumes_bit_exactly_and_names_a_bad_step(tiny_config, tmp_path):
-  config = _device_config(tiny_config, steps_per_call=2)
-  config.num_epochs = 3
+  config = _device_config(_short_run(tiny_config))
   config.checkpoint.every_steps = 3
-  split = _split(config)
-  task = common.classification_task(config, split)
+  split, task = common.training_task(config, _split(config))
   data = common.train_data(config, split)
   uninterrupted = loop.fit(task, config, str(tmp_path / "a"), data).state
 
@@ -89,29 +96,26 @@ def test_device_path_resumes_bit_exactly_and_names_a_bad_step(tiny_config, tmp_p
   # A NaN loss inside a multi-step call is reported at its own step.
   poisoned_index = 11
 
-  def loss(output, batch, key, loss_state):
-    value, metrics, loss_state = task.loss(output, batch, key, loss_state)
+  def loss(output, batch, ctx):
+    value, metrics, loss_state = task.loss(output, batch, ctx)
     return jnp.where(jnp.any(batch["index"] == poisoned_index), jnp.nan, value), metrics, \
         loss_state
 
   order = pipeline.epoch_permutation(len(split), config.seed, 0)
   bad_step = int(np.flatnonzero(order == poisoned_index)[0]) // config.batch_size + 1
-  poisoned = loop.Task(task.model, task.make_inputs, loss)
+  poisoned = dataclasses.replace(task, loss=loss)
   with pytest.raises(FloatingPointError, match=f"non-finite loss at step {bad_step}"):
     loop.fit(poisoned, config, str(tmp_path / "nan"), data)
 
 
-def test_device_path_reaches_the_host_paths_accuracy(tiny_config, tmp_path):
-  """A short real run on the synthetic scenes both ways reaches the same accuracy within noise.
+def test_device_path_learns_the_synthetic_scenes(tiny_config, tmp_path):
+  """A short real run (200 steps) on the accelerator path reaches an accuracy far above chance.
 
-  The two paths see the same batches and keys, but their compiled programs differ (one step per
-  call vs a scan), so float rounding differs and training diverges chaotically after a few
-  dozen steps, as two seeds do. For this run (200 steps) validation accuracy over seeds 0-5 was
-  66/51, 66/61, 71/69, 74/71, 64/73 and 49/40 % (host/device): differences from -16 to +8
-  points, no side consistently ahead; with the AVX2 build of the native kernels (other float
-  rounding again) seed 0 gave 52/72 %. One pair of such runs can differ by as much as two seeds
-  do (40-74 % above), so the bound is 30 points: it catches a path that does not learn, not a
-  rounding difference. The exact agreement of the first steps is tested above.
+  That both paths train the same model is tested above (same batches, keys and parameters after
+  8 steps). Their accuracies after 200 steps are not compared: the compiled programs differ
+  (one step per call vs a scan), so float rounding differs and training diverges chaotically
+  after a few dozen steps, as two seeds do (validation accuracy over seeds 0-5 was 66/51,
+  66/61, 71/69, 74/71, 64/73 and 49/40 % host/device).
   """
   config = tiny_config
   config.data.synthetic.update(num_train=640, num_validation=160)
@@ -120,15 +124,10 @@ def test_device_path_reaches_the_host_paths_accuracy(tiny_config, tmp_path):
   config.optimizer.learning_rate = 0.01
   config.schedule.warmup_steps = 10
   config.log_every_steps = 10
+  config.data.pipeline = "accelerator"
   splits = common.load_splits(config, "train", "validation")
-  accuracy = {}
-  for pipeline_name in ("tf_data", "accelerator"):
-    run_config = config.copy_and_resolve_references()
-    run_config.data.pipeline = pipeline_name
-    task = common.classification_task(run_config, splits["train"])
-    result = loop.fit(task, run_config, str(tmp_path / pipeline_name),
-                      common.train_data(run_config, splits["train"]))
-    scores = common.evaluate_split(result.trainer, result.state, splits["validation"], 80)
-    accuracy[pipeline_name] = scores["accuracy"]
-  assert min(accuracy.values()) > 0.35, accuracy   # both learned (chance: 0.1)
-  assert abs(accuracy["accelerator"] - accuracy["tf_data"]) <= 0.3, accuracy
+  train_split, task = common.training_task(config, splits["train"])
+  result = loop.fit(task, config, str(tmp_path / "accelerator"),
+                    common.train_data(config, train_split))
+  scores = common.evaluate_split(result.trainer, result.state, splits["validation"], 80, "v")
+  assert scores["v/accuracy"] > 0.35, scores   # chance: 0.1

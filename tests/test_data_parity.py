@@ -95,16 +95,16 @@ def test_cache_fingerprint_follows_resampler_and_dtype(tmp_path):
   for name in ("3_george_0.wav", "7_theo_1.wav"):
     soundfile.write(str(root / name), 0.3 * rng.standard_normal(8000), 8000, subtype="PCM_16")
   manifest = formats.fsdd(str(root), "test")
-  keys = {(r, d): loading._fingerprint(manifest, 32000, False, d, r)
-          for r in audio_io.RESAMPLERS for d in loading.CACHE_DTYPES}
+  keys = {(r, d, c): loading._fingerprint(manifest, 32000, False, d, r, c)
+          for r in audio_io.RESAMPLERS for d in loading.CACHE_DTYPES for c in (1, 2)}
   assert len(set(keys.values())) == len(keys)
   cache = str(tmp_path / "cache")
   raw, _ = audio_io.read_audio(str(root / "3_george_0.wav"))
   for method in audio_io.RESAMPLERS:
     split = loading.load(manifest, sample_rate=32000, cache_dir=cache, resampler=method)
-    assert split.waveform.dtype == np.float32                   # the default cache
+    assert split["waveform"].dtype == np.float32                # the default cache
     expected = audio_io.fit_length(audio_io.resample(raw, 8000, 32000, method), 80000)
-    np.testing.assert_array_equal(split.waveform[0], expected)
+    np.testing.assert_array_equal(split["waveform"][0, 0], expected)
   assert len(os.listdir(os.path.join(cache, "fsdd"))) == 2
   with pytest.raises(ValueError, match=r"data\.resampler must be one of \('sinc_hann', "
                                        r"'soxr_hq'\), got 'librosa'"):

@@ -10,6 +10,7 @@ import soundfile
 from jax_asc import data as data_lib
 from jax_asc.data import pipeline
 from jax_asc.data.audio_io import BadAudioError
+from jax_asc.data.dataset import RowView
 from jax_asc.data.formats import MetadataError
 from jax_asc.eval import submission
 
@@ -86,27 +87,27 @@ def test_tau22_splits_labels_devices_and_resampling(tmp_path):
   splits = data_lib.load_splits(cfg, ["fold1_train", "fold1_evaluate", "split25", "test"])
   train = splits["fold1_train"]
   rows = [meta[i] for i in (0, 1, 2, 3, 4, 7)]   # devices a, b, c, s1, s2 in fold1_train
-  assert len(train) == 6 and train.waveform.shape == (6, 32000)
-  assert [train.classes[l] for l in train.label] == [m[1] for m in rows]
-  assert [train.devices[d] for d in train.device] == ["a", "b", "c", "s1", "s2", "a"]
-  assert list(train.identifier) == [m[2] for m in rows]
+  assert len(train) == 6 and train["waveform"].shape == (6, 1, 32000)
+  assert [train.classes[l] for l in train["label"]] == [m[1] for m in rows]
+  assert [train.devices[d] for d in train["recording_device"]] == ["a", "b", "c", "s1", "s2", "a"]
+  assert list(train["identifier"]) == [m[2] for m in rows]
   assert len(splits["split25"]) == 3
-  test_devices = {splits["test"].devices[d] for d in splits["test"].device}
+  test_devices = {splits["test"].devices[d] for d in splits["test"]["recording_device"]}
   assert {"s4", "s6"} <= test_devices
   # resampled once, 44.1 → 32 kHz, as librosa does (float16 cache)
   raw, rate = soundfile.read(os.path.join(root, meta[0][0]), dtype="float32")
   expected = librosa.resample(raw, orig_sr=rate, target_sr=32000)[:32000]
-  np.testing.assert_allclose(train.float_waveforms([0])[0], expected, atol=2e-3)
+  np.testing.assert_allclose(train.audio("waveform", [0])[0, 0], expected, atol=2e-3)
   exact = data_lib.load_splits(_cfg("tau22", root, cache, cache_dtype="float32"),
                                ["fold1_train"])["fold1_train"]
-  assert exact.waveform.dtype == np.float32
-  np.testing.assert_allclose(exact.float_waveforms([0])[0], expected, atol=1e-5)
+  assert exact["waveform"].dtype == np.float32
+  np.testing.assert_allclose(exact.audio("waveform", [0])[0, 0], expected, atol=1e-5)
   # and read back from the cache
   again = data_lib.load_splits(cfg, ["fold1_train"])["fold1_train"]
-  np.testing.assert_array_equal(again.waveform, train.waveform)
+  np.testing.assert_array_equal(again["waveform"], train["waveform"])
   assert len(os.listdir(os.path.join(cache, "tau2022_mobile"))) == 5
   # the fold1_test list is unlabelled in its file but meta.csv has the labels
-  assert (data_lib.load_splits(cfg, ["fold1_test"])["fold1_test"].label >= 0).all()
+  assert (data_lib.load_splits(cfg, ["fold1_test"])["fold1_test"]["label"] >= 0).all()
 
 
 def test_tau22_batches_through_the_pipeline(tmp_path):
@@ -116,7 +117,7 @@ def test_tau22_batches_through_the_pipeline(tmp_path):
                                ["fold1_evaluate"])["fold1_evaluate"]
   seen = []
   for batch in pipeline.eval_batches(split, global_batch=4):
-    assert batch["waveform"].shape == (4, 32000) and batch["waveform"].dtype == np.float32
+    assert batch["waveform"].shape == (4, 1, 32000) and batch["waveform"].dtype == np.float32
     seen += batch["index"][batch["mask"]].tolist()
   assert sorted(seen) == sorted(split.index.tolist())
 
@@ -126,7 +127,7 @@ def test_tau20_ten_second_clips_and_dcase25_evaluation(tmp_path):
   _tau22_tree(root, seconds=10.0, with_sub=False)
   split = data_lib.load_splits(_cfg("tau20", root, str(tmp_path / "c")),
                                ["fold1_evaluate"])["fold1_evaluate"]
-  assert split.waveform.shape[1] == 320000
+  assert split["waveform"].shape == (len(split), 1, 320000)
   eval_root = str(tmp_path / "eval25")
   rows = [["audio/0.wav", "a"], ["audio/1.wav", "unknown"], ["audio/2.wav", "s3"]]
   for name, _ in rows:
@@ -134,8 +135,8 @@ def test_tau20_ten_second_clips_and_dcase25_evaluation(tmp_path):
   _tsv(os.path.join(eval_root, "evaluation_setup", "fold1_test.csv"), ["filename", "device_id"],
        rows)
   ev = data_lib.load_splits(_cfg("dcase25_eval", eval_root, str(tmp_path / "c")), ["test"])["test"]
-  assert list(ev.label) == [-1, -1, -1]
-  assert [ev.devices[d] for d in ev.device] == ["a", "unknown", "s3"]
+  assert list(ev["label"]) == [-1, -1, -1]
+  assert [ev.devices[d] for d in ev["recording_device"]] == ["a", "unknown", "s3"]
 
 
 def test_tut17_stereo_headerless_folds(tmp_path):
@@ -150,12 +151,23 @@ def test_tut17_stereo_headerless_folds(tmp_path):
   _tsv(os.path.join(root, "evaluation_setup", "fold1_evaluate.txt"), None, [rows[2][:2]])
   _tsv(os.path.join(root, "evaluation_setup", "fold1_test.txt"), None, [rows[2][:1]])
   splits = data_lib.load_splits(_cfg("tut17", root, str(tmp_path / "c")), ["train", "test"])
-  assert [splits["train"].classes[l] for l in splits["train"].label] == ["beach", "cafe/restaurant"]
+  assert [splits["train"].classes[l] for l in splits["train"]["label"]] == ["beach",
+                                                                            "cafe/restaurant"]
   raw, _ = soundfile.read(os.path.join(root, rows[0][0]), dtype="float32")
   mono = librosa.resample(raw.mean(axis=1), orig_sr=44100, target_sr=32000)
-  np.testing.assert_allclose(splits["train"].float_waveforms([0])[0][:1000], mono[:1000],
+  np.testing.assert_allclose(splits["train"].audio("waveform", [0])[0, 0][:1000], mono[:1000],
                              atol=2e-3)
   assert len(splits["test"]) == 1
+  # data.keep_channels: the binaural clips as they are, (N, 2, S), each channel resampled
+  stereo = data_lib.load_splits(_cfg("tut17", root, str(tmp_path / "c"), keep_channels=True),
+                                ["train"])["train"]
+  assert stereo["waveform"].shape == (2, 2, 320000) and stereo.num_channels == 2
+  for channel in range(2):
+    expected = librosa.resample(raw[:, channel], orig_sr=44100, target_sr=32000)
+    np.testing.assert_allclose(stereo.audio("waveform", [0])[0, channel, :1000],
+                               expected[:1000], atol=2e-3)
+  batch = next(pipeline.eval_batches(stereo, global_batch=2))
+  assert batch["waveform"].shape == (2, 2, 320000)
 
 
 def test_icme24_keeps_unlabelled_rows_and_matches_by_glob(tmp_path):
@@ -169,9 +181,9 @@ def test_icme24_keeps_unlabelled_rows_and_matches_by_glob(tmp_path):
        rows, delimiter=",")
   cfg = _cfg("icme24", root, str(tmp_path / "c"), sample_rate=16000)
   splits = data_lib.load_splits(cfg, ["all", "labelled", "unlabelled"])
-  assert list(splits["all"].label) == [0, -1, 6, -1]
+  assert list(splits["all"]["label"]) == [0, -1, 6, -1]
   assert list(splits["labelled"].filename) == ["40c85707_1", "aa11bb22_0"]
-  assert len(splits["unlabelled"]) == 2 and splits["all"].waveform.shape == (4, 160000)
+  assert len(splits["unlabelled"]) == 2 and splits["all"]["waveform"].shape == (4, 1, 160000)
 
 
 def test_esc50_folds(tmp_path):
@@ -186,8 +198,8 @@ def test_esc50_folds(tmp_path):
        delimiter=",")
   cfg = _cfg("esc50", root, str(tmp_path / "c"))
   splits = data_lib.load_splits(cfg, ["folds1234", "fold5"])
-  assert list(splits["folds1234"].label) == [0, 49] and list(splits["fold5"].label) == [0]
-  assert splits["fold5"].waveform.shape == (1, 160000)
+  assert list(splits["folds1234"]["label"]) == [0, 49] and list(splits["fold5"]["label"]) == [0]
+  assert splits["fold5"]["waveform"].shape == (1, 1, 160000)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -311,14 +323,16 @@ def test_tau20_segments_are_views_of_the_cached_clips(tmp_path):
   whole = data_lib.load_splits(_cfg("tau20", root, cache), ["fold1_train"])["fold1_train"]
   seg = data_lib.load_splits(_cfg("tau20", root, cache, segment_seconds=1.0),
                              ["fold1_train"])["fold1_train"]
-  assert seg.waveform.shape == (10 * len(whole), 32000) and seg.num_samples == 32000
+  assert seg["waveform"].shape == (10 * len(whole), 1, 32000) and seg.num_samples == 32000
   assert seg.filename[:2].tolist() == [f"{whole.filename[0]}@0", f"{whole.filename[0]}@1"]
   assert seg.index.tolist() == [10 * i + k for i in whole.index for k in range(10)]
-  # a reshape view of the memory-mapped cache, not a copy in memory
-  assert isinstance(seg.waveform, np.memmap) and not seg.waveform.flags.owndata
+  # a lazy view of the memory-mapped cache, not a copy in memory
+  assert isinstance(seg["waveform"], RowView) and isinstance(seg["waveform"].base, np.memmap)
   for i in range(len(whole)):
-    np.testing.assert_array_equal(seg.waveform[10 * i + 3], whole.waveform[i, 96000:128000])
-    assert seg.label[10 * i + 9] == whole.label[i] and seg.identifier[10 * i] == whole.identifier[i]
+    np.testing.assert_array_equal(seg["waveform"][10 * i + 3],
+                                  whole["waveform"][i, :, 96000:128000])
+    assert seg["label"][10 * i + 9] == whole["label"][i]
+    assert seg["identifier"][10 * i] == whole["identifier"][i]
   with pytest.raises(ValueError, match=r"segment_seconds=3.0: the clips of tau2020_mobile/"
                                        r"fold1_train are 320000 samples \(10 s at 32000 Hz\), "
                                        r"not a whole multiple"):
@@ -335,7 +349,7 @@ def test_tau_holdout_by_location_and_fsdd_without_locations(tau_root, tmp_path):
   train, held = splits["fold1_train"], splits["holdout"]
   assert len(held) == 1 and len(train) == 5   # 6 locations of one clip each: 1 ≈ 0.2 · 6
   assert sorted(train.filename.tolist() + held.filename.tolist()) == sorted(full.filename)
-  assert not set(train.identifier) & set(held.identifier)
+  assert not set(train["identifier"]) & set(held["identifier"])
   assert set(held.index) | set(train.index) == set(full.index)
   fsdd = str(tmp_path / "fsdd")
   for name in ("3_george_7.wav", "4_theo_9.wav"):

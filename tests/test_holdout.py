@@ -8,7 +8,7 @@ import pytest
 
 from jax_asc import data as data_lib
 from jax_asc.data import derived
-from jax_asc.data.dataset import Split
+from jax_asc.data.dataset import RowView, Split
 from jax_asc.eval import tables
 
 
@@ -16,13 +16,15 @@ def _split(n=200, samples=8, locations=37, seed=0, identifier=True, name="fold1_
   """n examples of `samples` samples at 4 Hz over `locations` locations of uneven size."""
   rng = np.random.default_rng(seed)
   where = np.sort(rng.integers(0, locations, n))   # uneven group sizes
-  return Split(name=name, waveform=np.arange(n * samples, dtype=np.float32).reshape(n, samples),
-               label=(where % 10).astype(np.int32), device=(np.arange(n) % 3).astype(np.int32),
-               filename=np.array([f"audio/f{i}-a.wav" for i in range(n)]),
-               index=(3 * np.arange(n) + 1).astype(np.int32), classes=tuple("abcdefghij"),
-               devices=("a", "b", "c"), sample_rate=4,
-               identifier=np.array([f"city-{w}" for w in where]) if identifier else None,
-               dataset="toy")
+  columns = dict(
+      waveform=np.arange(n * samples, dtype=np.float32).reshape(n, 1, samples),
+      label=(where % 10).astype(np.int32), recording_device=(np.arange(n) % 3).astype(np.int32),
+      filename=np.array([f"audio/f{i}-a.wav" for i in range(n)]),
+      index=(3 * np.arange(n) + 1).astype(np.int32))
+  if identifier:
+    columns["identifier"] = np.array([f"city-{w}" for w in where])
+  return Split(name=name, columns=columns, classes=tuple("abcdefghij"), devices=("a", "b", "c"),
+               sample_rate=4, dataset="toy")
 
 
 # ------------------------------------------------------------------------------------- holdout
@@ -31,7 +33,7 @@ def test_holdout_is_grouped_deterministic_complete_and_keeps_indices():
   train, held = derived.holdout(split, 0.1, seed=0)
   assert train.name == "fold1_train" and held.name == "holdout"
   # grouped: no location on both sides
-  assert not set(train.identifier) & set(held.identifier)
+  assert not set(train["identifier"]) & set(held["identifier"])
   # train ∪ holdout = the original, disjoint, each row with its own index and waveform
   assert sorted(train.filename.tolist() + held.filename.tolist()) == sorted(split.filename)
   assert not set(train.filename) & set(held.filename)
@@ -39,24 +41,19 @@ def test_holdout_is_grouped_deterministic_complete_and_keeps_indices():
   for part in (train, held):
     rows = np.array([row[f] for f in part.filename])
     assert np.all(np.diff(rows) > 0)   # the original order
-    np.testing.assert_array_equal(part.index, split.index[rows])
-    np.testing.assert_array_equal(part.label, split.label[rows])
-    np.testing.assert_array_equal(np.asarray(part.waveform), split.waveform[rows])
+    for name in split.columns:   # every column follows its rows
+      np.testing.assert_array_equal(np.asarray(part[name]), split[name][rows])
   # fraction: within one location of 10 % (the choice moves whole locations)
-  largest = np.unique(split.identifier, return_counts=True)[1].max()
+  largest = np.unique(split["identifier"], return_counts=True)[1].max()
   assert abs(len(held) - 0.1 * len(split)) <= largest
   # deterministic from the seed; another seed holds out other locations
   again = derived.holdout(_split(), 0.1, seed=0)[1]
   assert again.filename.tolist() == held.filename.tolist()
   other = derived.holdout(split, 0.1, seed=1)[1]
-  assert set(other.identifier) != set(held.identifier)
+  assert set(other["identifier"]) != set(held["identifier"])
   # independent of the rows' order (sorted identifiers, sha256): the same locations
-  flipped = Split(**{**{f: getattr(split, f) for f in ("name", "classes", "devices",
-                                                        "sample_rate", "dataset")},
-                     **{f: getattr(split, f)[::-1] for f in ("waveform", "label", "device",
-                                                              "filename", "index",
-                                                              "identifier")}})
-  assert set(derived.holdout(flipped, 0.1, seed=0)[1].identifier) == set(held.identifier)
+  flipped = split.take(np.arange(len(split))[::-1])
+  assert set(derived.holdout(flipped, 0.1, seed=0)[1]["identifier"]) == set(held["identifier"])
 
 
 def test_holdout_mask_is_fixed_across_processes_and_machines():
@@ -69,8 +66,7 @@ def test_holdout_mask_is_fixed_across_processes_and_machines():
 def test_holdout_needs_identifiers_and_a_fraction():
   with pytest.raises(ValueError, match=r"toy gives no recording-location identifiers"):
     derived.holdout(_split(identifier=False), 0.1, 0)
-  no_ids = _split()
-  no_ids.identifier = np.array([""] * len(no_ids))
+  no_ids = _split().with_columns({"identifier": np.array([""] * 200)})
   with pytest.raises(ValueError, match="holdout"):
     derived.holdout(no_ids, 0.1, 0)
   with pytest.raises(ValueError, match=r"data.holdout_fraction must be in \(0, 1\), got 1.5"):
@@ -80,15 +76,16 @@ def test_holdout_needs_identifiers_and_a_fraction():
 def test_memory_mapped_holdout_reads_rows_on_demand(tmp_path):
   split = _split(n=60)
   path = str(tmp_path / "w.npy")
-  np.save(path, split.waveform)
-  split.waveform = np.load(path, mmap_mode="r")
+  np.save(path, split["waveform"])
+  split = split.with_columns({"waveform": np.load(path, mmap_mode="r")})
   train, held = derived.holdout(split, 0.25, seed=0)
-  assert isinstance(train.waveform, derived.RowSubset)
-  assert train.waveform.shape == (len(train), 8) and train.waveform.dtype == np.float32
+  wave = train["waveform"]
+  assert isinstance(wave, RowView)
+  assert wave.shape == (len(train), 1, 8) and wave.dtype == np.float32
   rows = np.array([list(split.filename).index(f) for f in train.filename])
-  np.testing.assert_array_equal(train.float_waveforms([0, 2]), split.waveform[rows[[0, 2]]])
-  np.testing.assert_array_equal(train.waveform[1, 2:5], split.waveform[rows[1], 2:5])
-  np.testing.assert_array_equal(np.asarray(train.waveform), split.waveform[rows])
+  np.testing.assert_array_equal(train.audio("waveform", [0, 2]), split["waveform"][rows[[0, 2]]])
+  np.testing.assert_array_equal(wave[1, 0, 2:5], split["waveform"][rows[1], 0, 2:5])
+  np.testing.assert_array_equal(np.asarray(wave), split["waveform"][rows])
 
 
 # ------------------------------------------------------------------------------------ segments
@@ -102,10 +99,11 @@ def test_segments_count_names_indices_and_samples_are_views():
   assert seg.index.dtype == np.int32
   for i in range(5):
     for k in range(4):
-      np.testing.assert_array_equal(seg.waveform[4 * i + k], split.waveform[i, 2 * k:2 * k + 2])
-      assert seg.label[4 * i + k] == split.label[i] and seg.device[4 * i + k] == split.device[i]
-      assert seg.identifier[4 * i + k] == split.identifier[i]
-  assert np.shares_memory(seg.waveform, split.waveform)   # a reshape view, not a copy
+      np.testing.assert_array_equal(seg["waveform"][4 * i + k],
+                                    split["waveform"][i, :, 2 * k:2 * k + 2])
+      for name in ("label", "recording_device", "identifier"):
+        assert seg[name][4 * i + k] == split[name][i]
+  assert isinstance(seg["waveform"], RowView) and seg["waveform"].base is split["waveform"]
   assert derived.segment(split, 2.0) is split              # one segment per clip: unchanged
 
 
@@ -142,7 +140,7 @@ def test_load_splits_holds_out_from_train_whatever_is_asked(data_dir):
   train, held = splits["train"], splits["holdout"]
   assert train.name == "train" and len(train) + len(held) == len(full) == 90
   assert sorted(train.filename.tolist() + held.filename.tolist()) == sorted(full.filename)
-  assert not set(train.identifier) & set(held.identifier)
+  assert not set(train["identifier"]) & set(held["identifier"])
   assert len(splits["test"]) == 90
   # asked alone, each side is the same
   assert data_lib.load_splits(cfg, ["train"])["train"].filename.tolist() == train.filename.tolist()
@@ -152,7 +150,7 @@ def test_load_splits_holds_out_from_train_whatever_is_asked(data_dir):
   seg = data_lib.load_splits(_synthetic_cfg(data_dir, segment_seconds=0.25),
                              ["train", "holdout"])
   assert len(seg["holdout"]) == 2 * len(held) and len(seg["train"]) == 2 * len(train)
-  assert set(seg["holdout"].identifier) == set(held.identifier)
+  assert set(seg["holdout"]["identifier"]) == set(held["identifier"])
   assert seg["holdout"].index.tolist() == [2 * i + k for i in held.index for k in (0, 1)]
   with pytest.raises(ValueError, match=r"split 'holdout' asked for, but data.validation_split"):
     data_lib.load_splits(_synthetic_cfg(data_dir, validation_split="validation"), ["holdout"])

@@ -62,11 +62,10 @@ def test_report000_chain(chains):
   for device in ("a", "b", "c", "s1", "s2", "s3"):
     assert os.path.isdir(root / "report000" / "students" / "t_ce1+t_dafa" / "devices" / device)
   # The ensemble cache holds both members' logits in the student split's order.
-  with np.load(root / "report000" / "students" / "t_ce1+t_dafa" / "teacher_logits" /
-               "train.npz") as cache:
-    assert cache["logits"].shape[:2] == (2, 256)
-    meta = json.loads(str(cache["metadata"]))
-  assert meta["mode"] == "logits" and len(meta["members"]) == 2
+  cache = root / "report000" / "students" / "t_ce1+t_dafa" / "teacher_caches" / "ensemble" / "train"
+  assert np.load(cache / "logits.npy", mmap_mode="r").shape[:2] == (256, 2)
+  meta = json.loads((cache / "metadata.json").read_text())
+  assert meta["combine"] == "logits" and len(meta["members"]) == 2
   assert "T_CE1+T_DAFA" in (root / "report000" / "tables" / "report000.md").read_text()
   assert _resume_skips_everything(root, env, "report000") < 120
 
@@ -82,8 +81,8 @@ def test_report001_chain(chains):
   for teacher in data["teachers"]:
     run = root / "report001" / "teachers" / teacher
     assert (run / "soup.done.json").exists() and (run / "reports" / "soup.md").exists()
-    with np.load(run / "predictions" / "train.npz") as cache:
-      assert json.loads(str(cache["metadata"]))["checkpoint"]["which"] == "soup"
+    meta = json.loads((run / "predictions" / "train" / "metadata.json").read_text())
+    assert meta["checkpoint"]["which"] == "soup" and "logits" in meta["outputs"]
   # DFM trains adapters next to the student; SSFM has none.
   config = json.loads((root / "report001" / "students" / "student_dfm" / "config.json")
                       .read_text())

@@ -7,7 +7,8 @@ import pytest
 
 from configs import common as configs_common
 from jax_asc.losses import classification, distillation, pit, registry
-from jax_asc.stages import tasks
+from jax_asc import tasks
+from jax_asc.tasks import classification as classification_task
 
 
 def _inputs(seed=0, b=8, c=5):
@@ -90,7 +91,7 @@ def test_config_lists_every_registered_term_and_its_settings():
   config.lock()
   with pytest.raises(AttributeError, match="crd"):   # a typo names the valid keys
     config.loss.terms.crdd = 1.0
-  settings = tasks.loss_settings(config)
+  settings = classification_task.loss_settings(config)
   assert settings["ssfm"]["stages"] == "s3:s3"
 
 
@@ -100,19 +101,24 @@ def test_evaluation_needs_no_teacher_run(tmp_path):
   config = configs_common.base_config()
   config.model.update(base_channels=8, n_blocks=(1, 1, 1), strides=((1, 1), (2, 1), (1, 2)))
   config.loss.terms.update(kd=1.0, dfm=0.1, ssfm=0.1)
-  config.teacher.update(online=str(tmp_path / "moved_away"), members=str(tmp_path / "gone"))
+  config.teachers.ensemble = configs_common.cache_teacher(runs=str(tmp_path / "gone"))
+  config.teachers.online = configs_common.online_teacher(run=str(tmp_path / "moved_away"))
   n = 2
-  split = Split(name="test", waveform=np.zeros((n, 32000), np.float32),
-                label=np.zeros(n, np.int32), device=np.zeros(n, np.int32),
-                filename=np.asarray(["a.wav", "b.wav"]), index=np.arange(n, dtype=np.int32),
-                classes=[f"c{i}" for i in range(10)], devices=["a"], sample_rate=32000)
-  task = tasks.eval_task(config, split)
-  assert task.teacher is None
-  x = task.make_inputs(None, {"waveform": jnp.zeros((n, 32000))})
-  variables = task.model.init(jax.random.key(0), x)
-  assert task.logits(task.apply(variables, x)).shape == (n, 10)
-  with pytest.raises(FileNotFoundError, match="moved_away"):   # training does need it
-    tasks.build_task(config, split, str(tmp_path / "run"))
+  split = Split(name="test", columns=dict(
+      waveform=np.zeros((n, 1, 32000), np.float32), label=np.zeros(n, np.int32),
+      recording_device=np.zeros(n, np.int32), filename=np.asarray(["a.wav", "b.wav"]),
+      index=np.arange(n, dtype=np.int32)), classes=[f"c{i}" for i in range(10)],
+      devices=["a"], sample_rate=32000)
+  task = tasks.build(config, split, need_teachers=False, outputs=("logits", "embedding"))
+  assert task.teacher is None and task.frozen_variables is None
+  x = task.make_inputs(None, {"waveform": jnp.zeros((n, 1, 32000))})
+  variables = task.model.init(jax.random.key(0), x, **task.apply_kwargs)
+  outputs = task.outputs(task.apply(variables, x), {})
+  assert outputs["logits"].shape == (n, 10) and outputs["embedding"].shape[0] == n
+  with pytest.raises(FileNotFoundError, match="moved_away"):   # training does need them
+    tasks.build(config, split)
+  with pytest.raises(FileNotFoundError, match="gone"):
+    classification_task.join_cache_teachers(config, split, str(tmp_path / "run"))
 
 
 def test_kd_from_the_students_own_ema_trains_the_classification_task(tiny_config, tmp_path):
@@ -122,13 +128,19 @@ def test_kd_from_the_students_own_ema_trains_the_classification_task(tiny_config
   from jax_asc.train import loop
   config = tiny_config
   config.loss.terms.update(ce=0.5, kd=0.5)
-  config.loss.kd.teacher = "ema"
+  config.loss.kd.teacher = "mean_teacher"
   split = common.load_splits(config, "train")["train"]
-  with pytest.raises(ValueError, match="config.ema_decay"):
-    tasks.build_task(config, split)
-  config.ema_decay = 0.9
-  task = tasks.build_task(config, split)
-  assert task.ema_teacher and task.teacher is not None
+  with pytest.raises(ValueError, match=r"reads teacher 'mean_teacher' \(config.loss.kd.teacher\)"
+                                       r"; this run's teachers: none"):
+    tasks.build(config, split)
+  config.teachers.mean_teacher = configs_common.ema_teacher(decay=0.9)
+  config.ema_decay = 0.5
+  with pytest.raises(ValueError, match="config.ema_decay=0.5 differs from teachers.mean_teacher"):
+    tasks.build(config, split)
+  config.ema_decay = 0.0
+  task = tasks.build(config, split)
+  assert task.ema_teacher and task.teacher is not None and task.ema_decay == 0.9
   result = loop.fit(task, config, str(tmp_path / "ema_kd"), common.train_data(config, split))
   assert int(result.state.step) == config.num_epochs * result.steps_per_epoch
-  assert tasks.eval_task(config, split).teacher is None   # evaluation needs no teacher
+  assert result.trainer.ema_decay == 0.9 and result.state.ema_params is not None
+  assert tasks.build(config, split, need_teachers=False).teacher is None   # none to evaluate

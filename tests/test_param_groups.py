@@ -44,10 +44,10 @@ def _tiny_cp_mobile_trainer(config):
   cfg.update(base_channels=8, n_blocks=(1, 1, 1), strides=((1, 1), (2, 1), (1, 2)))
   model = models.build(cfg, n_classes=4)
 
-  def loss(output, batch, key, loss_state):
+  def loss(output, batch, ctx):
     logp = jax.nn.log_softmax(output)
     ce = -jnp.mean(jnp.take_along_axis(logp, batch["label"][:, None], axis=1))
-    return ce, {}, loss_state
+    return ce, {}, ctx.loss_state
 
   task = loop.Task(model=model, make_inputs=lambda key, batch: batch["features"], loss=loss)
   rng = np.random.default_rng(0)
@@ -219,8 +219,7 @@ def test_the_locked_config_takes_groups_and_trains_a_frozen_run(tiny_config, tmp
   config.lock()
   config.optimizer.param_groups = (("(stem_\\d|b\\d)/.*", {"frozen": True}),
                                    ("head_.*", {"lr_mult": 2.0}))
-  split = stages.load_splits(config, "train")["train"]
-  task = stages.classification_task(config, split)
+  split, task = stages.training_task(config, stages.load_splits(config, "train")["train"])
   data = stages.train_data(config, split)
   fresh = jax.device_get(loop.setup(task, config, data).state)
   result = loop.fit(task, config, str(tmp_path / "frozen"), data)

@@ -144,7 +144,7 @@ def test_two_phase_recipe_frozen_backbone_then_end_to_end(tmp_path, data_dir):
   starts from phase 1's parameters (`init_from`, params only) and trains everything."""
   import jax
   import numpy as np
-  from jax_asc.stages import tasks
+  from jax_asc import tasks
   from jax_asc.train import loop
   config_file = tmp_path / "two_phase.py"
   config_file.write_text(TWO_PHASE)
@@ -154,7 +154,7 @@ def test_two_phase_recipe_frozen_backbone_then_end_to_end(tmp_path, data_dir):
 
   phase1 = plans.run_config(plan, plan.runs[0], str(chain), "smoke", True)
   split = common.load_splits(phase1, "train")["train"]
-  fresh = loop.setup(tasks.build_task(phase1, split), phase1,
+  fresh = loop.setup(tasks.build(phase1, split), phase1,
                      common.train_data(phase1, split)).state.params
   after1 = common.restore_variables(phase1, str(chain / "phase1"), "latest")[0]["params"]
   phase2 = plans.run_config(plan, plan.runs[1], str(chain), "smoke", True)

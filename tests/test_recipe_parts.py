@@ -1,18 +1,19 @@
 """Pieces of the report chains: MixStyle/mixup, teacher caches and ensembles, soups, DSFT tables."""
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from jax_asc import fingerprint
 from jax_asc.audio import augment
 from jax_asc.data.dataset import Split
-from jax_asc.losses import distillation
-from jax_asc.stages import finetune_device, soup, tasks, teachers
+from jax_asc.losses import distillation, registry
+from jax_asc.stages import finetune_device, model_init, soup
+from jax_asc.teachers import cache
 
 
 def _numpy_freq_mixstyle(x, perm, lam, eps=1e-6):
@@ -54,10 +55,11 @@ def test_mixup_draw_and_mix():
 
 def _split(filenames, n_classes=3):
   n = len(filenames)
-  return Split(name="train", waveform=np.zeros((n, 8), np.float32), label=np.zeros(n, np.int32),
-               device=np.zeros(n, np.int32), filename=np.asarray(filenames),
-               index=np.arange(n, dtype=np.int32) * 2, classes=[f"c{i}" for i in range(n_classes)],
-               devices=["a"], sample_rate=32000, dataset="test")
+  return Split(name="train", columns=dict(
+      waveform=np.zeros((n, 1, 8), np.float32), label=np.zeros(n, np.int32),
+      recording_device=np.zeros(n, np.int32), filename=np.asarray(filenames),
+      index=np.arange(n, dtype=np.int32) * 2), classes=[f"c{i}" for i in range(n_classes)],
+      devices=["a"], sample_rate=32000, dataset="test")
 
 
 def _record(workdir, stage, config_json, token):
@@ -65,81 +67,128 @@ def _record(workdir, stage, config_json, token):
       {"stage": stage, "config_fingerprint": fingerprint.of_json(config_json), "token": token}))
 
 
-def _teacher(tmp_path, name, split, logits, *, seed=0):
+def _teacher(tmp_path, name, split, logits, *, seed=0, **outputs):
   """A teacher run as its train and predict stages leave it (records and the cache)."""
   workdir = tmp_path / name
   workdir.mkdir()
   config_json = json.dumps({"seed": seed, "stage": "train", "model": {"name": "x"}})
   (workdir / "config.json").write_text(config_json)
   _record(workdir, "train", config_json, "t-train")
-  teachers.save_cache(teachers.predictions_path(str(workdir), "train"), split.filename, logits, {
-      "teacher_config_fingerprint": fingerprint.of_json(config_json), "token": f"{name}-predict",
-      "classes": list(split.classes), "split_fingerprint": teachers.split_fingerprint(split)})
+  cache.save(cache.predictions_dir(str(workdir), "train"), split.filename,
+             dict(logits=logits, **outputs), {
+                 "teacher_config_fingerprint": fingerprint.of_json(config_json),
+                 "token": f"{name}-predict", "classes": list(split.classes),
+                 "split_fingerprint": cache.split_fingerprint(split)})
   _record(workdir, "predict", config_json, f"{name}-predict")
   return str(workdir)
 
 
-def _config(members, mode="logits"):
-  return ml_collections.ConfigDict({"teacher": {"members": ",".join(members), "ensemble": mode}})
+def _spec(members, combine="logits", output="logits"):
+  return types.SimpleNamespace(source="cache", runs=",".join(members), combine=combine,
+                               output=output)
 
 
-def test_ensemble_cache_aligns_checks_and_averages(tmp_path):
+def test_gathered_cache_aligns_checks_and_is_memory_mapped(tmp_path):
   split = _split(["f1", "f2", "f3"])
   rng = np.random.default_rng(0)
   logits_a, logits_b = rng.normal(size=(2, 3, 3)).astype(np.float32)
   shuffled = _split(["f3", "f1", "f2"])            # the teacher predicted in another order
   a = _teacher(tmp_path, "a", shuffled, logits_a[[2, 0, 1]])
   b = _teacher(tmp_path, "b", split, logits_b)
-  run = tmp_path / "student"
-  member_logits = teachers.load_ensemble(_config([a, b]), str(run), split)
-  np.testing.assert_allclose(member_logits, np.stack([logits_a, logits_b]), atol=1e-6)
-  assert os.path.exists(teachers.ensemble_path(str(run), "train"))
+  run = str(tmp_path / "student")
+  stacked = cache.gathered(_spec([a, b]), "ensemble", run, split)
+  assert isinstance(stacked, np.memmap) and stacked.shape == (3, 2, 3)   # (N, K, C) on disk
+  np.testing.assert_allclose(stacked, np.stack([logits_a, logits_b], axis=1), atol=1e-6)
+  assert os.path.exists(os.path.join(cache.gathered_dir(run, "ensemble", "train"),
+                                     "logits.npy"))
   # Report 000 averages logits, report 001 probabilities: different targets.
-  by_logits = distillation.ensemble_log_probs(jnp.asarray(member_logits), 2.0, "logits")
-  by_probs = distillation.ensemble_log_probs(jnp.asarray(member_logits), 2.0, "probabilities")
-  expected = np.log(np.mean(np.exp(np.asarray(jax.nn.log_softmax(member_logits / 2.0))), 0))
+  members = jnp.asarray(np.swapaxes(stacked, 0, 1))
+  by_logits = distillation.ensemble_log_probs(members, 2.0, "logits")
+  by_probs = distillation.ensemble_log_probs(members, 2.0, "probabilities")
+  expected = np.log(np.mean(np.exp(np.asarray(jax.nn.log_softmax(members / 2.0))), 0))
   np.testing.assert_allclose(by_probs, expected, atol=1e-5)
   assert not np.allclose(by_logits, by_probs)
   # The cache on disk was made for [a, b] in logits mode: other settings are refused.
-  with pytest.raises(teachers.CacheMismatchError, match="mode"):
-    teachers.load_ensemble(_config([a, b], "probabilities"), str(run), split)
-  with pytest.raises(teachers.CacheMismatchError, match="members"):
-    teachers.load_ensemble(_config([a]), str(run), split)
-  with pytest.raises(teachers.CacheMismatchError, match="split fingerprint"):
-    teachers.load_ensemble(_config([a, b]), str(run), _split(["f1", "f2", "f4"]))
+  with pytest.raises(cache.CacheMismatchError, match="combine"):
+    cache.gathered(_spec([a, b], "probabilities"), "ensemble", run, split)
+  with pytest.raises(cache.CacheMismatchError, match="members"):
+    cache.gathered(_spec([a]), "ensemble", run, split)
+  with pytest.raises(cache.CacheMismatchError, match="split fingerprint"):
+    cache.gathered(_spec([a, b]), "ensemble", run, _split(["f1", "f2", "f4"]))
+  with pytest.raises(cache.CacheMismatchError, match="split fingerprint"):   # order matters
+    cache.gathered(_spec([a, b]), "ensemble", run, shuffled)
   # config.json rewritten by a later call of the same workdir (another stage, other
   # overrides) does not invalidate the caches: they are checked against the stages' records.
   (tmp_path / "b" / "config.json").write_text(json.dumps({"seed": 5, "stage": "evaluate"}))
-  teachers.load_ensemble(_config([a, b]), str(run), split)
-  teachers.build_ensemble(_config([a, b]), split)
+  cache.gathered(_spec([a, b]), "ensemble", run, split)
+  cache.gather(_spec([a, b]), "ensemble", split)
   # A member retrained with another configuration after predicting is refused.
   _record(tmp_path / "b", "train", json.dumps({"seed": 1, "model": {"name": "x"}}), "t2")
-  with pytest.raises(teachers.CacheMismatchError, match="changed since it predicted"):
-    teachers.load_ensemble(_config([a, b]), str(run), split)
-  with pytest.raises(teachers.CacheMismatchError, match="changed since it predicted"):
-    teachers.build_ensemble(_config([a, b]), split)
+  with pytest.raises(cache.CacheMismatchError, match="changed since it predicted"):
+    cache.gathered(_spec([a, b]), "ensemble", run, split)
+  with pytest.raises(cache.CacheMismatchError, match="changed since it predicted"):
+    cache.gather(_spec([a, b]), "ensemble", split)
   # A cache that the recorded predict stage did not write (token differs) is refused.
   _record(tmp_path / "a", "predict", json.dumps({"seed": 0, "model": {"name": "x"}}), "other")
-  with pytest.raises(teachers.CacheMismatchError, match="not the cache"):
-    teachers.build_ensemble(_config([a]), split)
+  with pytest.raises(cache.CacheMismatchError, match="not the cache"):
+    cache.gather(_spec([a]), "ensemble", split)
+
+
+def test_cache_teacher_columns_join_by_filename_and_stream_with_the_batches(tmp_path):
+  """Any cached output (here an embedding) joins the split as a column, in split order, and is
+  read batch by batch from the memory map (the order and every row checked)."""
+  from jax_asc.data import pipeline
+  split = _split([f"f{i}" for i in range(10)])
+  rng = np.random.default_rng(1)
+  embedding = rng.normal(size=(10, 5)).astype(np.float32)
+  order = rng.permutation(10)
+  a = _teacher(tmp_path, "a", split.take(order), np.zeros((10, 3), np.float32),
+               embedding=embedding[order])
+  spec = _spec([a], combine="mean", output="embedding")
+  column = cache.gathered(spec, "beats", str(tmp_path / "student"), split)
+  joined = split.with_columns({cache.column_name("beats", "embedding"): column})
+  seen = 0
+  for batch in pipeline.train_batches(joined, global_batch=4, seed=0, num_epochs=1):
+    rows = batch["index"] // 2                      # _split's index is 2 · row
+    np.testing.assert_array_equal(batch["teacher/beats/embedding"][:, 0], embedding[rows])
+    seen += len(rows)
+  assert seen == 8
+  with pytest.raises(cache.CacheMismatchError, match=r"holds outputs \['embedding', 'logits'\], "
+                                                     r"not 'projected'"):
+    cache.gather(_spec([a], output="projected"), "x", split)
 
 
 def test_ensemble_refuses_missing_files_and_absent_predictions(tmp_path):
   split = _split(["f1", "f2", "f3"])
   a = _teacher(tmp_path, "a", _split(["f1", "f2"]), np.zeros((2, 3), np.float32))
-  with pytest.raises(teachers.CacheMismatchError, match="no logits for 1 of the 3"):
-    teachers.build_ensemble(_config([a]), split)
+  with pytest.raises(cache.CacheMismatchError, match="no entry for 1 of the 3"):
+    cache.gather(_spec([a]), "ensemble", split)
   (tmp_path / "c").mkdir()
   (tmp_path / "c" / "config.json").write_text("{}")
   with pytest.raises(FileNotFoundError, match="run the predict stage"):
-    teachers.build_ensemble(_config([str(tmp_path / "c")]), split)
+    cache.gather(_spec([str(tmp_path / "c")]), "ensemble", split)
+  with pytest.raises(ValueError, match="teachers.ensemble.runs is empty"):
+    cache.gather(_spec([]), "ensemble", split)
 
 
-def test_index_table_gathers_by_split_index():
-  split = _split(["f1", "f2", "f3"])
-  rows = np.arange(9, dtype=np.float32).reshape(3, 3)
-  table = teachers.index_table(split, rows)
-  np.testing.assert_array_equal(table[split.index], rows)
+def test_teacher_config_errors_name_the_key_and_the_choices():
+  from configs import common as configs_common
+  from jax_asc import teachers
+  config = configs_common.base_config()
+  config.teachers.t = configs_common.online_teacher()
+  config.teachers.t.source = "onlin"
+  with pytest.raises(ValueError, match=r"teachers.t.source must be one of \['cache', 'ema', "
+                                       r"'online'\], got 'onlin'"):
+    teachers.specs(config)
+  config.teachers.t = configs_common.cache_teacher()
+  config.teachers.t.run = "x"   # cache teachers take `runs`
+  with pytest.raises(ValueError, match=r"teachers.t \(source 'cache'\) has no setting \['run'\]; "
+                                       r"valid: \['combine', 'output', 'runs', 'source'\]"):
+    teachers.specs(config)
+  config.teachers.t = configs_common.ema_teacher()
+  config.teachers.u = configs_common.ema_teacher()
+  with pytest.raises(ValueError, match="a run keeps one EMA"):
+    teachers.specs(config)
 
 
 def test_soup_average_and_pretrained_merge():
@@ -149,7 +198,7 @@ def test_soup_average_and_pretrained_merge():
   np.testing.assert_allclose(averaged["b"]["x"], 1.0)
   target = {"head": {"kernel": jnp.zeros((4, 10))}, "body": {"kernel": jnp.zeros((3, 3))}}
   source = {"head": {"kernel": np.ones((4, 527))}, "body": {"kernel": np.ones((3, 3))}}
-  merged, skipped = tasks._merge(target, source)
+  merged, skipped = model_init.merge(target, source)
   assert skipped == ["/head/kernel"]
   np.testing.assert_array_equal(merged["body"]["kernel"], 1.0)
   np.testing.assert_array_equal(merged["head"]["kernel"], 0.0)
@@ -163,6 +212,6 @@ def test_dsft_table_deltas_only_for_tuned_devices():
 
 
 def test_feature_pairs_parse_and_errors():
-  assert tasks.feature_pairs("s1:s1, s3:s2") == [("s1", "s1"), ("s3", "s2")]
+  assert registry.pairs("s1:s1, s3:s2", "ssfm") == (("s1", "s1"), ("s3", "s2"))
   with pytest.raises(ValueError, match="student_stage:teacher_stage"):
-    tasks.feature_pairs("s1")
+    registry.pairs("s1", "ssfm")

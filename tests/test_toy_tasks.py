@@ -50,11 +50,11 @@ def _task(weights):
   def teacher(frozen, batch):
     return {"ema": {"track_logits": model.apply(frozen["ema"], batch["x"])}}
 
-  def loss(track_logits, batch, key, loss_state):
+  def loss(track_logits, batch, ctx):
     inputs = {"track_logits": track_logits, "track_targets": batch["tracks"],
-              "teachers": batch["teacher"]}
+              "teachers": ctx.teachers}
     value, metrics, _ = registry.total(weights, settings, inputs)
-    return value, metrics, loss_state
+    return value, metrics, ctx.loss_state
 
   return loop.Task(model=model, make_inputs=lambda key, batch: batch["x"], loss=loss,
                    teacher=teacher, ema_teacher=True)
@@ -82,7 +82,7 @@ def test_pit_tagging_with_an_ema_teacher_trains_through_the_trainer(tmp_path):
 
   def evaluate(trainer, state):
     val = ({"x": x_val[s:s + 128], "mask": np.ones(128, bool)} for s in range(0, 256, 128))
-    logits = trainer.predict(state, val, num_examples=256)
+    logits = trainer.predict(state, val, num_examples=256)["logits"]
     return {"validation/set_accuracy": _set_accuracy(logits, tracks_val)}
 
   config = common.base_config()

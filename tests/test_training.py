@@ -1,4 +1,5 @@
 """The trainer: sharding, resume bit-exactness, non-finite loss, config errors, quickstart."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -26,31 +27,47 @@ def _leaves_equal(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def test_resume_after_a_crash_is_bit_exact(tiny_config, tmp_path):
+def test_resume_after_kill_9_is_bit_exact(tiny_config, tmp_path):
+  """A run killed with SIGKILL (possibly while orbax writes a checkpoint) and started again with
+  the same command ends with exactly the parameters, statistics and EMA of an uninterrupted
+  run."""
+  import signal
+  import time
+  from jax_asc.train import checkpoint as checkpoint_lib
+  settings = dict(num_epochs=8, eval_every_epochs=8, ema_decay=0.9)   # 32 steps
+  workdir = tmp_path / "killed"
+  command = [sys.executable, "-m", "jax_asc.main", "--config", "configs/quickstart.py:tiny",
+             "--workdir", str(workdir), "--config.stage=train",
+             "--config.checkpoint.every_steps=4",
+             f"--config.data.cache_dir={tiny_config.data.cache_dir}"] + [
+                 f"--config.{k}={v}" for k, v in settings.items()]
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  latest = workdir / "checkpoints" / "latest"
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if latest.is_dir() and any(n.isdigit() and int(n) >= 8 for n in os.listdir(latest)):
+      break
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  assert process.wait() == -signal.SIGKILL           # killed mid-run, not finished
+  assert not (workdir / "train.done.json").exists()
+  again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  resumed_from = int(again.stdout.split("Resuming from the checkpoint at step ")[1].split()[0])
+  assert 8 <= resumed_from < 32   # continued from a checkpoint, not from scratch
+
   config = tiny_config
-  config.num_epochs = 3
-  config.checkpoint.every_steps = 3
-  config.ema_decay = 0.9
-  split = _train_split(config)
-  task = common.classification_task(config, split)
-  data = common.train_data(config, split)
-  uninterrupted = loop.fit(task, config, str(tmp_path / "a"), data).state
-
-  class Crash(Exception):
-    pass
-
-  def crash_at_7(step, state):
-    if step == 7:
-      raise Crash()
-
-  with pytest.raises(Crash):
-    loop.fit(task, config, str(tmp_path / "b"), data, hooks=[crash_at_7])
-  assert sorted(os.listdir(tmp_path / "b" / "checkpoints" / "latest")) == ["6"]
-  resumed_steps = []
-  resumed = loop.fit(task, config, str(tmp_path / "b"), data,
-                     hooks=[lambda step, state: resumed_steps.append(step)]).state
-  assert resumed_steps[0] == 7   # continued after the step-6 checkpoint, not from scratch
-  assert int(resumed.step) == int(uninterrupted.step) == 12
+  config.update(settings)
+  config.checkpoint.every_steps = 4
+  split, task = common.training_task(config, _train_split(config))
+  uninterrupted = loop.fit(task, config, str(tmp_path / "whole"),
+                           common.train_data(config, split)).state
+  checkpoints = checkpoint_lib.Checkpoints(str(workdir), best_metric="x", best_mode="max",
+                                           keep_best=0)
+  resumed, meta = checkpoints.restore(uninterrupted, "latest")
+  checkpoints.close()
+  assert meta["step"] == int(uninterrupted.step) == 32
   for part in ("params", "batch_stats", "opt_state", "ema_params"):
     assert _leaves_equal(getattr(resumed, part), getattr(uninterrupted, part)), part
 
@@ -58,16 +75,15 @@ def test_resume_after_a_crash_is_bit_exact(tiny_config, tmp_path):
 def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(tiny_config, tmp_path):
   config = tiny_config
   config.checkpoint.every_steps = 1
-  split = _train_split(config)
-  base = common.classification_task(config, split)
+  split, base = common.training_task(config, _train_split(config))
   poisoned_index = 5
 
-  def loss(logits, batch, key, loss_state):
-    value, metrics, loss_state = base.loss(logits, batch, key, loss_state)
+  def loss(logits, batch, ctx):
+    value, metrics, loss_state = base.loss(logits, batch, ctx)
     poisoned = jnp.any(batch["index"] == poisoned_index)
     return jnp.where(poisoned, jnp.nan, value), metrics, loss_state
 
-  task = loop.Task(base.model, base.make_inputs, loss)
+  task = dataclasses.replace(base, loss=loss)
   order = pipeline.epoch_permutation(len(split), config.seed, 0)
   bad_step = int(np.flatnonzero(order == poisoned_index)[0]) // config.batch_size + 1
   workdir = str(tmp_path / "nan")
@@ -81,19 +97,19 @@ def test_loss_state_is_threaded_through_steps_and_checkpointed(tiny_config, tmp_
   from jax_asc.losses import contrastive
   from jax_asc.train import checkpoint as checkpoint_lib
   config = tiny_config
-  split = _train_split(config)
-  base = common.classification_task(config, split)
+  split, base = common.training_task(config, _train_split(config))
   teacher_table = jax.random.normal(jax.random.key(9), (len(split), 10))
 
-  def loss(logits, batch, key, memory):
-    ce, metrics, _ = base.loss(logits, batch, key, None)
-    index = batch["index"]
-    contrast = contrastive.sample_contrast_indices(key, index, len(split), 8)
+  def loss(logits, batch, ctx):
+    ce, metrics, _ = base.loss(logits, batch, ctx._replace(loss_state=None))
+    index, memory = batch["index"], ctx.loss_state
+    contrast = contrastive.sample_contrast_indices(ctx.key, index, len(split), 8)
     crd, memory = contrastive.crd_loss(memory, logits, teacher_table[index], index, contrast)
     return ce + 0.1 * crd, dict(metrics, crd=crd), memory
 
-  task = loop.Task(base.model, base.make_inputs, loss,
-                   init_loss_state=lambda key: contrastive.crd_memory_init(key, len(split), 10))
+  task = dataclasses.replace(
+      base, loss=loss,
+      init_loss_state=lambda key: contrastive.crd_memory_init(key, len(split), 10))
   workdir = str(tmp_path / "crd")
   result = loop.fit(task, config, workdir, common.train_data(config, split))
   initial = loop.setup(task, config, common.train_data(config, split)).state.loss_state
@@ -174,8 +190,7 @@ config.schedule.name = "constant"
 # to zero up to rounding, and the stem kernel's gradient multiplies that rounding by the input
 # mean, so an uncentred input turns reduction-order noise into visible gradient differences.
 config.frontend.update(norm_shift=10.0, norm_scale=4.0)
-split = common.load_splits(config, "train")["train"]
-task = common.classification_task(config, split)
+split, task = common.training_task(config, common.load_splits(config, "train")["train"])
 data = common.train_data(config, split)
 local = next(data.batches(0))
 out = {{}}

@@ -141,8 +141,8 @@ def our_config(spec):
 def our_trainer(variant, config):
   model = models.build(common.cp_mobile(variant))
 
-  def loss(output, batch, key, loss_state):
-    return classification.cross_entropy(output, batch["label"]), {}, loss_state
+  def loss(output, batch, ctx):
+    return classification.cross_entropy(output, batch["label"]), {}, ctx.loss_state
 
   task = loop.Task(model=model, make_inputs=lambda key, batch: batch["features"], loss=loss)
   example = {"features": np.zeros((BATCH, MELS, FRAMES), np.float32),

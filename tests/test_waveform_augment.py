@@ -64,7 +64,8 @@ def test_random_augmentations_ranges_probability_and_determinism():
 
 
 def test_tf_pipeline_augmentation_is_deterministic_for_a_seed():
-  batch = {"waveform": tf.constant(_batch(8, 500)), "device": tf.constant(np.arange(8) % 3)}
+  batch = {"waveform": tf.constant(_batch(8, 500)),
+           "recording_device": tf.constant(np.arange(8) % 3)}
   irs = tf.constant(np.eye(4, 32, 2, dtype=np.float32))
   kwargs = dict(max_shift=50, max_gain_db=3.0, irs=irs, dir_prob=0.7, dir_device_ids=(0,))
   a = tf_augment.augment_batch(batch, tf.constant([1, 2]), **kwargs)["waveform"].numpy()
@@ -91,9 +92,9 @@ def test_free_spoken_digits_through_the_pipeline(tmp_path):
   manifest = formats.fsdd(FSDD, "test")
   assert len(manifest.examples) == 300
   split = loading.load(manifest, sample_rate=16000, cache_dir=str(tmp_path))
-  assert split.waveform.shape == (300, 40000)          # 2.5 s at 16 kHz, zero-padded
-  assert sorted(set(split.label.tolist())) == list(range(10))
-  assert {split.devices[d] for d in split.device} == set(manifest.devices)
+  assert split["waveform"].shape == (300, 1, 40000)    # 2.5 s at 16 kHz, zero-padded
+  assert sorted(set(split["label"].tolist())) == list(range(10))
+  assert {split.devices[d] for d in split["recording_device"]} == set(manifest.devices)
   rows = 0
   for batch in pipeline.eval_batches(split, global_batch=64):
     rows += int(batch["mask"].sum())
@@ -109,8 +110,7 @@ def test_training_inputs_apply_dir_roll_and_gain_on_the_device(tiny_config):
   config = tiny_config
   config.waveform_augment.update(roll_samples=400, gain_db=3.0, dir_folder=MICIRP, dir_prob=1.0,
                                  dir_devices=("a",))
-  split = common.load_splits(config, "train")["train"]
-  task = common.classification_task(config, split)
+  split, task = common.training_task(config, common.load_splits(config, "train")["train"])
   batch = next(pipeline.eval_batches(split, global_batch=16))
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
   make = jax.jit(task.make_inputs)
@@ -120,4 +120,4 @@ def test_training_inputs_apply_dir_roll_and_gain_on_the_device(tiny_config):
   assert not np.allclose(train_inputs, make(None, batch))
   config.waveform_augment.dir_devices = ("z9",)
   with pytest.raises(ValueError, match="z9"):
-    common.classification_task(config, split)
+    common.training_task(config, split)

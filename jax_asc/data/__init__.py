@@ -11,7 +11,9 @@ Datasets (`cfg.name`) and their split names:
   fsdd           train (takes 5–49), test (takes 0–4)
 Real datasets are read from `cfg.root`, resampled to `cfg.sample_rate` once with `cfg.resampler`
 (`audio_io.RESAMPLERS`) and cached as `cfg.cache_dtype` under `cfg.cache_dir` (default
-`$JAX_ASC_DATA_DIR` or `~/.cache/jax_asc`).
+`$JAX_ASC_DATA_DIR` or `~/.cache/jax_asc`); `cfg.keep_channels` keeps the dataset's channels
+(waveform (N, C, S)), else they are mixed to mono (C = 1). Every split is a table of named
+columns (`dataset.COLUMNS`).
 
 Derived at load time (`derived.py`), for every dataset:
   segment_seconds > 0   every clip of every split cut into consecutive segments `<file>@<k>`
@@ -37,7 +39,7 @@ HOLDOUT = derived.HOLDOUT
 # base_config()'s values of the keys a hand-built `cfg` (tests, benchmarks) may lack.
 _DEFAULTS = dict(validation_split="validation", test_split="test", train_split="train",
                  selection_split="validation", holdout_fraction=0.1, holdout_seed=0,
-                 segment_seconds=0.0)
+                 segment_seconds=0.0, keep_channels=False)
 
 
 def _option(cfg, key: str):
@@ -150,5 +152,6 @@ def _load_plain(cfg, names: Sequence[str]) -> Dict[str, Split]:
   cache_dir = cfg.cache_dir or default_cache_dir()
   return {n: loading.load(manifest(cfg, n), sample_rate=cfg.sample_rate, cache_dir=cache_dir,
                           skip_bad_files=cfg.skip_bad_files, cache_dtype=cfg.cache_dtype,
-                          resampler=cfg.resampler)
+                          resampler=cfg.resampler,
+                          keep_channels=bool(_option(cfg, "keep_channels")))
           for n in dict.fromkeys(names)}

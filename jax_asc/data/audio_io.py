@@ -6,13 +6,13 @@ every file (`RESAMPLERS`: the d24/25 reference's windowed sinc, or librosa's sox
 """
 from __future__ import annotations
 
-import functools
-import math
 import os
 from typing import Optional
 
 import numpy as np
 import soundfile
+
+from jax_asc.audio import resample as resample_lib
 
 
 class BadAudioError(ValueError):
@@ -45,12 +45,13 @@ def _wav_missing_bytes(path: str) -> int:
 
 
 def read_audio(path: str, *, expected_sample_rate: Optional[int] = None,
-               expected_channels: Optional[int] = None) -> tuple:
-  """(waveform float32 (samples,) mono, sample rate) of a wav/flac/ogg file.
+               expected_channels: Optional[int] = None, keep_channels: bool = False) -> tuple:
+  """(waveform float32, sample rate) of a wav/flac/ogg file: (samples,) mono, or with
+  `keep_channels` (channels, samples) as the file has them.
 
-  Multi-channel files are averaged to mono after the channel check. Raises `BadAudioError` for a
-  missing, empty, truncated or corrupt file, NaN or infinite samples, or a sample rate / channel
-  count other than the expected one.
+  Without `keep_channels`, multi-channel files are averaged to mono after the channel check.
+  Raises `BadAudioError` for a missing, empty, truncated or corrupt file, NaN or infinite
+  samples, or a sample rate / channel count other than the expected one.
   """
   if not os.path.exists(path):
     raise BadAudioError(path, "file listed in the metadata but missing on disk")
@@ -75,6 +76,8 @@ def read_audio(path: str, *, expected_sample_rate: Optional[int] = None,
     raise BadAudioError(path, f"{data.shape[1]} channel(s), expected {expected_channels}")
   if not np.all(np.isfinite(data)):
     raise BadAudioError(path, "contains NaN or infinite samples")
+  if keep_channels:
+    return np.ascontiguousarray(data.T), sample_rate
   return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0], sample_rate
 
 
@@ -109,32 +112,6 @@ def resample(waveform: np.ndarray, source_rate: int, target_rate: int,
   return sinc_resample(waveform, source_rate, target_rate)
 
 
-@functools.lru_cache(maxsize=32)
-def _sinc_phases(orig: int, new: int, width_zeros: int, rolloff: float) -> tuple:
-  """(taps (new, 2·pad + 1) float32, start (new,) int, pad) of the polyphase windowed sinc.
-
-  Rates are gcd-reduced (`orig` → `new`). Output j + m·new is the input interpolated at input
-  sample m·orig + j·orig/new by an ideal low-pass of cutoff rolloff · min(orig, new) / 2 (so
-  `base` = rolloff · min(orig, new) is twice the cutoff): tap weight sinc(t) · cos²(π t / (2 W)) ·
-  base / orig at t = base · (input offset) / orig, clamped to |t| ≤ W = `width_zeros` zero
-  crossings (unit DC gain). `pad` = ceil(W · orig / base) zeros on each side bound the support,
-  as in torchaudio; phase j needs only the 2·pad + 1 inputs from floor(j·orig/new) on: the other
-  taps of torchaudio's dense (new, 2·pad + orig) kernel are the clamped window ends, below 1e-40.
-  """
-  base = min(orig, new) * rolloff
-  pad = math.ceil(width_zeros * orig / base)
-  j = np.arange(new)
-  start = (orig * j) // new
-  k = start[:, None] + np.arange(2 * pad + 1)[None, :]          # index into the padded input
-  # torchaudio forms the phase offset j/new in float32 and the rest in float64; the same here
-  # keeps the output within float32 rounding of its `Resample` (an exact j/new moves it by up to
-  # ~1e-5 at 32 → 44.1 kHz, new = 441).
-  phase = (j.astype(np.float32) / np.float32(new)).astype(np.float64)
-  t = np.clip(((k - pad) / orig - phase[:, None]) * base, -width_zeros, width_zeros)
-  window = np.cos(t * np.pi / (2 * width_zeros)) ** 2
-  return (np.sinc(t) * window * (base / orig)).astype(np.float32), start, pad
-
-
 def sinc_resample(waveform: np.ndarray, source_rate: int, target_rate: int, *,
                   lowpass_filter_width: int = 6, rolloff: float = 0.99) -> np.ndarray:
   """Windowed-sinc (Hann) resampling of (..., samples) → float32 (..., ceil(samples·new/orig)).
@@ -143,15 +120,12 @@ def sinc_resample(waveform: np.ndarray, source_rate: int, target_rate: int, *,
   `orig` samples; block m gives outputs m·new … m·new + new − 1, output j of a block the dot
   product of 2·pad + 1 inputs with phase j's taps (44.1 → 32 kHz: 441 → 320, 19 taps).
   """
-  source_rate, target_rate = int(source_rate), int(target_rate)
-  if source_rate <= 0 or target_rate <= 0:
-    raise ValueError(f"sample rates must be positive, got {source_rate} → {target_rate}")
+  orig, new = resample_lib.reduced_rates(source_rate, target_rate)
   x = np.asarray(waveform, np.float32)
-  if source_rate == target_rate:
+  if orig == new:
     return x.copy()
-  g = math.gcd(source_rate, target_rate)
-  orig, new = source_rate // g, target_rate // g
-  taps, start, pad = _sinc_phases(orig, new, int(lowpass_filter_width), float(rolloff))
+  taps, start, pad = resample_lib.sinc_phases(orig, new, int(lowpass_filter_width),
+                                              float(rolloff))
   lead, length = x.shape[:-1], x.shape[-1]
   out_length = -(-new * length // orig)
   blocks = -(-out_length // new)
@@ -163,7 +137,9 @@ def sinc_resample(waveform: np.ndarray, source_rate: int, target_rate: int, *,
 
 
 def fit_length(waveform: np.ndarray, num_samples: int) -> np.ndarray:
-  """Zero-pads or truncates to `num_samples` (resampling can be off by a sample)."""
-  if len(waveform) >= num_samples:
-    return waveform[:num_samples]
-  return np.pad(waveform, (0, num_samples - len(waveform)))
+  """Zero-pads or truncates the last axis to `num_samples` (resampling can be off by a
+  sample)."""
+  length = waveform.shape[-1]
+  if length >= num_samples:
+    return waveform[..., :num_samples]
+  return np.pad(waveform, [(0, 0)] * (waveform.ndim - 1) + [(0, num_samples - length)])

@@ -9,26 +9,26 @@ Evaluation: every example exactly once, in order, padded to whole global batches
 carry `mask = False` (big_vision's `_mask`), so metrics count each example once on any number of
 devices and hosts.
 
-Batches are dicts of NumPy arrays: `waveform` (b, samples) float32, `label`, `device`, `index`
-(int32), `mask` (bool); `filename` stays on the host (`Split.filename[index]`).
+Batches are dicts of NumPy arrays, one entry per numeric column of the split (or the columns
+asked for), gathered generically: audio columns (`waveform` (b, C, samples), `sources`) as
+float32, every other column in its own dtype and shape (`label`, `labels`, `recording_device`,
+`index`, teacher-cache columns, …), plus `mask` (bool). String columns (`filename`,
+`identifier`) stay on the host (`Split.filename[index]`).
 """
 from __future__ import annotations
 
 import atexit
 import math
 import weakref
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from jax_asc.data.dataset import Split
+from jax_asc.data.dataset import AUDIO_COLUMNS, Split
 
 # TF must never grab an accelerator that JAX uses (google/flax#4942).
 tf.config.set_visible_devices([], "GPU")
-
-_FIELDS = ("label", "device", "index")
-
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   """The example order of one training epoch, from (seed, epoch) only."""
@@ -43,34 +43,58 @@ def steps_per_epoch(num_examples: int, global_batch: int) -> int:
   return steps
 
 
-def host_batch(split: Split, rows: np.ndarray) -> dict:
-  """The examples at `rows` as a batch of NumPy arrays (waveforms as float32), in that order.
+def batch_columns(split: Split, columns: Optional[Sequence[str]] = None) -> Tuple[str, ...]:
+  """The columns a batch of `split` carries: `columns` (checked) or every numeric one."""
+  if columns is None:
+    return split.batch_columns
+  for name in columns:
+    split[name]   # KeyError naming the split's columns
+    if name not in split.batch_columns:
+      raise ValueError(f"column {name!r} of split {split.name!r} holds strings: it stays on the "
+                       "host and cannot be batched")
+  return tuple(columns)
 
-  Waveforms are gathered with NumPy (the split's array may be a memory-mapped cache larger than
-  memory), reading the rows in sorted order, which is faster on a memory map.
+
+def column_spec(split: Split, name: str) -> Tuple[np.dtype, tuple]:
+  """(dtype, per-example shape) of column `name` in a batch (audio columns as float32)."""
+  column = split[name]
+  dtype = np.dtype(np.float32) if name in AUDIO_COLUMNS else np.dtype(column.dtype)
+  return dtype, tuple(column.shape[1:])
+
+
+def host_batch(split: Split, rows: np.ndarray,
+               columns: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+  """The examples at `rows` as a batch of NumPy arrays, in that order: every column of
+  `batch_columns(split, columns)`, audio columns as float32.
+
+  Columns are gathered with NumPy (a column may be a memory-mapped cache larger than memory),
+  reading the rows in sorted order, which is faster on a memory map.
   """
   rows = np.asarray(rows)
-  order = np.argsort(rows)
-  waves = np.empty((len(rows), split.num_samples), np.float32)
-  waves[order] = split.float_waveforms(rows[order])
-  batch = {"waveform": waves}
-  batch.update({name: getattr(split, name)[rows] for name in _FIELDS})
+  order = np.argsort(rows, kind="stable")
+  batch = {}
+  for name in batch_columns(split, columns):
+    dtype, shape = column_spec(split, name)
+    out = np.empty((len(rows),) + shape, dtype)
+    out[order] = split.column_rows(name, rows[order])
+    batch[name] = out
   return batch
 
 
-def _gather_dataset(split: Split, rows: tf.data.Dataset, per_host_batch: int):
+def _gather_dataset(split: Split, rows: tf.data.Dataset, per_host_batch: int,
+                    columns: Optional[Sequence[str]] = None):
   """tf.data over (row index, mask) pairs already in order: batched, gathering each batch."""
-  dtypes = [tf.float32] + [tf.as_dtype(getattr(split, n).dtype) for n in _FIELDS]
+  names = batch_columns(split, columns)
+  specs = [column_spec(split, n) for n in names]
 
   def gather_numpy(batch_rows):
-    batch = host_batch(split, batch_rows)
-    return (batch["waveform"],) + tuple(batch[name] for name in _FIELDS)
+    batch = host_batch(split, batch_rows, names)
+    return tuple(batch[name] for name in names)
 
   def gather(batch_rows, batch_mask):
-    outputs = tf.numpy_function(gather_numpy, [batch_rows], dtypes)
-    out = {"waveform": tf.ensure_shape(outputs[0], [per_host_batch, split.num_samples])}
-    for name, value in zip(_FIELDS, outputs[1:]):
-      out[name] = tf.ensure_shape(value, [per_host_batch])
+    outputs = tf.numpy_function(gather_numpy, [batch_rows], [tf.as_dtype(d) for d, _ in specs])
+    out = {name: tf.ensure_shape(value, [per_host_batch, *shape])
+           for name, value, (_, shape) in zip(names, outputs, specs)}
     out["mask"] = batch_mask
     return out
 
@@ -114,8 +138,10 @@ def global_step_rows(num_examples: int, global_batch: int, seed: int, step: int)
 
 def train_batches(split: Split, *, global_batch: int, seed: int, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1,
-                  num_epochs: Optional[int] = None) -> Iterator[dict]:
-  """Endless (or `num_epochs`) training batches of this host, from global step `start_step`.
+                  num_epochs: Optional[int] = None,
+                  columns: Optional[Sequence[str]] = None) -> Iterator[dict]:
+  """Endless (or `num_epochs`) training batches of this host, from global step `start_step`
+  (the columns of `batch_columns(split, columns)` and `mask`).
 
   One tf.data pipeline serves every epoch (no per-epoch set-up); each epoch's order is drawn
   when the pipeline reaches it.
@@ -136,23 +162,26 @@ def train_batches(split: Split, *, global_batch: int, seed: int, start_step: int
   rows = tf.data.Dataset.range(first_epoch, last_epoch).map(
       lambda epoch: tf.numpy_function(epoch_rows, [epoch], tf.int64)).unbatch()
   rows = rows.map(lambda row: (row, True))
-  return _iterate(_gather_dataset(split, rows, per_host))
+  return _iterate(_gather_dataset(split, rows, per_host, columns))
 
 
 def eval_batches(split: Split, *, global_batch: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict]:
+                 process_count: int = 1,
+                 columns: Optional[Sequence[str]] = None) -> Iterator[dict]:
   """Every example once, padded with masked rows to whole global batches; this host's part.
 
   The tf.data pipeline is built once per split and batch layout and reused by later calls
   (evaluation every few epochs)."""
-  key = ("eval", global_batch, process_index, process_count)
+  names = batch_columns(split, columns)
+  key = ("eval", global_batch, process_index, process_count, names)
   if key not in split.pipelines:
-    split.pipelines[key] = _eval_dataset(split, global_batch, process_index, process_count)
+    split.pipelines[key] = _eval_dataset(split, global_batch, process_index, process_count,
+                                         names)
   return _iterate(split.pipelines[key])
 
 
 def _eval_dataset(split: Split, global_batch: int, process_index: int,
-                  process_count: int) -> tf.data.Dataset:
+                  process_count: int, columns: Sequence[str]) -> tf.data.Dataset:
   per_host = global_batch // process_count
   num_batches = max(1, math.ceil(len(split) / global_batch))
   rows = np.arange(num_batches * global_batch)
@@ -161,4 +190,4 @@ def _eval_dataset(split: Split, global_batch: int, process_index: int,
   rows = rows.reshape(num_batches, process_count, per_host)[:, process_index].reshape(-1)
   mask = mask.reshape(num_batches, process_count, per_host)[:, process_index].reshape(-1)
   ds = tf.data.Dataset.from_tensor_slices((rows.astype(np.int64), mask))
-  return _gather_dataset(split, ds, per_host)
+  return _gather_dataset(split, ds, per_host, columns)

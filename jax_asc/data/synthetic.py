@@ -26,8 +26,9 @@ Design
 * Every clip is fully determined by (seed, split, clip index): the dataset is deterministic.
 
 Stored as int16 PCM (like the wav files of the real sets) with metadata arrays; each example has
-`waveform`, `label`, `device`, `identifier` (`{scene}-{location}`, the recording place, as TAU's
-`{city}-{location}`), `filename` and a stable `index`.
+the columns `waveform` (1, samples), `label`, `recording_device`, `identifier`
+(`{scene}-{location}`, the recording place, as TAU's `{city}-{location}`), `filename` and a
+stable `index`.
 """
 from __future__ import annotations
 
@@ -270,12 +271,12 @@ def load(cfg, cache_dir: str = "") -> Dict[str, dataset_lib.Split]:
         json.dump(spec, f, indent=1)
     with np.load(path) as stored:
       arrays = {k: stored[k] for k in stored.files}
-    splits[split] = dataset_lib.Split(
-        name=split,
-        waveform=arrays["waveform"], label=arrays["label"], device=arrays["device"],
-        filename=arrays["filename"], index=arrays["index"],
+    columns = dict(
+        waveform=arrays["waveform"][:, None, :], label=arrays["label"],
+        recording_device=arrays["device"], filename=arrays["filename"], index=arrays["index"],
         identifier=np.array([f"{CLASSES[c]}-{l}" for c, l in zip(arrays["label"],
-                                                                  arrays["location"])]),
-        classes=CLASSES, devices=DEVICES, sample_rate=SAMPLE_RATE,
+                                                                  arrays["location"])]))
+    splits[split] = dataset_lib.Split(
+        name=split, columns=columns, classes=CLASSES, devices=DEVICES, sample_rate=SAMPLE_RATE,
         waveform_scale=1.0 / 32767, dataset="synthetic")
   return splits

@@ -40,7 +40,7 @@ def augment_batch(batch: dict, seed: tf.Tensor, *, max_shift: int = 0, max_gain_
     choice = tf.random.stateless_uniform([b], seeds[0], 0, irs.shape[0], dtype=tf.int32)
     apply = tf.random.stateless_uniform([b], seeds[1]) < dir_prob
     if dir_device_ids:
-      devices = tf.cast(batch["device"], tf.int32)[:, None]
+      devices = tf.cast(batch["recording_device"], tf.int32)[:, None]
       apply &= tf.reduce_any(devices == tf.constant(dir_device_ids, tf.int32)[None, :], 1)
     x = tf.where(apply[:, None], convolve_truncated(x, tf.gather(irs, choice)), x)
   if max_shift > 0:

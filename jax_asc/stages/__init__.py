@@ -4,8 +4,8 @@
 |---|---|
 | train | fit the model (teacher or student) with the configured loss |
 | distill | train with a teacher term required (cached-ensemble KD, online feature KD) |
-| predict | cache this run's logits per split for students (`predictions/<split>.npz`) |
-| ensemble | gather `teacher.members`' caches into this run's KD targets, score the ensemble |
+| predict | cache this run's named outputs per split for students (`predictions/<split>/`) |
+| ensemble | gather the cache teachers' member predictions (`teachers.<name>.runs`), score them |
 | soup | average the best-k checkpoints into `checkpoints/soup` |
 | finetune_device | DSFT: one fine-tuned copy per device, device-routed evaluation |
 | evaluate | score a checkpoint on a split (and in float16) |

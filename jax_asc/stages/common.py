@@ -1,22 +1,23 @@
-"""What the stages share: data, the classification task, the trainer set-up, evaluation."""
+"""What the stages share: data, the run's task, input pipelines, predictions, records."""
 from __future__ import annotations
 
 import json
 import os
 import time
 import uuid
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jax_asc import data as data_lib
-from jax_asc import fingerprint, models, native
-from jax_asc.audio import augment, frontends
-from jax_asc.data import impulse_responses, pipeline
+from jax_asc import fingerprint, models, native, tasks
+from jax_asc.audio import frontends
+from jax_asc.data import impulse_responses as impulse_lib
+from jax_asc.data import on_accelerator, pipeline
 from jax_asc.data.dataset import Split
-from jax_asc.eval import complexity, metrics, report
+from jax_asc.eval import complexity, evaluators, report
 from jax_asc.train import loop
 
 
@@ -36,100 +37,80 @@ def record_skipped(workdir: str, splits) -> None:
     print(f"Skipped {total} bad file(s): listed in {workdir}/skipped_files.json", flush=True)
 
 
-def waveform_augmentation(config, split: Split):
-  """(key, batch) → waveforms after DIR → time roll → gain, as `config.waveform_augment` says."""
+def impulse_responses(config, split: Split) -> Optional[np.ndarray]:
+  """The DIR bank (M, L) at the split's rate when `waveform_augment.dir_prob` > 0, else None."""
   cfg = config.waveform_augment
-  irs = eligible_ids = None
-  if cfg.dir_prob > 0:
-    if not cfg.dir_folder:
-      raise ValueError("waveform_augment.dir_prob > 0 needs waveform_augment.dir_folder")
-    irs, _ = impulse_responses.load_impulse_responses(cfg.dir_folder, split.sample_rate,
-                                                      cfg.dir_resampler)
-    irs = jnp.asarray(irs)
-    unknown = [d for d in cfg.dir_devices if d not in split.devices]
-    if unknown:
-      raise ValueError(f"waveform_augment.dir_devices {unknown} are not devices of "
-                       f"{split.dataset or 'this dataset'} ({list(split.devices)})")
-    eligible_ids = jnp.asarray([split.devices.index(d) for d in cfg.dir_devices], jnp.int32)
-
-  def apply(key, batch):
-    k_dir, k_roll, k_gain = jax.random.split(key, 3)
-    x = batch["waveform"]
-    if irs is not None:
-      eligible = (None if eligible_ids.size == 0 else
-                  jnp.any(batch["device"][:, None] == eligible_ids[None, :], axis=1))
-      x = augment.device_impulse_response(k_dir, x, irs, cfg.dir_prob, eligible)
-    x = augment.time_roll(k_roll, x, cfg.roll_samples)
-    return augment.random_gain(k_gain, x, cfg.gain_db)
-  return apply
+  if cfg.dir_prob <= 0:
+    return None
+  if not cfg.dir_folder:
+    raise ValueError("waveform_augment.dir_prob > 0 needs waveform_augment.dir_folder")
+  irs, _ = impulse_lib.load_impulse_responses(cfg.dir_folder, split.sample_rate,
+                                              cfg.dir_resampler)
+  return irs
 
 
-def classification_task(config, split: Split) -> loop.Task:
-  """The run's training task (`stages.tasks.build_task`; no workdir: no cached teacher logits)."""
-  from jax_asc.stages import tasks
-  return tasks.build_task(config, split)
+def training_task(config, split: Split, workdir: Optional[str] = None):
+  """(the split with the columns the run's teachers add, the run's training task)."""
+  family = tasks.family(config)
+  split = family.join_cache_teachers(config, split, workdir)
+  task = family.build(config, split, impulse_responses=impulse_responses(config, split))
+  return split, task
 
 
 PIPELINES = ("tf_data", "accelerator")
-ACCELERATOR_DTYPES = ("float16", "float32")
 
 
-def accelerator_data(config, split: Split) -> loop.AcceleratorData:
-  """The split for the accelerator path (`data.pipeline = "accelerator"`): waveforms in
-  `data.accelerator_dtype` (int16 PCM stays int16: as small, and exact), the same step order as
-  the tf.data pipeline."""
-  cfg = config.data
-  if cfg.accelerator_dtype not in ACCELERATOR_DTYPES:
-    raise ValueError(f"data.accelerator_dtype must be one of {ACCELERATOR_DTYPES}, got "
-                     f"{cfg.accelerator_dtype!r}")
-  waveform, scale = split.waveform, float(split.waveform_scale)
-  if waveform.dtype != np.int16 and (waveform.dtype != np.dtype(cfg.accelerator_dtype) or scale != 1):
-    converted = np.empty(waveform.shape, cfg.accelerator_dtype)
-    for start in range(0, len(split), 1024):   # in chunks: the cache may be a memory map
-      rows = np.arange(start, min(start + 1024, len(split)))
-      converted[rows] = split.float_waveforms(rows)
-    waveform, scale = converted, 1.0
-  arrays = {"waveform": np.asarray(waveform), "label": split.label, "device": split.device,
-            "index": split.index}
-  rows = lambda step: pipeline.global_step_rows(len(split), config.batch_size, config.seed, step)
-  return loop.AcceleratorData(arrays, rows, steps_per_call=cfg.steps_per_call, waveform_scale=scale)
-
-
-def train_data(config, split: Split) -> loop.TrainData:
+def train_data(config, split: Split, columns: Optional[Sequence[str]] = None) -> loop.TrainData:
   """The training split for the loop: tf.data batches from the host (`data.pipeline`
-  "tf_data") or the split held on the accelerators ("accelerator"), in the same order."""
+  "tf_data") or the split held on the accelerators ("accelerator"), in the same order; only
+  `columns` (the task's, `Task.columns`; None: every numeric column)."""
   if config.data.pipeline not in PIPELINES:
     raise ValueError(f"data.pipeline must be one of {PIPELINES}, got {config.data.pipeline!r}")
 
   def batches(start_step):
     return pipeline.train_batches(split, global_batch=config.batch_size, seed=config.seed,
                                   start_step=start_step, process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+                                  process_count=jax.process_count(), columns=columns)
   def example():
     per_host = config.batch_size // jax.process_count()
-    batch = pipeline.host_batch(split, np.arange(per_host) % len(split))
+    batch = pipeline.host_batch(split, np.arange(per_host) % len(split), columns)
     return dict(batch, mask=np.ones(per_host, bool))
-  accelerator = accelerator_data(config, split) if config.data.pipeline == "accelerator" else None
+  accelerator = None
+  if config.data.pipeline == "accelerator":
+    accelerator = on_accelerator.from_split(
+        split, global_batch=config.batch_size, seed=config.seed,
+        accelerator_dtype=config.data.accelerator_dtype,
+        steps_per_call=config.data.steps_per_call, columns=columns)
   return loop.TrainData(pipeline.steps_per_epoch(len(split), config.batch_size), batches,
                         example, accelerator)
 
 
-def eval_batches(split: Split, batch_size: int):
+def eval_batches(split: Split, batch_size: int, columns: Optional[Sequence[str]] = None):
   """This host's masked evaluation batches of `split` (every example once)."""
   return pipeline.eval_batches(split, global_batch=batch_size, process_index=jax.process_index(),
-                               process_count=jax.process_count())
+                               process_count=jax.process_count(), columns=columns)
+
+
+def eval_columns(task, split: Split):
+  """The columns evaluation batches carry: the task's, without teacher columns."""
+  names = task.columns or split.batch_columns
+  return tuple(c for c in names if c in split.columns and not c.startswith("teacher/"))
 
 
 def predict(trainer: loop.Trainer, state, split: Split, batch_size: int,
-            use_ema: bool = False) -> np.ndarray:
-  return trainer.predict(state, eval_batches(split, batch_size), num_examples=len(split),
-                         use_ema=use_ema)
+            use_ema: bool = False, outputs: Optional[Sequence[str]] = None
+            ) -> Dict[str, np.ndarray]:
+  """{name: (N, …)} named outputs of the trainer's task on every example of `split`."""
+  return trainer.predict(state, eval_batches(split, batch_size,
+                                             eval_columns(trainer.task, split)),
+                         num_examples=len(split), use_ema=use_ema, outputs=outputs)
 
 
-def evaluate_split(trainer, state, split: Split, batch_size: int, use_ema: bool = False) -> Dict:
-  logits = predict(trainer, state, split, batch_size, use_ema)
-  return metrics.classification_metrics(logits, split.label, split.device, list(split.classes),
-                                        list(split.devices))
+def evaluate_split(trainer, state, split: Split, batch_size: int, prefix: str,
+                   use_ema: bool = False) -> Dict[str, float]:
+  """{`prefix/metric`: value} of the task's evaluators on `split`."""
+  outputs = predict(trainer, state, split, batch_size, use_ema)
+  return evaluators.scalars(trainer.task.evaluators, outputs, split, prefix)
 
 
 def model_complexity(config, n_classes: int, num_samples: int) -> complexity.Complexity:
@@ -166,6 +147,18 @@ def write_report(workdir: str, name: str, result: Dict, class_names) -> Dict[str
   return report.write(result, list(class_names), os.path.join(workdir, "reports"), name)
 
 
+def write_metrics(workdir: str, name: str, result: Dict) -> Dict[str, str]:
+  """`<workdir>/reports/<name>.json` of a result that is not a classification report."""
+  if jax.process_index() > 0:
+    return {}
+  folder = os.path.join(workdir, "reports")
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, f"{name}.json")
+  with open(path, "w") as f:
+    json.dump(result, f, indent=1, default=float)
+  return {"json": path}
+
+
 def split_alias(config, name: str) -> str:
   """"train" / "validation" / "test" → the config's split names; other names pass through."""
   return {"train": config.data.train_split, "validation": config.data.validation_split,
@@ -193,19 +186,21 @@ def restore_variables(config, workdir: str, which: str):
 
 
 class Inference:
-  """A run's model restored from a checkpoint, predicting logits of whole splits.
+  """A run's model restored from a checkpoint, predicting named outputs of whole splits. No
+  teacher is loaded.
 
   dtype float16 casts the weights (and so the inputs inside the model) to half precision, as
-  the DCASE25 baseline and report 001 evaluate; logits come back as float32.
+  the DCASE25 baseline and report 001 evaluate; floating outputs come back as float32.
+  outputs: the named outputs to compute (the task family's `OUTPUTS`).
   """
 
   def __init__(self, config, split: Split, variables, *, dtype=jnp.float32,
-               use_ema: bool = False):
+               use_ema: bool = False, outputs: Sequence[str] = ("logits",)):
     import optax
-    from jax_asc.stages import tasks
     from jax_asc.train import mesh as mesh_lib
     from jax_asc.train.state import TrainState
-    self.task = tasks.eval_task(config, split, dtype=dtype)
+    self.task = tasks.build(config, split, dtype=dtype, need_teachers=False,
+                            outputs=tuple(outputs))
     params = variables.get("ema_params") if use_ema else variables["params"]
     if params is None:
       raise ValueError("evaluate.use_ema=True but the checkpoint has no EMA parameters")
@@ -216,19 +211,21 @@ class Inference:
     self.trainer = loop.Trainer(self.task, optax.identity(), mesh_lib.make_mesh())
     self.batch_size = config.evaluate.batch_size
 
-  def logits(self, split: Split) -> np.ndarray:
+  def outputs(self, split: Split) -> Dict[str, np.ndarray]:
     return predict(self.trainer, self.state, split, self.batch_size)
+
+  def logits(self, split: Split) -> np.ndarray:
+    return self.outputs(split)["logits"]
+
+  def scalars(self, split: Split, prefix: str) -> Dict[str, float]:
+    return evaluators.scalars(self.task.evaluators, self.outputs(split), split, prefix)
 
 
 def device_subset(split: Split, device: str) -> Split:
-  """The examples of one device (same name, classes, devices and indices)."""
-  import dataclasses
+  """The examples recorded by one device (same name, classes, devices and indices)."""
   if device not in split.devices:
     raise ValueError(f"device {device!r} is not in split {split.name!r} ({list(split.devices)})")
-  rows = np.flatnonzero(split.device == split.devices.index(device))
+  rows = split.select(recording_device=list(split.devices).index(device))
   if len(rows) == 0:
     raise ValueError(f"split {split.name!r} has no clips of device {device!r}")
-  return dataclasses.replace(
-      split, waveform=split.waveform[rows], label=split.label[rows], device=split.device[rows],
-      filename=split.filename[rows], index=split.index[rows],
-      identifier=None if split.identifier is None else split.identifier[rows], skipped=())
+  return split.take(rows)

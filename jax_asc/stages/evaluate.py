@@ -1,15 +1,18 @@
 """Stage `evaluate`: restore a checkpoint of the run and evaluate it on a split.
 
-Writes `<workdir>/reports/<split>.{json,md}` and `<split>_confusion.png`, and prints the
-per-device table and the complexity table. With `evaluate.fp16`, the model is also evaluated
-with float16 weights and inputs and the accuracy difference is reported (report 001).
+Runs the task's evaluators over its named outputs; for a split with labels and a task with
+logits it also writes the classification report: `<workdir>/reports/<split>.{json,md}` and
+`<split>_confusion.png`, and prints the per-device table and the complexity table. With
+`evaluate.fp16`, the model is also evaluated with float16 weights and inputs and the accuracy
+difference is reported (report 001). No teacher of the run is loaded.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jax_asc.eval import metrics, report
+from jax_asc.eval import evaluators, metrics, report
 from jax_asc.stages import common
 
 
@@ -18,31 +21,46 @@ def run(config, workdir: str) -> dict:
   common.record_skipped(workdir, [split])
   which = config.evaluate.checkpoint
   variables, meta = common.restore_variables(config, workdir, which)
+  name = f"{config.evaluate.split}"
 
   def evaluate(dtype):
     model = common.Inference(config, split, variables, dtype=dtype,
                              use_ema=config.evaluate.use_ema)
-    logits = model.logits(split)
-    return metrics.classification_metrics(logits, split.label, split.device,
-                                          list(split.classes), list(split.devices))
+    outputs = model.outputs(split)
+    result = {}
+    if "logits" in outputs and "label" in split:
+      devices = split.get("recording_device")
+      devices = np.zeros(len(split), np.int32) if devices is None else devices
+      result = metrics.classification_metrics(outputs["logits"], split["label"], devices,
+                                              list(split.classes), list(split.devices))
+    result["metrics"] = evaluators.scalars(model.task.evaluators, outputs, split, name)
+    return result
 
   result = evaluate(jnp.float32)
   result["checkpoint"] = {"which": which, "step": int(meta["step"])}
-  if config.evaluate.fp16:
+  classification = "accuracy" in result
+  if config.evaluate.fp16 and classification:
     half = evaluate(jnp.float16)
     result["fp16"] = {"accuracy": half["accuracy"], "macro_accuracy": half["macro_accuracy"],
                       "per_device": half["per_device"], "device_groups": half["device_groups"],
                       "accuracy_change": half["accuracy"] - result["accuracy"]}
-  name = f"{config.evaluate.split}"
   cost = common.model_complexity(config, len(split.classes), split.num_samples)
   result["params"], result["macs"] = cost.params, cost.macs
-  paths = common.write_report(workdir, name, result, split.classes)
+  if classification:
+    paths = common.write_report(workdir, name, result, split.classes)
+  else:
+    paths = common.write_metrics(workdir, name, result)
   if jax.process_index() == 0:
-    print(report.markdown_table(result, f"{name} ({which} checkpoint, step {meta['step']})"))
+    if classification:
+      print(report.markdown_table(result, f"{name} ({which} checkpoint, step {meta['step']})"))
+    else:
+      print("\n".join(f"{k}: {v:.4f}" for k, v in result["metrics"].items()))
     if "fp16" in result:
       print(f"float16: accuracy {100 * result['fp16']['accuracy']:.2f}% "
             f"({100 * result['fp16']['accuracy_change']:+.2f} points vs float32)")
     print(cost.table(config.complexity.param_dtype), flush=True)
-  common.write_done(workdir, "evaluate", config, {"reports": paths, "accuracy":
-                                                  result["accuracy"]})
+  done = {"reports": paths, **result["metrics"]}
+  if classification:
+    done["accuracy"] = result["accuracy"]
+  common.write_done(workdir, "evaluate", config, done)
   return result

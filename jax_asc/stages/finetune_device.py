@@ -22,8 +22,9 @@ import os
 import jax
 import numpy as np
 
+from jax_asc import tasks
 from jax_asc.eval import metrics
-from jax_asc.stages import common, tasks
+from jax_asc.stages import common
 from jax_asc.train import loop
 
 
@@ -70,10 +71,16 @@ def run(config, workdir: str) -> dict:
   train_name, eval_name = config.data.train_split, config.evaluate.split
   splits = common.load_splits(config, train_name, eval_name)
   train_split, eval_split = splits[train_name], splits[eval_name]
-  present = [d for i, d in enumerate(train_split.devices) if np.any(train_split.device == i)]
+  recorded_by = np.asarray(train_split["recording_device"])
+  present = [d for i, d in enumerate(train_split.devices) if np.any(recorded_by == i)]
   devices = [d.strip() for d in config.dsft.devices.split(",") if d.strip()] or present
   general, _ = common.restore_variables(config, workdir, config.dsft.general_checkpoint)
   cfg = device_config(config)
+  # The cache teachers' columns are joined to the whole training split (the cache was gathered
+  # for it); each device's subset takes its rows.
+  family = tasks.family(cfg)
+  train_split = family.join_cache_teachers(cfg, train_split, workdir)
+  irs = common.impulse_responses(cfg, train_split)
 
   device_models = {}
   for device in devices:
@@ -82,23 +89,24 @@ def run(config, workdir: str) -> dict:
     os.makedirs(device_dir, exist_ok=True)
     print(f"DSFT: device {device}: {len(subset)} clips, {cfg.num_epochs} epochs, "
           f"lr {cfg.optimizer.learning_rate:g}", flush=True)
-    task = tasks.build_task(cfg, subset, workdir, cache_split=train_split)
-    result = loop.fit(task, cfg, device_dir, common.train_data(cfg, subset),
+    task = family.build(cfg, subset, impulse_responses=irs)
+    result = loop.fit(task, cfg, device_dir, common.train_data(cfg, subset, task.columns),
                       initialize=_initializer(general))
     device_models[device] = {"params": result.state.params,
                              "batch_stats": result.state.batch_stats}
 
   before_logits = common.Inference(config, train_split, general).logits(eval_split)
   after_logits = before_logits.copy()
+  eval_devices = np.asarray(eval_split["recording_device"])
   for device, variables in device_models.items():
     if device not in eval_split.devices:
       continue
-    rows = eval_split.device == eval_split.devices.index(device)
+    rows = eval_devices == list(eval_split.devices).index(device)
     if rows.any():
       logits = common.Inference(config, train_split, variables).logits(eval_split)
       after_logits[rows] = logits[rows]
   score = lambda logits: metrics.classification_metrics(
-      logits, eval_split.label, eval_split.device, list(eval_split.classes),
+      logits, eval_split["label"], eval_devices, list(eval_split.classes),
       list(eval_split.devices))
   before, after = score(before_logits), score(after_logits)
   table = routed_table(before, after, devices, list(eval_split.devices))

@@ -1,17 +1,23 @@
-"""Stage `predict`: this run's logits on whole splits, cached for distillation.
+"""Stage `predict`: this run's named outputs on whole splits, cached by filename.
 
 For each split of `predict.splits` ("train", "validation", "test" or a split name) writes
-`<workdir>/predictions/<split>.npz` (see stages/teachers.py) from checkpoint `predict.checkpoint`
-(latest, best or soup), with the metadata a student checks before using it.
+`<workdir>/predictions/<split>/` (jax_asc/teachers/cache.py): `filenames.npy`, one
+`<output>.npy` per name of `predict.outputs` (the task family's outputs, e.g. logits,
+embedding) and `metadata.json` with what a student checks before using it (this run's config
+fingerprint and this stage's token, checkpoint `predict.checkpoint`, dataset, split
+fingerprint, classes, frontend settings). No teacher of this run is loaded.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 
-from jax_asc import fingerprint
+import jax
+
+from jax_asc import fingerprint, tasks
 from jax_asc.audio import frontends
-from jax_asc.stages import common, teachers
+from jax_asc.stages import common
+from jax_asc.teachers import cache as cache_lib
 
 
 def run(config, workdir: str) -> dict:
@@ -19,26 +25,35 @@ def run(config, workdir: str) -> dict:
            if s.strip()]
   if not names:
     raise ValueError("predict.splits is empty")
+  outputs_wanted = tuple(o.strip() for o in config.predict.outputs.split(",") if o.strip())
+  offered = tasks.family(config).OUTPUTS
+  unknown = sorted(set(outputs_wanted) - set(offered))
+  if unknown or not outputs_wanted:
+    raise ValueError(f"predict.outputs={config.predict.outputs!r}: the {config.task} task "
+                     f"gives {list(offered)}" + (f", not {unknown}" if unknown else ""))
   splits = common.load_splits(config, config.data.train_split, *names)
   reference = splits[config.data.train_split]     # classes and devices the model was built for
   which = config.predict.checkpoint
   variables, meta = common.restore_variables(config, workdir, which)
-  model = common.Inference(config, reference, variables)
+  model = common.Inference(config, reference, variables, outputs=outputs_wanted)
   settings = dataclasses.asdict(frontends.settings_from_config(config.frontend))
-  outputs = {}
+  written = {}
   token = common.new_token()   # also in predict.done.json: the record this cache is checked by
   for name in names:
     split = splits[name]
-    logits = model.logits(split)
-    path = teachers.predictions_path(workdir, name)
-    teachers.save_cache(path, split.filename, logits, {
-        "teacher_config_fingerprint": fingerprint.config_fingerprint(config), "token": token,
-        "teacher_workdir": os.path.abspath(workdir),
-        "model": config.model.to_dict(), "frontend": settings,
-        "checkpoint": {"which": which, "step": int(meta["step"])},
-        "dataset": config.data.name, "split": name,
-        "split_fingerprint": teachers.split_fingerprint(split), "classes": list(split.classes)})
-    outputs[name] = path
-    print(f"predict: {len(split)} clips of {name!r} → {path}", flush=True)
-  common.write_done(workdir, "predict", config, outputs, token=token)
-  return outputs
+    outputs = model.outputs(split)
+    folder = cache_lib.predictions_dir(workdir, name)
+    if jax.process_index() == 0:
+      cache_lib.save(folder, split.filename, outputs, {
+          "teacher_config_fingerprint": fingerprint.config_fingerprint(config), "token": token,
+          "teacher_workdir": os.path.abspath(workdir),
+          "model": config.model.to_dict(), "frontend": settings,
+          "checkpoint": {"which": which, "step": int(meta["step"])},
+          "dataset": config.data.name, "split": name,
+          "split_fingerprint": cache_lib.split_fingerprint(split),
+          "classes": list(split.classes)})
+    written[name] = folder
+    print(f"predict: {', '.join(outputs)} of {len(split)} clips of {name!r} → {folder}",
+          flush=True)
+  common.write_done(workdir, "predict", config, written, token=token)
+  return written

@@ -2,7 +2,7 @@
 
 Averages params, BatchNorm statistics (and EMA params) of the `soup.top_k` best checkpoints by
 `checkpoint.best_metric` (report 001 uses the top 5) into `<workdir>/checkpoints/soup`, then
-evaluates the soup and each ingredient on the validation split →
+evaluates the soup and each ingredient on the validation split (the task's evaluators) →
 `<workdir>/reports/soup.{json,md}`. Use it with `evaluate.checkpoint=soup` or
 `predict.checkpoint=soup`. Averaged running statistics are an approximation (the soup's true
 activation statistics differ slightly); the report does not say how it treats them.
@@ -14,7 +14,6 @@ import os
 import jax
 import numpy as np
 
-from jax_asc.eval import metrics
 from jax_asc.stages import common
 
 
@@ -53,16 +52,16 @@ def run(config, workdir: str) -> dict:
       config.data.validation_split]
   rows = []
   for label, variables in [("soup", soup)] + [(f"step {s}", v) for _, s, v in chosen]:
-    logits = common.Inference(config, validation, variables).logits(validation)
-    result = metrics.classification_metrics(logits, validation.label, validation.device,
-                                            list(validation.classes), list(validation.devices))
-    rows.append((label, result["accuracy"], result["macro_accuracy"]))
+    rows.append((label, common.Inference(config, validation, variables).scalars(
+        validation, "validation")))
+  names = sorted(rows[0][1])
   outputs = {"ingredients": [s for _, s, _ in chosen], "step": step,
-             "validation": {label: {"accuracy": a, "macro_accuracy": m} for label, a, m in rows}}
+             "validation": {label: scalars for label, scalars in rows}}
   if jax.process_index() == 0:
     lines = [f"# Model soup of the best {k} checkpoints ({config.checkpoint.best_metric})", "",
-             "| model | validation accuracy | macro accuracy |", "|---|---|---|"]
-    lines += [f"| {label} | {100 * a:.2f} | {100 * m:.2f} |" for label, a, m in rows]
+             "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {label} | " + " | ".join(f"{scalars[n]:.4f}" for n in names) + " |"
+              for label, scalars in rows]
     os.makedirs(os.path.join(workdir, "reports"), exist_ok=True)
     with open(os.path.join(workdir, "reports", "soup.md"), "w") as f:
       f.write("\n".join(lines) + "\n")

@@ -1,6 +1,7 @@
 """Stages `train` and `distill`: fit the configured model on the training split, validating as
-it goes. `distill` is the same loop with a loss that must include a teacher term (KD from the
-cached ensemble and/or feature distillation from an online teacher); see stages/tasks.py."""
+it goes (the task's evaluators on the validation split pick the best checkpoints). `distill` is
+the same loop with a loss that must include a teacher term (KD from a cache teacher, feature
+distillation from an online teacher, a mean teacher, …); see jax_asc/tasks and jax_asc/teachers."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import resource
 
 import jax
 
-from jax_asc.eval import metrics
-from jax_asc.stages import common, tasks
+from jax_asc import tasks
+from jax_asc.stages import common, model_init
 from jax_asc.train import state as state_lib
 
 
@@ -19,7 +20,7 @@ def fit_run(config, workdir: str, stage: str) -> dict:
   train_split = splits[config.data.train_split]
   validation = splits[config.data.validation_split]
   common.record_skipped(workdir, splits.values())
-  task = tasks.build_task(config, train_split, workdir)
+  train_split, task = common.training_task(config, train_split, workdir)
   n_classes = len(train_split.classes)
 
   cost = common.model_complexity(config, n_classes, train_split.num_samples)
@@ -33,11 +34,13 @@ def fit_run(config, workdir: str, stage: str) -> dict:
         f"{len(train_split)} clips, validating on {len(validation)}", flush=True)
 
   def evaluate(trainer, state):
-    result = common.evaluate_split(trainer, state, validation, config.evaluate.batch_size)
-    return metrics.scalar_summary(result, "validation")
+    return common.evaluate_split(trainer, state, validation, config.evaluate.batch_size,
+                                 "validation")
 
-  result = common.loop.fit(task, config, workdir, common.train_data(config, train_split),
-                           evaluate=evaluate, initialize=tasks.pretrained_initializer(config))
+  result = common.loop.fit(task, config, workdir,
+                           common.train_data(config, train_split, task.columns),
+                           evaluate=evaluate,
+                           initialize=model_init.pretrained_initializer(config))
   memory = memory_report(result.state)
   print(f"Memory: train state {memory['train_state_mb']:.2f} MB on the devices, peak host "
         f"{memory['peak_host_mb']:.0f} MB resident", flush=True)
@@ -65,10 +68,10 @@ def run(config, workdir: str) -> dict:
 
 def run_distill(config, workdir: str) -> dict:
   from jax_asc.losses import registry
-  settings = tasks.loss_settings(config)
+  settings = tasks.family(config).loss_settings(config)
   teacher_terms = [t for t in registry.active(config.loss.terms)
                    if registry.TERMS[t].teacher_name(settings[t])]
   if not teacher_terms:
-    raise ValueError("stage distill needs a teacher term in loss.terms: e.g. kd (with "
-                     "teacher.members) or ssfm / dfm (with teacher.online)")
+    raise ValueError("stage distill needs a teacher term in loss.terms: e.g. kd (reading a "
+                     "cache teacher of config.teachers) or ssfm / dfm (an online teacher)")
   return fit_run(config, workdir, "distill")

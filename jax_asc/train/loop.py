@@ -1,10 +1,11 @@
 """The one training loop every recipe reuses.
 
-A recipe hands in a `Task` (`step.Task`): the model, how a batch becomes model input on the
-device (frontend and augmentation, with an explicit key), the teacher and the loss. What one
-step does is `step.train_step`; training from a split held on the accelerator is
-`on_accelerator`. The loop owns the rest: the train state, jitting the step (sharded, buffer
-donating), the data order, chunks of steps, evaluation cadence, metrics, checkpoints, resuming.
+A recipe hands in a `Task` (`step.Task`, built by a task family of `jax_asc/tasks`): the model,
+how a batch becomes model input on the device (frontend and augmentation, with an explicit
+key), the teachers, the loss and the named outputs. What one step does is `step.train_step`;
+training from data held on the accelerator is `on_accelerator`. The loop owns the rest: the
+train state, jitting the step (sharded, buffer donating), the data order, chunks of steps,
+evaluation cadence, metrics, checkpoints, resuming.
 
 Resume order (what happens when a run starts):
   1. build the optimizer and an initial state from `config.seed` (same shapes as any checkpoint);
@@ -49,10 +50,10 @@ INIT_O0_LIMIT = 10_000_000
 Batch = Dict[str, jax.Array]
 
 
-# The task and the split on the accelerator live beside the step; these names stay importable.
+# The task lives beside the step; these names stay importable from the loop.
 Task = step_lib.Task
 Prepared = step_lib.Prepared
-AcceleratorData = on_accelerator.AcceleratorData
+StepContext = step_lib.StepContext
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +64,15 @@ class TrainData:
   batches: start_step → iterator of this host's batches (dicts of NumPy arrays) from that
     global step on, in the deterministic order of the run.
   example: a host batch with the shapes of training (default: the first of `batches`).
-  accelerator: when set, `fit` trains from the split held on the accelerators instead of `batches`.
+  accelerator: when set, `fit` trains from data held on the accelerators instead of `batches`:
+    an object with `arrays` ({name: (N, …) NumPy}, placed replicated on every device),
+    `rows(step)` → (global_batch,) row indices of a global step, `steps_per_call` and
+    `gather(arrays, rows)` → the batch inside jit (`jax_asc.data.on_accelerator.AcceleratorData`).
   """
   steps_per_epoch: int
   batches: Callable[[int], Iterator[Dict[str, np.ndarray]]]
   example: Optional[Callable[[], Dict[str, np.ndarray]]] = None
-  accelerator: Optional[AcceleratorData] = None
+  accelerator: Optional[Any] = None
 
   def example_batch(self) -> Dict[str, np.ndarray]:
     """A host batch with the shapes of training (for initialisation)."""
@@ -94,10 +98,14 @@ class Trainer:
     self.frozen_mask = frozen_mask
     rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
     self._rep = rep
-    self._frozen = jax.device_put(task.frozen_variables, rep)
+    frozen_sharding = rep
+    if task.frozen_sharding is not None and task.frozen_variables is not None:
+      frozen_sharding = task.frozen_sharding(mesh)
+    self._frozen_sharding = frozen_sharding
+    self._frozen = jax.device_put(task.frozen_variables, frozen_sharding)
     self._step = functools.partial(step_lib.train_step, task=task, tx=tx, ema_decay=ema_decay,
                                    frozen_mask=frozen_mask)
-    self._train = jax.jit(self._step, in_shardings=(rep, data, rep),
+    self._train = jax.jit(self._step, in_shardings=(rep, data, frozen_sharding),
                           out_shardings=(rep, rep), donate_argnums=(0,))
     self._predict = jax.jit(functools.partial(step_lib.predict_step, task=task),
                             in_shardings=(rep, rep, data), out_shardings=data)
@@ -107,32 +115,32 @@ class Trainer:
     """One optimizer step on a global batch: (new state, {metric: scalar})."""
     return self._train(state, batch, self._frozen)
 
-  def put_accelerator_data(self, data: AcceleratorData) -> Dict[str, jax.Array]:
-    """The split's arrays on every device (replicated), for `train_steps`."""
+  def put_accelerator_data(self, data) -> Dict[str, jax.Array]:
+    """The data's arrays on every device (replicated), for `train_steps`."""
     return jax.device_put({k: np.asarray(v) for k, v in data.arrays.items()}, self._rep)
 
-  def train_steps(self, state: TrainState, arrays: Dict[str, jax.Array], rows: np.ndarray,
-                  active: int, waveform_scale: float = 1.0):
+  def train_steps(self, state: TrainState, gather, arrays: Dict[str, jax.Array],
+                  rows: np.ndarray, active: int):
     """`active` optimizer steps (the first rows of `rows`, (K, global_batch) this host's
-    columns) on batches gathered from `arrays` inside one compiled scan of length K; rows past
-    `active` are skipped. Returns (new state, {metric: (K,) per step, 0 where skipped})."""
-    if self._train_many is None:
+    columns) on batches built by `gather(arrays, rows)` inside one compiled scan of length K;
+    rows past `active` are skipped. Returns (new state, {metric: (K,) per step, 0 where
+    skipped})."""
+    if self._train_many is None or self._train_many[0] != gather:   # (a bound method: ==)
       data = mesh_lib.batch_sharded(self.mesh, axis=1)
-      scan = functools.partial(on_accelerator.train_steps, self._step)
-      self._train_many = jax.jit(scan, in_shardings=(self._rep, self._rep, data,
-                                                     self._rep, self._rep),
-                                 out_shardings=(self._rep, self._rep), static_argnums=(5,),
-                                 donate_argnums=(0,))
+      scan = functools.partial(on_accelerator.train_steps, self._step, gather)
+      self._train_many = (gather, jax.jit(
+          scan, in_shardings=(self._rep, self._rep, data, self._rep, self._frozen_sharding),
+          out_shardings=(self._rep, self._rep), donate_argnums=(0,)))
     rows = mesh_lib.global_array(np.asarray(rows, np.int32), self.mesh, axis=1)
-    return self._train_many(state, arrays, rows, jnp.int32(active), self._frozen,
-                            float(waveform_scale))
+    return self._train_many[1](state, arrays, rows, jnp.int32(active), self._frozen)
 
   def init(self, seed: int, example_batch: Batch) -> TrainState:
     def init_fn(batch):
       rng = jax.random.PRNGKey(seed)
       init_rng, state_rng, loss_rng = jax.random.split(rng, 3)
       inputs, _ = step_lib.split_prepared(self.task.make_inputs(None, batch))
-      variables = self.task.model.init(init_rng, inputs, train=False)
+      variables = self.task.model.init(init_rng, inputs, train=False,
+                                       **self.task.apply_kwargs)
       loss_state = (None if self.task.init_loss_state is None
                     else self.task.init_loss_state(loss_rng))
       return state_lib.create(variables, self.tx, state_rng, ema=self.ema_decay > 0,
@@ -145,21 +153,32 @@ class Trainer:
     return lowered.compile(compiler_options=options)(example_batch)
 
   def predict(self, state: TrainState, local_batches: Iterable[Dict[str, np.ndarray]], *,
-              num_examples: int, use_ema: bool = False) -> np.ndarray:
-    """Logits (num_examples, C) of masked evaluation batches (`mask` marks real rows), in order."""
+              num_examples: int, use_ema: bool = False,
+              outputs: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+    """{name: (num_examples, …)} named outputs (`Task.outputs`; `outputs` picks some) of masked
+    evaluation batches (`mask` marks real rows), in order."""
     params = state.ema_params if use_ema else state.params
     if params is None:
       raise ValueError("use_ema=True but the run kept no EMA parameters (ema_decay = 0)")
-    outputs = []
+    gathered: Dict[str, list] = {}
     for local in local_batches:
       batch = mesh_lib.global_batch(local, self.mesh)
-      logits = self._predict(params, state.batch_stats, batch)
-      outputs.append((multihost_utils.process_allgather(logits, tiled=True),
-                      multihost_utils.process_allgather(batch["mask"], tiled=True)))
-    logits = np.concatenate([np.asarray(l)[np.asarray(m)] for l, m in outputs])
-    if len(logits) != num_examples:
-      raise RuntimeError(f"predicted {len(logits)} rows for {num_examples} examples")
-    return logits
+      named = self._predict(params, state.batch_stats, batch)
+      if outputs is not None:
+        missing = sorted(set(outputs) - set(named))
+        if missing:
+          raise KeyError(f"the task has no output(s) {missing}; its outputs: {sorted(named)}")
+        named = {k: named[k] for k in outputs}
+      mask = np.asarray(multihost_utils.process_allgather(batch["mask"], tiled=True))
+      for name, value in named.items():
+        value = np.asarray(multihost_utils.process_allgather(value, tiled=True))
+        gathered.setdefault(name, []).append(value[mask])
+    result = {k: np.concatenate(v) for k, v in gathered.items()}
+    for name, value in result.items():
+      if len(value) != num_examples:
+        raise RuntimeError(f"predicted {len(value)} rows of {name!r} for {num_examples} "
+                           "examples")
+    return result
 
 
 _NO_BAD_STEP = np.iinfo(np.int32).max
@@ -213,11 +232,11 @@ def setup(task: Task, config, train_data: TrainData, mesh=None,
   abstract_params = jax.eval_shape(
       lambda b: task.model.init(jax.random.PRNGKey(0),
                                 step_lib.split_prepared(task.make_inputs(None, b))[0],
-                                train=False),
+                                train=False, **task.apply_kwargs),
       example)["params"]
   tx, schedule = optim.make_optimizer(config.optimizer, config.schedule, abstract_params,
                                       total_steps, train_data.steps_per_epoch)
-  trainer = Trainer(task, tx, mesh, ema_decay=config.ema_decay,
+  trainer = Trainer(task, tx, mesh, ema_decay=step_lib.run_ema_decay(task, config.ema_decay),
                     frozen_mask=optim.frozen_mask(config.optimizer, abstract_params))
   state = trainer.init(config.seed, example)
   if initialize is not None:
@@ -240,7 +259,7 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
   """Trains `task` on `train_data` as `config` says; resumes from `workdir` when it can.
 
   Config keys used: seed, batch_size, num_epochs, optimizer.* (param_groups too), schedule.*,
-  ema_decay,
+  ema_decay (unless the task's EMA teacher sets it),
   eval_every_epochs, log_every_steps, checkpoint.{every_steps, best_metric, best_mode, keep_best}.
   `evaluate(trainer, state)` returns scalar metrics (logged; `checkpoint.best_metric` picks the
   best-k checkpoints). `hooks` run after every step with (steps done, state) (on the device
@@ -311,8 +330,8 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
         host = jax.process_index()
         per_host = rows.shape[1] // jax.process_count()
         state, step_metrics = trainer.train_steps(
-            state, arrays, rows[:, host * per_host:(host + 1) * per_host], count,
-            accelerator_data.waveform_scale)
+            state, accelerator_data.gather, arrays,
+            rows[:, host * per_host:(host + 1) * per_host], count)
       tracker = _track(tracker, step_metrics, step + 1, count, steps_summed == 0)
       steps_summed += count
       done = step + count
@@ -349,9 +368,8 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
       line = (f"epoch {epoch}/{config.num_epochs} step {done}/{total_steps} "
               f"loss {scalars['train/loss']:.4f} lr {scalars['train/learning_rate']:.2e} "
               f"{seconds:.1f}s ({rate:.2f} steps/s, ETA {int(eta) // 60}:{int(eta) % 60:02d})")
-      for name in ("validation/accuracy", "validation/macro_accuracy"):
-        if name in eval_metrics:
-          line += f" {name.split('/')[1]} {100 * eval_metrics[name]:.2f}%"
+      if ckpt_cfg.best_metric in eval_metrics:   # the metric that picks the best checkpoints
+        line += f" {ckpt_cfg.best_metric} {eval_metrics[ckpt_cfg.best_metric]:.4f}"
       print(line, flush=True)
     check_finite()
   finally:

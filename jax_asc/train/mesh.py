@@ -54,3 +54,31 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
   if global_batch_size % mesh.size:
     raise ValueError(f"batch_size {global_batch_size} must be divisible by the "
                      f"{mesh.size} devices of the mesh")
+
+
+# Frozen (teacher) parameters: "replicated" on every device, or "split" over the data axis.
+PARAMETER_SHARDINGS = ("replicated", "split")
+
+
+def parameter_shardings(tree, mesh: Mesh, mode: str, min_size: int = 2 ** 14):
+  """A tree of `NamedSharding`s like `tree` (arrays or shape structs) for frozen parameters.
+
+  "replicated": every leaf on every device (`P()`). "split": each leaf of at least `min_size`
+  numbers is split over the `data` axis along its largest dimension divisible by the number of
+  devices (FSDP-style: each device holds 1/n of the weights and XLA gathers them where a layer
+  needs them); smaller or indivisible leaves stay replicated.
+  """
+  if mode not in PARAMETER_SHARDINGS:
+    raise ValueError(f"parameter sharding must be one of {PARAMETER_SHARDINGS}, got {mode!r}")
+  n = mesh.shape[DATA_AXIS]
+
+  def one(leaf):
+    shape = tuple(leaf.shape)
+    if mode == "replicated" or n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+      return replicated(mesh)
+    axes = [a for a in range(len(shape)) if shape[a] % n == 0]
+    if not axes:
+      return replicated(mesh)
+    axis = max(axes, key=lambda a: (shape[a], -a))
+    return NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
+  return jax.tree.map(one, tree)

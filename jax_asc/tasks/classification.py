@@ -1,0 +1,337 @@
+"""Single-label classification of clips (acoustic scenes, reports 000-003): frontend,
+augmentation, model, named teachers and loss terms, outputs and evaluators.
+
+What a run trains is set by its config, not by code paths per recipe:
+
+* `config.loss.terms` {name: weight}: any term of the registry (jax_asc/losses/registry.py) whose
+  inputs this task provides (`BATCH_INPUTS`, the model's `embedding` / `features` / DFM
+  `adapted`, and each named teacher's outputs, `TEACHER_OUTPUTS`): ce (mixup-aware), kd (from a
+  teacher's `log_probs` at `loss.kd.temperature`), dcsl / gdal on the embedding by recording
+  device (report 000 eq. 2-4), dfm / ssfm from an online teacher's feature maps (report 001
+  eq. 4-5), supcon / soft_supcon on the embedding, cka / cosine against a teacher's embedding.
+  Each teacher term reads the teacher named by `config.loss.<term>.teacher`. Report 000 eq. 1 is
+  {ce: 1 − λ, kd: λ}; report 001 eq. 3 is {kd: α, ssfm or dfm: β, ce: γ}.
+* `config.teachers` {name: {source: cache | online | ema, …}} (jax_asc/teachers): a cache
+  teacher's members arrive as the split column `teacher/<name>/<output>` (joined by the stage);
+  an online teacher hears the student's augmented waveform through its own sample rate and
+  frontend, mixed with the same mixup draw (MixStyle and masks are student-only); the EMA
+  teacher is the student's EMA on the student's own augmented input.
+* `config.mix`: Freq-MixStyle / MixStyle on the student's log-mels, mixup of inputs and targets.
+
+Training input order: waveform augmentation (DIR → roll → gain) → log-mel (+ fmin/fmax jitter,
+masks) → MixStyle → mixup. The waveform column is (B, C, S); C > 1 is averaged to mono.
+Outputs: `logits` (B, C) and, when asked for (`outputs`), `embedding` (B, D).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from jax_asc import models, teachers as teachers_lib
+from jax_asc.audio import augment, frontends
+from jax_asc.eval import evaluators
+from jax_asc.losses import distillation, registry
+from jax_asc.models import heads
+from jax_asc.teachers import cache as cache_lib
+from jax_asc.teachers import online as online_lib
+from jax_asc.train import step as step_lib
+
+FEATURE_TERMS = ("dfm", "ssfm")
+# What this task gives the loss terms (registry input names) besides the model's outputs.
+BATCH_INPUTS = ("logits", "targets", "target_probs", "labels", "device", "num_devices", "index")
+# What each kind of teacher gives (`ctx.teachers[name]`).
+TEACHER_OUTPUTS = {"cache": ("log_probs", "logits"),
+                   "online": ("features", "embedding", "logits", "log_probs"),
+                   "ema": ("log_probs", "logits", "embedding")}
+OUTPUTS = ("logits", "embedding")
+RNG_STREAMS = ("dropout", "patchout")
+
+
+def loss_settings(config) -> Dict[str, dict]:
+  """{term: settings} from `config.loss.<term>` (registered defaults where a config has none)."""
+  settings = registry.default_settings()
+  for name in settings:
+    if name in config.loss:
+      settings[name].update(config.loss[name].to_dict())
+  return settings
+
+
+def mono(waveform: jax.Array) -> jax.Array:
+  """(B, C, S) → (B, S): the one channel, or the mean of several."""
+  return waveform[:, 0] if waveform.shape[1] == 1 else waveform.mean(axis=1)
+
+
+def waveform_augmentation(config, devices: Sequence[str], impulse_responses=None):
+  """(key, waveform (B, S), recording_device (B,)) → waveforms after DIR → time roll → gain,
+  as `config.waveform_augment` says (DIR draws from `impulse_responses` (M, L))."""
+  cfg = config.waveform_augment
+  irs = eligible_ids = None
+  if cfg.dir_prob > 0:
+    if impulse_responses is None:
+      raise ValueError("waveform_augment.dir_prob > 0 needs waveform_augment.dir_folder")
+    irs = jnp.asarray(impulse_responses)
+    unknown = [d for d in cfg.dir_devices if d not in devices]
+    if unknown:
+      raise ValueError(f"waveform_augment.dir_devices {unknown} are not recording devices of "
+                       f"this dataset ({list(devices)})")
+    eligible_ids = jnp.asarray([list(devices).index(d) for d in cfg.dir_devices], jnp.int32)
+
+  def apply(key, x, recording_device):
+    k_dir, k_roll, k_gain = jax.random.split(key, 3)
+    if irs is not None:
+      eligible = (None if eligible_ids.size == 0 else
+                  jnp.any(recording_device[:, None] == eligible_ids[None, :], axis=1))
+      x = augment.device_impulse_response(k_dir, x, irs, cfg.dir_prob, eligible)
+    x = augment.time_roll(k_roll, x, cfg.roll_samples)
+    return augment.random_gain(k_gain, x, cfg.gain_db)
+  return apply
+
+
+def _feature_maps(shapes: Dict[str, Any]) -> Dict[str, tuple]:
+  return {k: v.shape for k, v in shapes.items() if hasattr(v, "shape") and len(v.shape) == 4}
+
+
+def _student_shapes(model, n_mels: int, frames: int) -> Dict[str, Any]:
+  return jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x,
+                                                         return_features=True)[0],
+                        jax.ShapeDtypeStruct((1, n_mels, frames), jnp.float32))
+
+
+def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
+          outputs: Sequence[str] = ("logits",), impulse_responses=None) -> step_lib.Task:
+  """The classification task of this run's config for split `split` (classes, recording
+  devices, sample rate, clip length; in training also the joined cache-teacher columns).
+
+  need_teachers=False builds the same model for evaluation and prediction: no teacher is loaded
+  (a student's checkpoint is usable without its teachers). outputs: the named outputs `predict`
+  should give (`OUTPUTS`). impulse_responses: (M, L) DIR bank when `waveform_augment.dir_prob`
+  > 0 (training only).
+  """
+  unknown = sorted(set(outputs) - set(OUTPUTS))
+  if unknown:
+    raise ValueError(f"the classification task has no output(s) {unknown}; outputs: "
+                     f"{list(OUTPUTS)}")
+  settings_fe = frontends.settings_from_config(config.frontend)
+  if settings_fe.sample_rate != split.sample_rate:
+    raise ValueError(f"frontend.sample_rate {settings_fe.sample_rate} differs from the data's "
+                     f"{split.sample_rate} Hz (data.sample_rate)")
+  augment_cfg = frontends.augment_from_config(config.augment)
+  wave_augment = (waveform_augmentation(config, split.devices, impulse_responses)
+                  if need_teachers else None)
+  weights = registry.active(config.loss.terms)
+  settings = loss_settings(config)
+  mix = config.mix
+  n_classes, n_devices = len(split.classes), len(split.devices)
+  student = models.build(config.model, n_classes=n_classes, dtype=dtype)
+  frames = settings_fe.num_frames(split.num_samples)
+
+  specs = teachers_lib.specs(config)
+  read_by: Dict[str, List[str]] = {}      # teacher name → the weighted terms reading it
+  for term in weights:
+    name = registry.TERMS[term].teacher_name(settings[term])
+    if name:
+      read_by.setdefault(name, []).append(term)
+  teacher_outputs = {name: TEACHER_OUTPUTS[spec.source] + (
+      (spec.output,) if spec.source == "cache" else ()) for name, spec in specs.items()}
+  provided = set(BATCH_INPUTS) | {"embedding", "features"} | (
+      {"adapted"} if "dfm" in weights else set())
+  registry.check_inputs(weights, settings, provided, teacher_outputs, "classification")
+
+  # (student stage, teacher stage) pairs each online teacher must give, from its feature terms.
+  pairs: Dict[str, List[Tuple[str, str]]] = {}
+  for term in FEATURE_TERMS:
+    if term in weights:
+      name = settings[term]["teacher"]
+      for pair in registry.pairs(settings[term]["stages"], term):
+        known = dict(pairs.get(name, []))
+        if pair[0] in known and known[pair[0]] != pair[1]:
+          raise ValueError(f"loss.{term}.stages maps student stage {pair[0]!r} of teacher "
+                           f"{name!r} to {pair[1]!r}, another term to {known[pair[0]]!r}")
+        if pair not in pairs.setdefault(name, []):
+          pairs[name].append(pair)
+
+  used = {name: specs[name] for name in read_by}
+  temperature = float(settings["kd"]["temperature"])
+  needs_maps = bool(pairs) or "dfm" in weights
+  s_maps = (_feature_maps(_student_shapes(student, settings_fe.n_mels, frames)) if needs_maps
+            else {})
+  online: Dict[str, online_lib.OnlineTeacher] = {}
+  frozen: Dict[str, Any] = {}
+  cache_columns: Dict[str, str] = {}
+  ema_decay = None
+  for name, spec in used.items():
+    if spec.source == "ema":
+      ema_decay = teachers_lib.ema_decay(config)
+    if not need_teachers:
+      continue
+    if spec.source == "online":
+      teacher = online_lib.load(name, spec, n_classes)
+      t_maps = _feature_maps(online_lib.shapes(teacher, split.num_samples, split.sample_rate,
+                                               return_features=True))
+      for s_stage, t_stage in pairs.get(name, []):
+        for stage, maps, who in ((s_stage, s_maps, "student"), (t_stage, t_maps, "teacher")):
+          if stage not in maps:
+            raise ValueError(f"loss.{'/'.join(t for t in FEATURE_TERMS if t in weights)}"
+                             f".stages: {who} {'' if who == 'student' else name + ' '}has no "
+                             f"feature map {stage!r}; maps: {sorted(maps)}")
+      online[name] = teacher
+      frozen[name] = teacher.variables
+    elif spec.source == "cache":
+      column = cache_lib.column_name(name, spec.output)
+      if column not in split:
+        raise ValueError(f"teacher {name!r} (cache) needs the column {column!r} joined to the "
+                         f"split (stages join it from teachers.{name}.runs); columns: "
+                         f"{sorted(split.columns)}")
+      if spec.output == "logits" and split[column].shape[-1] != n_classes:
+        raise cache_lib.CacheMismatchError(
+            f"teacher {name!r}: cached logits have {split[column].shape[-1]} classes, the data "
+            f"{n_classes}")
+      cache_columns[name] = column
+
+  model = student
+  dfm_teacher = settings["dfm"]["teacher"] if "dfm" in weights else None
+  if "dfm" in weights:
+    # The adapters' shapes: (student stage, teacher channels, student channels). In training
+    # they come from the teacher; evaluation needs no teacher (the adapters are not used).
+    dfm_pairs = registry.pairs(settings["dfm"]["stages"], "dfm")
+    if dfm_teacher in online:
+      t_maps = _feature_maps(online_lib.shapes(online[dfm_teacher], split.num_samples,
+                                               split.sample_rate, return_features=True))
+      adapters = tuple((s, t_maps[t][-1], s_maps[s][-1]) for s, t in dfm_pairs)
+    else:
+      adapters = tuple((s, 1, 1) for s, _ in dfm_pairs)
+    model = heads.WithFeatureAdapters(student, adapters)
+
+  use_ema = need_teachers and any(s.source == "ema" for s in used.values())
+  return_features = ("embedding" in outputs or any(
+      name in registry.TERMS[t].reads for t in weights
+      for name in ("embedding", "features", "adapted")))
+  columns = ("waveform", "label", "recording_device", "index") + tuple(cache_columns.values())
+  columns = tuple(c for c in dict.fromkeys(columns) if c in split.columns)
+
+  def make_inputs(key, batch):
+    waveform = mono(batch["waveform"])
+    if key is None:
+      return frontends.log_mel(waveform, settings_fe)
+    k_wave, k_front, k_style, k_mixup = jax.random.split(key, 4)
+    waveform = wave_augment(k_wave, waveform, batch["recording_device"])
+    x = frontends.log_mel(waveform, settings_fe, key=k_front, aug=augment_cfg)
+    x = augment.mixstyle(k_style, x, mix.mixstyle_p, mix.mixstyle_alpha,
+                         frequency_wise=mix.mixstyle_frequency_wise)
+    extras = {}
+    perm = lam = None
+    if mix.mixup_alpha > 0:
+      perm, lam = augment.mixup_draw(k_mixup, x.shape[0], mix.mixup_alpha)
+      x = augment.mix(x, perm, lam)
+      extras.update(mix_perm=perm, mix_lam=lam)
+    if use_ema:   # the mean teacher sees the student's augmented input
+      extras["ema_input"] = x
+    for name, teacher in online.items():
+      xt = teacher.inputs(waveform, split.sample_rate)
+      extras[f"teacher_input/{name}"] = xt if perm is None else augment.mix(xt, perm, lam)
+    return step_lib.Prepared(x, extras)
+
+  def mixed(probs, batch):
+    """Teacher targets mixed like the inputs (mixup)."""
+    return augment.mix(probs, batch["mix_perm"], batch["mix_lam"]) if "mix_perm" in batch else probs
+
+  def from_logits(logits):
+    return {"logits": logits, "log_probs": jax.nn.log_softmax(
+        logits.astype(jnp.float32) / temperature, axis=-1)}
+
+  def teacher(frozen_vars, batch):
+    """{teacher name: outputs} of every teacher a weighted term reads (see TEACHER_OUTPUTS)."""
+    out = {}
+    for name, column in cache_columns.items():
+      members = batch[column]                                       # (B, K, …)
+      spec = used[name]
+      if spec.output == "logits":
+        mode = "probabilities" if spec.combine == "probabilities" else "logits"
+        log_p = distillation.ensemble_log_probs(members.transpose(1, 0, 2).astype(jnp.float32),
+                                                temperature, mode)
+        if "mix_perm" in batch:
+          log_p = jnp.log(jnp.maximum(mixed(jnp.exp(log_p), batch), 1e-30))
+        out[name] = {"log_probs": log_p, "logits": mixed(members.mean(axis=1), batch)}
+      else:
+        out[name] = {spec.output: mixed(members.mean(axis=1), batch)}
+    for name, teacher_model in online.items():
+      feats = teacher_model.apply(frozen_vars[name], batch[f"teacher_input/{name}"],
+                                  mesh=placed.get("mesh"), return_features=True)
+      out[name] = dict(from_logits(feats["logits"].astype(jnp.float32)),
+                       features={s: feats[t] for s, t in pairs.get(name, [])},
+                       embedding=feats.get("embedding"))
+    if use_ema:
+      ema_name = next(n for n, s in used.items() if s.source == "ema")
+      ema_out = model.apply(frozen_vars[step_lib.EMA_KEY], batch["ema_input"], train=False,
+                            **({"return_features": True} if return_features else {}))
+      logits = ema_out["logits"] if isinstance(ema_out, dict) else ema_out
+      out[ema_name] = dict(from_logits(logits),
+                           embedding=ema_out.get("embedding") if isinstance(ema_out, dict)
+                           else None)
+    return out
+
+  def loss(output, batch, ctx):
+    logits = output["logits"] if isinstance(output, dict) else output
+    labels = batch["label"]
+    target_probs = jax.nn.one_hot(labels, n_classes, dtype=jnp.float32)
+    targets = labels
+    if "mix_perm" in batch:
+      target_probs = mixed(target_probs, batch)
+      targets = target_probs
+    inputs = {"logits": logits, "targets": targets, "target_probs": target_probs,
+              "labels": labels, "device": batch["recording_device"], "num_devices": n_devices,
+              "index": batch["index"], "teachers": ctx.teachers, "crd_key": ctx.key}
+    if isinstance(output, dict):
+      inputs.update(embedding=output.get("embedding"), adapted=output.get("adapted"),
+                    features=output)
+    value, metrics, states = registry.total(weights, settings, inputs, ctx.loss_state)
+    metrics["accuracy"] = (logits.argmax(-1) == labels).mean()
+    return value, metrics, (states or ctx.loss_state)
+
+  def named_outputs(output, batch):
+    named = {"logits": output["logits"] if isinstance(output, dict) else output}
+    if "embedding" in outputs and isinstance(output, dict):
+      named["embedding"] = output["embedding"]
+    return named
+
+  has_teacher = bool(online) or bool(cache_columns) or use_ema
+  train_kwargs = None
+  if dfm_teacher in online:
+    train_kwargs = lambda batch, teachers: {"teacher_features":
+                                            teachers[dfm_teacher]["features"]}
+  frozen_sharding = None
+  placed: Dict[str, Any] = {}   # the mesh the trainer placed the online teachers on
+
+  if online:
+    def frozen_sharding(mesh):
+      placed["mesh"] = mesh
+      return {name: t.shardings(mesh) for name, t in online.items()}
+  return step_lib.Task(
+      model=model, make_inputs=make_inputs, loss=loss, outputs=named_outputs,
+      evaluators=(evaluators.classification("logits"),), rng_streams=RNG_STREAMS,
+      apply_kwargs={"return_features": True} if return_features else {},
+      teacher=teacher if has_teacher else None, frozen_variables=frozen if online else None,
+      frozen_sharding=frozen_sharding, train_kwargs=train_kwargs, ema_teacher=use_ema,
+      ema_decay=ema_decay if use_ema else None, columns=columns)
+
+
+def join_cache_teachers(config, split, workdir: Optional[str]):
+  """`split` with the column of every cache teacher a weighted loss term reads
+  (`teacher/<name>/<output>`, memory-mapped from the gathered cache, built when absent)."""
+  weights = registry.active(config.loss.terms)
+  settings = loss_settings(config)
+  specs = teachers_lib.specs(config)
+  names = {registry.TERMS[t].teacher_name(settings[t]) for t in weights} - {None}
+  columns = {}
+  for name in sorted(names):
+    spec = specs.get(name)
+    if spec is None or spec.source != "cache":
+      continue
+    if workdir is None:
+      raise ValueError(f"teacher {name!r} (cache) needs the run's workdir")
+    columns[cache_lib.column_name(name, spec.output)] = cache_lib.gathered(spec, name, workdir,
+                                                                           split)
+  return split.with_columns(columns) if columns else split
+
