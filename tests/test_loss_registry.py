@@ -131,7 +131,7 @@ def test_kd_from_the_students_own_ema_trains_the_classification_task(tiny_config
   config.loss.kd.teacher = "mean_teacher"
   split = common.load_splits(config, "train")["train"]
   with pytest.raises(ValueError, match=r"reads teacher 'mean_teacher' \(config.loss.kd.teacher\)"
-                                       r"; this run's teachers: none"):
+                                       r"; this run's teachers \(config.teachers\): none"):
     tasks.build(config, split)
   config.teachers.mean_teacher = configs_common.ema_teacher(decay=0.9)
   config.ema_decay = 0.5
@@ -144,3 +144,40 @@ def test_kd_from_the_students_own_ema_trains_the_classification_task(tiny_config
   assert int(result.state.step) == config.num_epochs * result.steps_per_epoch
   assert result.trainer.ema_decay == 0.9 and result.state.ema_params is not None
   assert tasks.build(config, split, need_teachers=False).teacher is None   # none to evaluate
+
+
+def test_teacher_terms_name_the_config_key_at_fault(tmp_path):
+  """Each wrong pairing of a loss term and a teacher is an error at build time that names the
+  config key, not a KeyError inside the jitted step."""
+  from jax_asc.data.dataset import Split
+  n = 2
+  columns = dict(waveform=np.zeros((n, 1, 32000), np.float32), label=np.zeros(n, np.int32),
+                 recording_device=np.zeros(n, np.int32), filename=np.asarray(["a.wav", "b.wav"]),
+                 index=np.arange(n, dtype=np.int32))
+  split = Split(name="train", columns=columns, classes=[f"c{i}" for i in range(10)],
+                devices=["a"], sample_rate=32000)
+
+  def config(**terms):
+    c = configs_common.base_config()
+    c.loss.terms.update(terms)
+    c.teachers.beats = configs_common.cache_teacher(runs="x", output="embedding")
+    return c
+
+  kd = config(kd=1.0)
+  kd.loss.kd.teacher = "beats"
+  with pytest.raises(ValueError, match=r"reads 'log_probs' of teacher 'beats', which gives "
+                                       r"\['embedding'\]"):
+    tasks.build(kd, split, need_teachers=False)
+  with pytest.raises(ValueError, match=r"'dfm' reads teacher 'online' \(config.loss.dfm.teacher"
+                                       r"\); this run's teachers \(config.teachers\): "
+                                       r"\['beats'\]"):
+    tasks.build(config(dfm=0.1), split, need_teachers=False)
+  ssfm = config(ssfm=0.1)
+  ssfm.loss.ssfm.teacher = "beats"
+  with pytest.raises(ValueError, match=r"'ssfm' needs an online teacher's feature maps; "
+                                       r"config.loss.ssfm.teacher = 'beats' is a cache teacher"):
+    tasks.build(ssfm, split, need_teachers=False)
+  unlabelled = Split(name="eval", columns={k: v for k, v in columns.items() if k != "label"},
+                     classes=split.classes, devices=split.devices, sample_rate=32000)
+  with pytest.raises(ValueError, match=r"reads the column\(s\) \['label'\], which split 'eval'"):
+    tasks.build(config(), unlabelled, need_teachers=False)

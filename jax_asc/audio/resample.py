@@ -60,22 +60,29 @@ def resample(x: jax.Array, source_rate: int, target_rate: int, *,
              lowpass_filter_width: int = 6, rolloff: float = 0.99) -> jax.Array:
   """Windowed-sinc resampling of (..., samples) inside jit → (..., ceil(samples·new/orig)).
 
-  The rates are static. Polyphase: the input, zero-padded by `pad` before and `pad + orig`
-  after, is read in blocks of `orig` samples; output j of block m is the dot product of the
-  2·pad + 1 inputs from m·orig + start_j on with phase j's taps (32 → 16 kHz: 27 taps). Equal
-  to `jax_asc.data.audio_io.sinc_resample` (NumPy) to float32 rounding; computed in float32.
+  The rates are static. Polyphase, as one strided convolution: the input, zero-padded by `pad`
+  before, is read in blocks of `orig` samples; output j of block m is the dot product of the
+  2·pad + 1 inputs from m·orig + start_j on with phase j's taps, i.e. output channel j of a
+  convolution with stride `orig` whose kernel j holds phase j's taps at offset start_j (32 →
+  16 kHz: one channel of 27 taps). No (…, outputs, taps) window array is formed. Equal to
+  `jax_asc.data.audio_io.sinc_resample` (NumPy) to float32 rounding; computed in float32.
   """
   orig, new = reduced_rates(source_rate, target_rate)
   if orig == new:
     return x
   taps, start, pad = sinc_phases(orig, new, int(lowpass_filter_width), float(rolloff))
-  length = x.shape[-1]
+  n_taps = taps.shape[1]
+  width = n_taps + int(start.max())
+  kernel = np.zeros((new, 1, width), np.float32)        # (phases, in channels, width)
+  for j in range(new):
+    kernel[j, 0, start[j]:start[j] + n_taps] = taps[j]
+  lead, length = x.shape[:-1], x.shape[-1]
   out_length = -(-new * length // orig)
   blocks = -(-out_length // new)
-  padded = jnp.pad(x.astype(jnp.float32), [(0, 0)] * (x.ndim - 1) + [(pad, pad + orig)])
-  # (blocks, new, taps) input positions; only the blocks the output needs.
-  index = ((np.arange(blocks) * orig)[:, None, None] + start[None, :, None] +
-           np.arange(taps.shape[1])[None, None, :])
-  windows = padded[..., index]                       # (..., blocks, new, taps)
-  y = jnp.einsum("...bnr,nr->...bn", windows, jnp.asarray(taps))
-  return y.reshape(*x.shape[:-1], blocks * new)[..., :out_length]
+  right = max(pad + orig, (blocks - 1) * orig + width - pad - length)
+  padded = jnp.pad(x.astype(jnp.float32).reshape(-1, 1, length), ((0, 0), (0, 0), (pad, right)))
+  y = jax.lax.conv_general_dilated(padded, jnp.asarray(kernel), window_strides=(orig,),
+                                   padding="VALID", dimension_numbers=("NCH", "OIH", "NCH"),
+                                   precision=jax.lax.Precision.HIGHEST)   # (B, new, ≥ blocks)
+  y = jnp.swapaxes(y[:, :, :blocks], 1, 2).reshape(-1, blocks * new)[:, :out_length]
+  return y.reshape(*lead, out_length)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -95,17 +95,16 @@ class RowView:
     first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
     picked = np.atleast_1d(self.rows[first])
     base_rows, pieces = np.divmod(picked, self.parts)
-    order = np.argsort(base_rows, kind="stable")
+    order = np.argsort(picked, kind="stable")      # read the base in file order
     data = np.empty((len(picked),) + self.shape[1:], self.base.dtype)
-    sorted_rows = base_rows[order]
-    unique, inverse = np.unique(sorted_rows, return_inverse=True)
-    block = np.asarray(self.base[unique])
     if self.parts > 1:
-      length = self.shape[-1]
-      block = block.reshape(block.shape[:-1] + (self.parts, length))
-      data[order] = np.moveaxis(block, -2, 1)[inverse, pieces[order]]
+      # (N, …, parts, length): a reshape of the memory map reads nothing; indexing it reads only
+      # the pieces asked for.
+      pieced = self.base.reshape(self.base.shape[:-1] + (self.parts, self.shape[-1]))
+      middle = (slice(None),) * (self.base.ndim - 2)
+      data[order] = pieced[(base_rows[order],) + middle + (pieces[order],)]
     else:
-      data[order] = block[inverse]
+      data[order] = self.base[base_rows[order]]
     if np.ndim(self.rows[first]) == 0:
       data = data[0]
       return data[rest] if rest else data
@@ -235,11 +234,6 @@ class Split:
   def with_columns(self, columns: Mapping[str, Any]) -> "Split":
     """This split with `columns` added (or replaced); each must have one row per example."""
     return dataclasses.replace(self, columns=dict(self.columns, **columns))
-
-  def without_columns(self, names: Iterable[str]) -> "Split":
-    names = set(names)
-    return dataclasses.replace(self, columns={k: v for k, v in self.columns.items()
-                                              if k not in names})
 
   def select(self, **equal) -> np.ndarray:
     """Row indices where every named column equals the given value, e.g.

@@ -61,9 +61,11 @@ def segment(split: Split, seconds: float, key: str = "data.segment_seconds") -> 
       if column.shape[-1] != clip:
         raise ValueError(f"{what}: audio column {name!r} has {column.shape[-1]} samples per "
                          f"example, the waveform {clip}")
-      if isinstance(column, RowView):   # a view of a view: read its rows, then cut them
-        column = np.asarray(column)
-      columns[name] = RowView(column, parts=n_seg)
+      if isinstance(column, RowView):   # a view of pieces: each piece cut into n_seg pieces
+        rows = (column.rows[:, None] * n_seg + np.arange(n_seg)[None, :]).reshape(-1)
+        columns[name] = RowView(column.base, rows, column.parts * n_seg)
+      else:
+        columns[name] = RowView(column, parts=n_seg)
     else:
       columns[name] = np.repeat(np.asarray(column), n_seg, axis=0)
   columns["filename"] = np.array([f"{f}@{k}" for f in split.filename.tolist()

@@ -70,11 +70,15 @@ def host_batch(split: Split, rows: np.ndarray,
   Columns are gathered with NumPy (a column may be a memory-mapped cache larger than memory),
   reading the rows in sorted order, which is faster on a memory map.
   """
+  names = batch_columns(split, columns)
+  return _gather_rows(split, rows, names, [column_spec(split, n) for n in names])
+
+
+def _gather_rows(split: Split, rows, names, specs) -> Dict[str, np.ndarray]:
   rows = np.asarray(rows)
   order = np.argsort(rows, kind="stable")
   batch = {}
-  for name in batch_columns(split, columns):
-    dtype, shape = column_spec(split, name)
+  for name, (dtype, shape) in zip(names, specs):
     out = np.empty((len(rows),) + shape, dtype)
     out[order] = split.column_rows(name, rows[order])
     batch[name] = out
@@ -88,7 +92,7 @@ def _gather_dataset(split: Split, rows: tf.data.Dataset, per_host_batch: int,
   specs = [column_spec(split, n) for n in names]
 
   def gather_numpy(batch_rows):
-    batch = host_batch(split, batch_rows, names)
+    batch = _gather_rows(split, batch_rows, names, specs)
     return tuple(batch[name] for name in names)
 
   def gather(batch_rows, batch_mask):

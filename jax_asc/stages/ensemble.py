@@ -15,7 +15,7 @@ import numpy as np
 
 from jax_asc import tasks, teachers as teachers_lib
 from jax_asc.eval import metrics, report
-from jax_asc.losses import distillation, registry
+from jax_asc.losses import distillation
 from jax_asc.stages import common
 from jax_asc.teachers import cache as cache_lib
 
@@ -30,8 +30,7 @@ def ensemble_metrics(member_logits: np.ndarray, mode: str, split) -> dict:
 
 def cache_teachers(config) -> dict:
   """{name: spec} of the cache teachers a weighted loss term reads."""
-  settings = tasks.family(config).loss_settings(config)
-  read = {registry.TERMS[t].teacher_name(settings[t]) for t in registry.active(config.loss.terms)}
+  read = tasks.family(config).teachers_read(config)
   return {n: s for n, s in teachers_lib.specs(config).items()
           if s.source == "cache" and n in read}
 
@@ -54,8 +53,7 @@ def run(config, workdir: str) -> dict:
     if not (have_eval and spec.output == "logits"):
       continue
     logits, _ = cache_lib.gather(spec, name, splits[eval_name])
-    mode = "probabilities" if spec.combine == "probabilities" else "logits"
-    result = ensemble_metrics(logits, mode, splits[eval_name])
+    result = ensemble_metrics(logits, cache_lib.ensemble_mode(spec), splits[eval_name])
     result["members"] = [os.path.abspath(m) for m in members]
     result["mode"] = spec.combine
     label = f"ensemble_{eval_name}" if len(specs) == 1 else f"ensemble_{name}_{eval_name}"

@@ -58,6 +58,17 @@ def loss_settings(config) -> Dict[str, dict]:
   return settings
 
 
+def teachers_read(config, settings=None) -> Dict[str, List[str]]:
+  """{teacher name: the weighted loss terms reading it} (`config.loss.<term>.teacher`)."""
+  settings = loss_settings(config) if settings is None else settings
+  read: Dict[str, List[str]] = {}
+  for term in registry.active(config.loss.terms):
+    name = registry.TERMS[term].teacher_name(settings[term])
+    if name:
+      read.setdefault(name, []).append(term)
+  return read
+
+
 def mono(waveform: jax.Array) -> jax.Array:
   """(B, C, S) → (B, S): the one channel, or the mean of several."""
   return waveform[:, 0] if waveform.shape[1] == 1 else waveform.mean(axis=1)
@@ -128,16 +139,28 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
   frames = settings_fe.num_frames(split.num_samples)
 
   specs = teachers_lib.specs(config)
-  read_by: Dict[str, List[str]] = {}      # teacher name → the weighted terms reading it
-  for term in weights:
-    name = registry.TERMS[term].teacher_name(settings[term])
-    if name:
-      read_by.setdefault(name, []).append(term)
-  teacher_outputs = {name: TEACHER_OUTPUTS[spec.source] + (
-      (spec.output,) if spec.source == "cache" else ()) for name, spec in specs.items()}
+  read_by = teachers_read(config, settings)    # teacher name → the weighted terms reading it
+  for name, terms in read_by.items():
+    if name not in specs:
+      raise ValueError(f"loss term {terms[0]!r} reads teacher {name!r} (config.loss.{terms[0]}"
+                       f".teacher); this run's teachers (config.teachers): "
+                       f"{sorted(specs) or 'none'}")
+  for term in FEATURE_TERMS:
+    if term in weights and specs[settings[term]["teacher"]].source != "online":
+      raise ValueError(f"loss term {term!r} needs an online teacher's feature maps; "
+                       f"config.loss.{term}.teacher = {settings[term]['teacher']!r} is a "
+                       f"{specs[settings[term]['teacher']].source} teacher")
+  teacher_outputs = {name: (TEACHER_OUTPUTS["cache"] if spec.output == "logits"
+                            else (spec.output,)) if spec.source == "cache"
+                     else TEACHER_OUTPUTS[spec.source] for name, spec in specs.items()}
   provided = set(BATCH_INPUTS) | {"embedding", "features"} | (
       {"adapted"} if "dfm" in weights else set())
   registry.check_inputs(weights, settings, provided, teacher_outputs, "classification")
+  missing = [c for c in ("waveform", "label", "recording_device", "index") if c not in split]
+  if missing:
+    raise ValueError(f"the classification task reads the column(s) {missing}, which split "
+                     f"{split.name!r} of {split.dataset or 'the dataset'} lacks; columns: "
+                     f"{sorted(split.columns)}")
 
   # (student stage, teacher stage) pairs each online teacher must give, from its feature terms.
   pairs: Dict[str, List[Tuple[str, str]]] = {}
@@ -158,6 +181,7 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
   s_maps = (_feature_maps(_student_shapes(student, settings_fe.n_mels, frames)) if needs_maps
             else {})
   online: Dict[str, online_lib.OnlineTeacher] = {}
+  teacher_maps: Dict[str, Dict[str, tuple]] = {}    # online teacher → its feature maps' shapes
   frozen: Dict[str, Any] = {}
   cache_columns: Dict[str, str] = {}
   ema_decay = None
@@ -168,8 +192,12 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
       continue
     if spec.source == "online":
       teacher = online_lib.load(name, spec, n_classes)
-      t_maps = _feature_maps(online_lib.shapes(teacher, split.num_samples, split.sample_rate,
-                                               return_features=True))
+      t_out = online_lib.shapes(teacher, split.num_samples, split.sample_rate,
+                                return_features=True)
+      if t_out["logits"].shape[-1] != n_classes:
+        raise ValueError(f"teachers.{name}: the run {spec.run} predicts "
+                         f"{t_out['logits'].shape[-1]} classes, this data has {n_classes}")
+      t_maps = teacher_maps[name] = _feature_maps(t_out)
       for s_stage, t_stage in pairs.get(name, []):
         for stage, maps, who in ((s_stage, s_maps, "student"), (t_stage, t_maps, "teacher")):
           if stage not in maps:
@@ -197,8 +225,7 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
     # they come from the teacher; evaluation needs no teacher (the adapters are not used).
     dfm_pairs = registry.pairs(settings["dfm"]["stages"], "dfm")
     if dfm_teacher in online:
-      t_maps = _feature_maps(online_lib.shapes(online[dfm_teacher], split.num_samples,
-                                               split.sample_rate, return_features=True))
+      t_maps = teacher_maps[dfm_teacher]
       adapters = tuple((s, t_maps[t][-1], s_maps[s][-1]) for s, t in dfm_pairs)
     else:
       adapters = tuple((s, 1, 1) for s, _ in dfm_pairs)
@@ -209,7 +236,6 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
       name in registry.TERMS[t].reads for t in weights
       for name in ("embedding", "features", "adapted")))
   columns = ("waveform", "label", "recording_device", "index") + tuple(cache_columns.values())
-  columns = tuple(c for c in dict.fromkeys(columns) if c in split.columns)
 
   def make_inputs(key, batch):
     waveform = mono(batch["waveform"])
@@ -248,9 +274,8 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
       members = batch[column]                                       # (B, K, …)
       spec = used[name]
       if spec.output == "logits":
-        mode = "probabilities" if spec.combine == "probabilities" else "logits"
         log_p = distillation.ensemble_log_probs(members.transpose(1, 0, 2).astype(jnp.float32),
-                                                temperature, mode)
+                                                temperature, cache_lib.ensemble_mode(spec))
         if "mix_perm" in batch:
           log_p = jnp.log(jnp.maximum(mixed(jnp.exp(log_p), batch), 1e-30))
         out[name] = {"log_probs": log_p, "logits": mixed(members.mean(axis=1), batch)}
@@ -302,7 +327,9 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
     train_kwargs = lambda batch, teachers: {"teacher_features":
                                             teachers[dfm_teacher]["features"]}
   frozen_sharding = None
-  placed: Dict[str, Any] = {}   # the mesh the trainer placed the online teachers on
+  # The trainer calls `frozen_sharding(mesh)` when it is built, before any step is traced: that
+  # is how the task learns the mesh its split teachers gather their weights over.
+  placed: Dict[str, Any] = {}
 
   if online:
     def frozen_sharding(mesh):
@@ -320,12 +347,9 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
 def join_cache_teachers(config, split, workdir: Optional[str]):
   """`split` with the column of every cache teacher a weighted loss term reads
   (`teacher/<name>/<output>`, memory-mapped from the gathered cache, built when absent)."""
-  weights = registry.active(config.loss.terms)
-  settings = loss_settings(config)
   specs = teachers_lib.specs(config)
-  names = {registry.TERMS[t].teacher_name(settings[t]) for t in weights} - {None}
   columns = {}
-  for name in sorted(names):
+  for name in sorted(teachers_read(config)):
     spec = specs.get(name)
     if spec is None or spec.source != "cache":
       continue

@@ -9,7 +9,8 @@
   (N, K, …) with the K members stacked, rows in the student split's order; `metadata.json` says
   which members, the combination mode and the split's fingerprint. The stage joins it to the
   split as the column `teacher/<name>/<output>`; it is memory-mapped and read batch by batch
-  with the other columns (never a dense table on the accelerators).
+  with the other columns on the tf.data path (the accelerator path, `data.pipeline =
+  "accelerator"`, holds every column the task reads on the devices, this one too).
 * A member's cache is checked against the record of the run that made it (its
   `predict.done.json`: the cache's token, and no model-making stage run since with another
   configuration), never against `config.json`, which a later call of the same workdir rewrites;
@@ -236,7 +237,9 @@ def gathered(spec, teacher: str, workdir: str, split, rebuild: bool = False) -> 
   folder = gathered_dir(workdir, teacher, split.name)
   if rebuild or not os.path.exists(os.path.join(folder, "metadata.json")):
     stacked, metadata = gather(spec, teacher, split)
-    if jax.process_index() > 0:   # process 0 writes the cache; the others keep it in memory
+    if jax.process_index() > 0:
+      # Process 0 writes the cache; the others gather the same members themselves and keep the
+      # result in memory (no wait on a shared file system; a dense copy per host).
       return stacked
     save(folder, split.filename, {spec.output: stacked}, metadata)
   cache = load(folder)
@@ -245,6 +248,12 @@ def gathered(spec, teacher: str, workdir: str, split, rebuild: bool = False) -> 
     raise CacheMismatchError(f"{folder} was not made for this run: " + "; ".join(problems) +
                              ". Delete it or re-run the ensemble stage.")
   return cache.output(spec.output)
+
+
+def ensemble_mode(spec) -> str:
+  """How a cache teacher's member logits become KD targets (`distillation.ensemble_log_probs`):
+  "probabilities" averages the members' softmaxes, "logits" and "mean" their logits."""
+  return "probabilities" if spec.combine == "probabilities" else "logits"
 
 
 def members_summary(members: Sequence[str]) -> str:

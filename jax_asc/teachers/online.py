@@ -97,7 +97,9 @@ class OnlineTeacher:
     themselves over split weights gave wrong grouped convolutions on CPU next to the native
     kernels; gathering keeps the results the replicated teacher's, tested.)
     """
-    if self.sharding == "split" and mesh is not None:
+    if self.sharding == "split":
+      if mesh is None:
+        raise ValueError(f"teacher {self.name!r} is split over a mesh: apply it with that mesh")
       variables = jax.lax.with_sharding_constraint(variables, mesh_lib.replicated(mesh))
     return self.model.apply(variables, inputs, train=False, **kwargs)
 
@@ -133,5 +135,6 @@ def shapes(teacher: OnlineTeacher, num_samples: int, sample_rate: int,
   """The teacher's outputs' shapes for one clip (`jax.eval_shape`, nothing computed)."""
   x = jax.ShapeDtypeStruct((1, teacher.frontend.n_mels,
                             teacher.num_frames(num_samples, sample_rate)), teacher.dtype)
-  return jax.eval_shape(lambda v, x: teacher.apply(v, x, **kwargs), teacher.variables, x)
+  return jax.eval_shape(lambda v, x: teacher.model.apply(v, x, train=False, **kwargs),
+                        teacher.variables, x)
 
