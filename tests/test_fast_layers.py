@@ -90,12 +90,14 @@ def test_native_kernels_are_used_deterministic_and_match_the_xla_forms():
     ((2, 16, 13, 1), (3, 3, 1, 8), (2, 2)), ((2, 9, 7, 8), (3, 3, 8, 32), (2, 2)),
     ((3, 8, 8, 5), (3, 3, 5, 20), (1, 1)), ((2, 8, 9, 3), (5, 3, 3, 7), (2, 1)),
     ((2, 7, 1, 3), (3, 3, 3, 16), (1, 2)), ((3, 5, 6, 9), (3, 3, 9, 48), (2, 1)),
-    ((2, 6, 5, 2), (3, 3, 2, 64), (1, 1))])
+    ((2, 6, 5, 2), (3, 3, 2, 64), (1, 1)), ((2, 8, 10, 16), (3, 3, 16, 20), (1, 2)),
+    ((1, 7, 6, 8), (3, 3, 8, 12), (1, 1))])
 def test_small_convolution_matches_xla(shape, kernel_shape, strides):
   """Output and both gradients against XLA's convolution: the CP-Mobile stems (1 → 8 and
   8 → 32 channels, stride 2), output channels of every fast path (8, 16, 32, 48, 64) at every
   stride, input channels beyond a register block (9), a one-column image, and the general
-  kernels (20 and 7 output channels, a 5×3 kernel)."""
+  kernels (20 and 7 output channels, a 5×3 kernel); the native input gradient (3×3, input
+  channels in whole 8-float vectors, odd and even sizes at every stride) where it applies."""
   x = _random(5, shape)
   kernel = _random(6, kernel_shape, 0.3)
   reference = lambda x, k: fast_ops.conv_xla(x, k, strides)
@@ -103,6 +105,8 @@ def test_small_convolution_matches_xla(shape, kernel_shape, strides):
   cotangent = _random(7, y.shape)
   fn = lambda x, k: fast_ops.conv(x, k, strides)
   _check_form("jax_asc_conv_kernel_grad", lambda x, k: _grads(fn, x, k, cotangent), x, kernel)
+  _check_form("jax_asc_conv_input_grad", lambda x, k: _grads(fn, x, k, cotangent), x, kernel,
+              native_shape=kernel_shape[:2] == (3, 3) and kernel_shape[2] % 8 == 0)
   _close(jax.jit(fn)(x, kernel), y)
   for ours, ref in zip(jax.jit(lambda x, k: _grads(fn, x, k, cotangent))(x, kernel),
                        _grads(reference, x, kernel, cotangent)):
@@ -240,7 +244,8 @@ def test_conv_norm_act_keeps_the_plain_layers_variables_and_results(features, ke
     ((2, 7, 9, 12), (5, 5), (1, 1)), ((2, 2, 3, 33), (3, 3), (1, 1))])
 def test_affine_relu_depthwise_matches_the_unfused_operations(shape, kernel_size, strides):
   """The norm-apply + ReLU fused into the depthwise convolution = the two done one after the
-  other by XLA: output and the gradients of x, center, a, b and the kernel (3×3 fast paths,
+  other by XLA: output and the gradients of x, center, a, b and the kernel (the backward pass
+  one native kernel; 3×3 fast paths,
   every stride, the overlapping last vector, fewer than 16 channels, a 5×5 kernel)."""
   x = _random(30, shape, 0.5) + 3.0          # a mean away from zero: the centred sums matter
   c = shape[-1]
@@ -257,8 +262,43 @@ def test_affine_relu_depthwise_matches_the_unfused_operations(shape, kernel_size
   def grads(fn):
     return jax.grad(lambda *args: jnp.sum(fn(*args) * cotangent), argnums=(0, 1, 2, 3, 4))
   ref = grads(unfused)(x, center, a, b, kernel)
+  # Both gradients and the norm's sums in one native pass.
+  _check_form("jax_asc_affine_relu_depthwise_backward", grads(fused), x, center, a, b, kernel)
   for ours, want in zip(jax.jit(grads(fused))(x, center, a, b, kernel), ref):
     _close(ours, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape,kernel_size,strides", [
+    ((3, 9, 7, 16), (3, 3), (1, 1)), ((2, 9, 8, 35), (3, 3), (2, 1)),
+    ((2, 7, 9, 12), (5, 5), (1, 1))])
+def test_affine_relu_depthwise_moments_match_the_unfused_operations(shape, kernel_size, strides):
+  """The norm-fused depthwise convolution with its output's batch statistics taken in the same
+  pass = the convolution, then `moments`: y, mean, var and the gradients of all five inputs
+  (the statistics' share added to dy inside the native backward pass)."""
+  x = _random(36, shape, 0.5) + 3.0
+  c = shape[-1]
+  center = jnp.mean(x, axis=(0, 1, 2)) + _random(37, (c,), 0.05)
+  a, b = _random(38, (c,)) + 1.0, _random(39, (c,), 0.5)
+  kernel = _random(40, (*kernel_size, 1, c)) + 0.2   # outputs with a mean away from zero
+  fused = lambda *args: fast_ops.affine_relu_depthwise_moments(*args, strides)
+
+  def unfused(*args):
+    y = fast_ops.affine_relu_depthwise_xla(*args, strides)
+    return y, jnp.mean(y, (0, 1, 2)), jnp.var(y, (0, 1, 2))
+  _check_form("jax_asc_affine_relu_depthwise_moments_forward", fused, x, center, a, b, kernel)
+  want = unfused(x, center, a, b, kernel)
+  for ours, ref in zip(jax.jit(fused)(x, center, a, b, kernel), want):
+    _close(ours, ref, rtol=1e-4, atol=1e-5)
+  weights = (_random(41, want[0].shape), _random(42, (c,)), _random(43, (c,)))
+
+  def grads(fn):
+    loss = lambda *args: sum(jnp.sum(o * w) for o, w in zip(fn(*args), weights))
+    return jax.grad(loss, argnums=(0, 1, 2, 3, 4))
+  _check_form("jax_asc_affine_relu_depthwise_moments_backward", grads(fused), x, center, a, b,
+              kernel)
+  for ours, ref in zip(jax.jit(grads(fused))(x, center, a, b, kernel),
+                       grads(unfused)(x, center, a, b, kernel)):
+    _close(ours, ref, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("n,k,m", [(100, 24, 40), (300, 64, 56), (37, 5, 20), (50, 16, 10),
@@ -287,11 +327,13 @@ def test_affine_relu_matmul_matches_the_unfused_operations(n, k, m):
     _close(ours, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("n,k,m", [(300, 64, 56), (37, 5, 20), (50, 16, 10), (9, 120, 104)])
+@pytest.mark.parametrize("n,k,m", [(300, 64, 56), (37, 5, 20), (50, 16, 10), (9, 120, 104),
+                                   (1001, 120, 56)])
 def test_affine_relu_matmul_moments_match_the_unfused_operations(n, k, m):
   """The 1×1 convolution with its output's batch statistics summed in the same pass = the
-  matmul, then `moments`: y, mean, var and the gradients of all five inputs; widths that are
-  not a multiple of 16 (the last vector overlaps), a partial tile, fewer than 16 outputs."""
+  matmul, then `moments`: y, mean, var and the gradients of all five inputs (the backward pass
+  one native kernel from 16 input channels); widths that are not a multiple of 16 (the last
+  vector overlaps), partial tiles and runs, several chunks, fewer than 16 outputs."""
   x = _random(50, (n, k), 0.5) + 3.0
   center = jnp.mean(x, axis=0) + _random(51, (k,), 0.05)
   a, b = _random(52, (k,)) + 1.0, _random(53, (k,), 0.5)
@@ -311,14 +353,22 @@ def test_affine_relu_matmul_moments_match_the_unfused_operations(n, k, m):
     loss = lambda *args: sum(jnp.sum(o * w) for o, w in zip(fn(*args), weights))
     return jax.grad(loss, argnums=(0, 1, 2, 3, 4))
   ref = grads(unfused)(x, center, a, b, kernel)
+  # The backward pass in one native pass from 16 input channels.
+  _check_form("jax_asc_affine_relu_matmul_moments_backward",
+              grads(fast_ops.affine_relu_matmul_moments), x, center, a, b, kernel,
+              native_shape=m >= 16 and k >= 16)
   for ours, want in zip(jax.jit(grads(fast_ops.affine_relu_matmul_moments))(
       x, center, a, b, kernel), ref):
     _close(ours, want, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("n,k,m", [(300, 32, 64), (37, 5, 20), (50, 16, 10)])
+@pytest.mark.parametrize("n,k,m", [(300, 32, 64), (37, 5, 20), (50, 16, 10), (1003, 56, 120),
+                                   (41, 16, 20)])
 def test_matmul_moments_match_the_unfused_operations(n, k, m):
-  """x·kernel with the output's batch statistics in the same pass = `matmul`, then `moments`."""
+  """x·kernel with the output's batch statistics in the same pass = `matmul`, then `moments`;
+  its backward pass (the statistics' share, dx and the kernel gradient in one native pass from
+  16 input channels) = the gradients of the unfused operations: rows not a whole number of
+  tiles or runs, several chunks, widths not a multiple of the vector."""
   x, kernel = _random(64, (n, k), 0.5) + 1.0, _random(65, (k, m)) + 0.3
 
   def unfused(x, w):
@@ -333,9 +383,26 @@ def test_matmul_moments_match_the_unfused_operations(n, k, m):
   def grads(fn):
     loss = lambda *args: sum(jnp.sum(o * w) for o, w in zip(fn(*args), weights))
     return jax.grad(loss, argnums=(0, 1))
+  _check_form("jax_asc_matmul_moments_backward", grads(fast_ops.matmul_moments), x, kernel,
+              native_shape=m >= 16 and k >= 16)
   for ours, want in zip(jax.jit(grads(fast_ops.matmul_moments))(x, kernel),
                         grads(unfused)(x, kernel)):
     _close(ours, want, rtol=1e-4, atol=1e-3)
+
+
+@needs_native
+def test_matmul_moments_backward_names_bad_shapes():
+  """The fused backward kernel refuses inputs narrower than its vector width with an error that
+  names it, rather than reading past a row."""
+  x, w = jnp.ones((10, 4), jnp.float32), jnp.ones((4, 32), jnp.float32)
+  y = jnp.ones((10, 32), jnp.float32)
+  stat = jnp.ones((32,), jnp.float32)
+  call = jax.ffi.ffi_call("jax_asc_matmul_moments_backward",
+                          (jax.ShapeDtypeStruct(x.shape, jnp.float32),
+                           jax.ShapeDtypeStruct(w.shape, jnp.float32)))
+  native.available()   # builds and registers the kernels
+  with pytest.raises(Exception, match="matmul_moments backward"):
+    jax.block_until_ready(jax.jit(call)(x, w, y, y, stat, stat, stat))
 
 
 @pytest.mark.parametrize("relu", [False, True])

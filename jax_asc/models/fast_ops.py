@@ -158,15 +158,15 @@ def _affine_relu_vjp(x, center, a, shift, dz):
 def _affine_relu_depthwise_native_bwd(strides, residuals, dy):
   x, center, a, b, kernel = residuals
   shift = b - center * a                       # relu(x·a + shift), the kernels' form
-  # dz (the transposed convolution), its ReLU mask, dx and both sums image by image in cache.
+  # The kernel gradient, dz (the transposed convolution), its ReLU mask, dx and both sums,
+  # image by image in cache.
   stat = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
-  dx, sum_g, sum_g_centred = jax.ffi.ffi_call(
-      "jax_asc_affine_relu_depthwise_input_grad",
-      (jax.ShapeDtypeStruct(x.shape, jnp.float32), stat, stat))(
+  dx, sum_g, sum_g_centred, dk = jax.ffi.ffi_call(
+      "jax_asc_affine_relu_depthwise_backward",
+      (jax.ShapeDtypeStruct(x.shape, jnp.float32), stat, stat,
+       jax.ShapeDtypeStruct(kernel.shape[:2] + kernel.shape[3:], jnp.float32)))(
           dy, kernel[:, :, 0, :], x, a, shift, center, stride_h=np.int64(strides[0]),
           stride_w=np.int64(strides[1]))
-  dk = _affine_ffi("jax_asc_affine_relu_depthwise_kernel_grad",
-                   kernel.shape[:2] + kernel.shape[3:], x, a, shift, dy, strides)
   return dx, -a * sum_g, sum_g_centred, sum_g, dk[:, :, None, :]
 
 
@@ -271,8 +271,19 @@ def _affine_relu_matmul_moments_native_fwd(x, center, a, b, kernel):
 def _affine_relu_matmul_moments_native_bwd(residuals, cotangents):
   x, center, a, b, kernel, y, mean = residuals
   dy, dmean, dvar = cotangents
-  dy = dy + _moments_bwd((y, mean), (dmean, dvar))[0]   # the statistics' share
-  return _affine_relu_matmul_native_bwd((x, center, a, b, kernel), dy)
+  if x.shape[1] < _FUSED_INPUT_GRAD_CHANNELS:
+    dy = dy + _moments_bwd((y, mean), (dmean, dvar))[0]   # the statistics' share
+    return _affine_relu_matmul_native_bwd((x, center, a, b, kernel), dy)
+  # The statistics' share, the kernel gradient, dz = dy·kernelᵀ, its ReLU mask, dx and the
+  # norm's two sums in one pass over the rows (neither dy + share nor dz written).
+  shift = b - center * a
+  stat = jax.ShapeDtypeStruct(x.shape[1:], jnp.float32)
+  shapes = (jax.ShapeDtypeStruct(x.shape, jnp.float32), stat, stat,
+            jax.ShapeDtypeStruct(kernel.shape, jnp.float32))
+  dx, sum_g, sum_g_centred, dk = jax.ffi.ffi_call(
+      "jax_asc_affine_relu_matmul_moments_backward", shapes)(
+          x, a, shift, center, kernel, y, dy, mean, dmean, dvar)
+  return dx, -a * sum_g, sum_g_centred, sum_g, dk
 
 
 _affine_relu_matmul_moments_native.defvjp(_affine_relu_matmul_moments_native_fwd,
@@ -292,6 +303,67 @@ def affine_relu_matmul_moments(x: jax.Array, center: jax.Array, a: jax.Array, b:
   return lax.platform_dependent(x, center, a, b, kernel.astype(jnp.float32),
                                 cpu=_affine_relu_matmul_moments_native,
                                 default=_affine_relu_matmul_moments_xla)
+
+
+def _affine_relu_depthwise_moments_xla(x, center, a, b, kernel, strides):
+  y = affine_relu_depthwise_xla(x, center, a, b, kernel, strides)
+  return (y, *moments(y.reshape(-1, y.shape[-1])))
+
+
+def _depthwise_attrs(strides):
+  return {"stride_h": np.int64(strides[0]), "stride_w": np.int64(strides[1])}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _affine_relu_depthwise_moments_native(x, center, a, b, kernel, strides):
+  out_h, out_w = _output_size(x.shape, kernel.shape, strides)
+  stat = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
+  out = jax.ShapeDtypeStruct((x.shape[0], out_h, out_w, x.shape[3]), jnp.float32)
+  return tuple(jax.ffi.ffi_call("jax_asc_affine_relu_depthwise_moments_forward",
+                                (out, stat, stat))(
+      x, a, b - center * a, kernel[:, :, 0, :], **_depthwise_attrs(strides)))
+
+
+def _affine_relu_depthwise_moments_native_fwd(x, center, a, b, kernel, strides):
+  y, mean, var = _affine_relu_depthwise_moments_native(x, center, a, b, kernel, strides)
+  return (y, mean, var), (x, center, a, b, kernel, y, mean)
+
+
+def _affine_relu_depthwise_moments_native_bwd(strides, residuals, cotangents):
+  x, center, a, b, kernel, y, mean = residuals
+  dy, dmean, dvar = cotangents
+  shift = b - center * a
+  stat = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
+  # As `_affine_relu_depthwise_native_bwd`, with dy completed by the statistics' share image by
+  # image in cache (never written).
+  dx, sum_g, sum_g_centred, dk = jax.ffi.ffi_call(
+      "jax_asc_affine_relu_depthwise_moments_backward",
+      (jax.ShapeDtypeStruct(x.shape, jnp.float32), stat, stat,
+       jax.ShapeDtypeStruct(kernel.shape[:2] + kernel.shape[3:], jnp.float32)))(
+          dy, kernel[:, :, 0, :], x, a, shift, center, y, mean, dmean, dvar,
+          **_depthwise_attrs(strides))
+  return dx, -a * sum_g, sum_g_centred, sum_g, dk[:, :, None, :]
+
+
+_affine_relu_depthwise_moments_native.defvjp(_affine_relu_depthwise_moments_native_fwd,
+                                             _affine_relu_depthwise_moments_native_bwd)
+
+
+def affine_relu_depthwise_moments(x: jax.Array, center: jax.Array, a: jax.Array, b: jax.Array,
+                                  kernel: jax.Array, strides=(1, 1)):
+  """(y, mean, var): y = `affine_relu_depthwise(x, center, a, b, kernel, strides)` and its batch
+  statistics over (B, H', W') (as `moments`), differentiable in all three.
+
+  On CPU the native kernels take the statistics while each image's output is in cache, and
+  the backward pass adds their share to dy image by image; elsewhere `moments` of the XLA form.
+  """
+  strides = tuple(int(s) for s in strides)
+  xla = functools.partial(_affine_relu_depthwise_moments_xla, strides=strides)
+  if not native.available() or x.dtype != jnp.float32:
+    return xla(x, center, a, b, kernel.astype(x.dtype))
+  on_cpu = functools.partial(_affine_relu_depthwise_moments_native, strides=strides)
+  return lax.platform_dependent(x, center, a, b, kernel.astype(jnp.float32), cpu=on_cpu,
+                                default=xla)
 
 
 # ----------------------------------------------------------------------------- small convolution
@@ -317,9 +389,14 @@ def _conv_native_fwd(x, kernel, strides):
 
 def _conv_native_bwd(strides, residuals, dy):
   x, kernel = residuals
-  # The input gradient is XLA's transposed convolution (a native gather kernel was no faster).
-  _, input_vjp = jax.vjp(lambda x: conv_xla(x, kernel, strides), x)
-  dx = input_vjp(dy)[0]
+  kh, kw, cin, _ = kernel.shape
+  if (kh, kw) == (3, 3) and cin % 8 == 0 and set(strides) <= {1, 2}:
+    # A scatter of the nine taps' products: XLA convolves the zero-dilated gradient instead
+    # (four times the arithmetic at stride 2).
+    dx = _ffi("jax_asc_conv_input_grad", x.shape, dy, kernel, strides=strides)
+  else:
+    _, input_vjp = jax.vjp(lambda x: conv_xla(x, kernel, strides), x)
+    dx = input_vjp(dy)[0]
   dk = _ffi("jax_asc_conv_kernel_grad", kernel.shape, x, dy, strides=strides)
   return dx, dk
 
@@ -381,8 +458,14 @@ def _matmul_moments_native_fwd(x, kernel):
 def _matmul_moments_native_bwd(residuals, cotangents):
   x, kernel, y, mean = residuals
   dy, dmean, dvar = cotangents
-  dy = dy + _moments_bwd((y, mean), (dmean, dvar))[0]   # the statistics' share
-  return _matmul_bwd((x, kernel), dy)
+  if x.shape[1] < _FUSED_INPUT_GRAD_CHANNELS:
+    dy = dy + _moments_bwd((y, mean), (dmean, dvar))[0]   # the statistics' share
+    return _matmul_bwd((x, kernel), dy)
+  # The statistics' share, dx and the kernel gradient in one pass (dy + share never written).
+  shapes = (jax.ShapeDtypeStruct(x.shape, jnp.float32),
+            jax.ShapeDtypeStruct(kernel.shape, jnp.float32))
+  return tuple(jax.ffi.ffi_call("jax_asc_matmul_moments_backward", shapes)(
+      x, kernel, y, dy, mean, dmean, dvar))
 
 
 _matmul_moments_native.defvjp(_matmul_moments_native_fwd, _matmul_moments_native_bwd)

@@ -48,11 +48,14 @@ class WithMoments(NamedTuple):
 class DepthwiseConv(nn.Module):
   """Depthwise k×k convolution, zero padding (k-1)//2, no bias. (B,H,W,C) → (B,H',W',C).
 
-  The input may be a `DeferredNorm`: the norm and ReLU are then fused into the convolution.
+  The input may be a `DeferredNorm`: the norm and ReLU are then fused into the convolution,
+  and with `moments` (float32) the output is `WithMoments`, its batch statistics taken in the
+  same pass for the `BatchNorm` that follows.
   """
   kernel_size: Tuple[int, int] = (3, 3)
   strides: Tuple[int, int] = (1, 1)
   kernel_init: Callable = kaiming_fan_out
+  moments: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -61,6 +64,8 @@ class DepthwiseConv(nn.Module):
     channels = (pending.x if pending else x).shape[-1]
     kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, 1, channels),
                         jnp.float32)
+    if pending is not None and self.moments and self.dtype == jnp.float32:
+      return WithMoments(*fast_ops.affine_relu_depthwise_moments(*pending, kernel, self.strides))
     if pending is not None:
       return fast_ops.affine_relu_depthwise(*pending, kernel, self.strides).astype(self.dtype)
     return fast_ops.depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype),
@@ -214,8 +219,8 @@ class ConvNormAct(nn.Module):
   Depthwise when `depthwise` (features = input channels); 1×1 convolutions run as matmuls.
   With `defer_norm` (batch norm with ReLU, training, float32) the output is a `DeferredNorm`
   that a following depthwise or 1×1 `ConvNormAct` fuses into its convolution. A 1×1
-  convolution before a batch norm (training, float32) takes the norm's statistics in its own
-  pass (`WithMoments`).
+  convolution, or a depthwise one with a fused norm, before a batch norm (training, float32)
+  takes the norm's statistics in its own pass (`WithMoments`).
   """
   features: int
   kernel_size: Tuple[int, int] = (3, 3)
@@ -231,11 +236,13 @@ class ConvNormAct(nn.Module):
     pointwise = self.kernel_size == (1, 1) and self.strides == (1, 1)
     if isinstance(x, DeferredNorm) and not (self.depthwise or pointwise):
       x = x.apply().astype(self.dtype)
+    # In training the batch norm's statistics come from the convolution's own pass
+    # (`WithMoments`) where it has one: the fused 1×1 and the norm-fused depthwise convolutions.
+    moments = train and self.norm == "batch" and self.dtype == jnp.float32
     if self.depthwise:
-      x = DepthwiseConv(self.kernel_size, self.strides, dtype=self.dtype, name="conv")(x)
+      x = DepthwiseConv(self.kernel_size, self.strides, moments=moments, dtype=self.dtype,
+                        name="conv")(x)
     elif pointwise:
-      # In training the batch norm's statistics come from the fused 1×1 pass (`WithMoments`).
-      moments = train and self.norm == "batch" and self.dtype == jnp.float32
       x = PointwiseConv(self.features, moments=moments, dtype=self.dtype, name="conv")(x)
     else:
       x = Conv(self.features, self.kernel_size, self.strides, dtype=self.dtype, name="conv")(x)

@@ -2,7 +2,8 @@
 
 `cpu_kernels.cc` holds the depthwise convolution (forward pass and both gradients; forward and
 kernel gradient also with a batch norm's apply + ReLU fused on their input), the 1×1 weight
-gradient, the 1×1 convolution with the same fusion, the stem convolutions, the batch-norm
+gradient, the 1×1 convolution with the same fusion, the 1×1 convolution with its output's
+batch statistics and its whole backward pass in one, the stem convolutions, the batch-norm
 statistics and gradient sums, and the short-time Fourier transform (with the pre-emphasis and
 centre padding) and the mel projection. Its vector width follows the target it is compiled for
 (16 floats with AVX-512, 8 with AVX2/FMA, 4 with NEON or SSE).
@@ -52,20 +53,26 @@ MODES = ("auto", "native", "xla")
 TARGETS = {"jax_asc_depthwise_forward": "JaxAscDepthwiseForward",
            "jax_asc_depthwise_input_grad": "JaxAscDepthwiseInputGrad",
            "jax_asc_depthwise_kernel_grad": "JaxAscDepthwiseKernelGrad",
-           "jax_asc_affine_relu_depthwise_input_grad": "JaxAscAffineReluDepthwiseInputGrad",
+           "jax_asc_affine_relu_depthwise_backward": "JaxAscAffineReluDepthwiseBackward",
+           "jax_asc_affine_relu_depthwise_moments_forward":
+               "JaxAscAffineReluDepthwiseMomentsForward",
+           "jax_asc_affine_relu_depthwise_moments_backward":
+               "JaxAscAffineReluDepthwiseMomentsBackward",
            "jax_asc_affine_relu_depthwise_forward": "JaxAscAffineReluDepthwiseForward",
-           "jax_asc_affine_relu_depthwise_kernel_grad": "JaxAscAffineReluDepthwiseKernelGrad",
            "jax_asc_moments": "JaxAscMoments",
            "jax_asc_norm_grad_sums": "JaxAscNormGradSums",
            "jax_asc_mel_spectrogram": "JaxAscMelSpectrogram",
            "jax_asc_matmul_tn": "JaxAscMatmulTN",
            "jax_asc_affine_relu_matmul": "JaxAscAffineReluMatmul",
            "jax_asc_affine_relu_matmul_moments": "JaxAscAffineReluMatmulMoments",
+           "jax_asc_affine_relu_matmul_moments_backward": "JaxAscAffineReluMatmulMomentsBackward",
            "jax_asc_matmul_moments": "JaxAscMatmulMoments",
+           "jax_asc_matmul_moments_backward": "JaxAscMatmulMomentsBackward",
            "jax_asc_affine_relu_matmul_tn": "JaxAscAffineReluMatmulTN",
            "jax_asc_affine_relu_matmul_input_grad": "JaxAscAffineReluMatmulInputGrad",
            "jax_asc_conv_forward": "JaxAscConvForward",
-           "jax_asc_conv_kernel_grad": "JaxAscConvKernelGrad"}
+           "jax_asc_conv_kernel_grad": "JaxAscConvKernelGrad",
+           "jax_asc_conv_input_grad": "JaxAscConvInputGrad"}
 # CPU flags worth naming (x86 /proc/cpuinfo "flags", ARM "Features").
 _VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
                  "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "asimdhp", "sve", "sve2")

@@ -1,9 +1,12 @@
 // Native CPU kernels for jax_asc, as XLA FFI handlers (float32):
 //   * depthwise k×k convolution (NHWC, zero padding): forward, input gradient, kernel gradient;
-//     forward and kernel gradient also with relu(x·a + b) applied to the input on the fly (the
-//     batch norm and ReLU before the convolution, one image at a time in a cached buffer);
+//     forward and the whole backward pass (both gradients in one) also with relu(x·a + b)
+//     applied to the input on the fly (the batch norm and ReLU before the convolution, one
+//     image at a time in a cached buffer);
 //   * the 1×1 convolution's weight gradient Xᵀ·dY, and the 1×1 convolution (forward and weight
-//     gradient) with relu(x·a + b) applied to its input tile by tile; the stem convolutions;
+//     gradient) with relu(x·a + b) applied to its input tile by tile; the 1×1 convolution with
+//     its output's batch statistics, and its backward pass (the statistics' share, the input
+//     and the weight gradient) in one pass; the stem convolutions;
 //   * batch-norm statistics (one pass) and the two sums of its gradient;
 //   * the power spectrogram (framing, window, real FFT, |·|²) with a banded mel projection.
 //
@@ -500,12 +503,15 @@ const float* ImageInput(const Geometry& g, const float* x, const float* a, const
 }
 
 // y = x ⋆ k, or relu(x·a + b) ⋆ k when `a` is not null (a, b per channel).
+// `done(b)`, when given, runs after image b is written, while it is in cache.
 void ForwardImages(ffi::ThreadPool& pool, const Geometry& g, const float* xp, const float* a,
-                   const float* bias, const float* kp, float* yp) {
+                   const float* bias, const float* kp, float* yp,
+                   const std::function<void(int64_t)>& done = nullptr) {
   const int64_t out_size = g.out_h * g.out_w * g.channels;
   auto run = [&](auto&& image) {
     ParallelFor(pool, g.batch, [&](int64_t b) {
       image(ImageInput(g, xp, a, bias, b), yp + b * out_size);
+      if (done) done(b);
     });
   };
   if (FastDepthwise(g) && DispatchStrides(g.stride_h, g.stride_w, [&](auto sh, auto sw) {
@@ -546,6 +552,58 @@ ffi::Error AffineReluForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+// The same with y's batch statistics over (B, OH, OW) taken while each image is in cache: per
+// image its mean and centred sum of squares (two passes over the cached image), merged in image
+// order in double (Chan et al.): exact for large means, deterministic.
+ffi::Error AffineReluMomentsForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                    ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                                    ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> y,
+                                    ffi::ResultBuffer<ffi::F32> mean,
+                                    ffi::ResultBuffer<ffi::F32> var, int64_t stride_h,
+                                    int64_t stride_w) {
+  Geometry g;
+  auto yd = y->dimensions();
+  if (auto e = CheckShapes(x, kernel, yd[1], yd[2], stride_h, stride_w, &g); e.failure()) return e;
+  if (auto e = CheckAffine(g, a, b); e.failure()) return e;
+  if (mean->dimensions().size() != 1 || mean->dimensions()[0] != g.channels ||
+      var->dimensions().size() != 1 || var->dimensions()[0] != g.channels)
+    return ffi::Error::InvalidArgument("depthwise moments: expected mean and var of shape (C,)");
+  const int64_t c_n = g.channels, pixels = g.out_h * g.out_w;
+  float* yp = y->typed_data();
+  std::vector<float> image_mean(g.batch * c_n), image_m2(g.batch * c_n);
+  ForwardImages(pool, g, x.typed_data(), a.typed_data(), b.typed_data(), kernel.typed_data(), yp,
+                [&](int64_t image) {
+                  const float* out = yp + image * pixels * c_n;
+                  float* m = image_mean.data() + image * c_n;
+                  float* m2 = image_m2.data() + image * c_n;
+                  std::fill(m, m + c_n, 0.0f);
+                  std::fill(m2, m2 + c_n, 0.0f);
+                  for (int64_t p = 0; p < pixels; ++p)
+#pragma GCC ivdep
+                    for (int64_t c = 0; c < c_n; ++c) m[c] += out[p * c_n + c];
+                  for (int64_t c = 0; c < c_n; ++c) m[c] /= static_cast<float>(pixels);
+                  for (int64_t p = 0; p < pixels; ++p)
+#pragma GCC ivdep
+                    for (int64_t c = 0; c < c_n; ++c) {
+                      const float d = out[p * c_n + c] - m[c];
+                      m2[c] += d * d;
+                    }
+                });
+  for (int64_t c = 0; c < c_n; ++c) {
+    double n = 0.0, mu = 0.0, m2 = 0.0;
+    for (int64_t image = 0; image < g.batch; ++image) {
+      const double nb = static_cast<double>(pixels), mb = image_mean[image * c_n + c];
+      const double delta = mb - mu, total = n + nb;
+      mu += delta * nb / total;
+      m2 += image_m2[image * c_n + c] + delta * delta * n * nb / total;
+      n = total;
+    }
+    mean->typed_data()[c] = static_cast<float>(mu);
+    var->typed_data()[c] = static_cast<float>(m2 / n);
+  }
+  return ffi::Error::Success();
+}
+
 // The depthwise input gradient, image by image: dz = the transposed convolution of dy.
 struct InputGradJob {
   Geometry g;                   // of the forward convolution: x has dx's shape, y has dy's
@@ -563,8 +621,8 @@ struct InputGradJob {
     }
   }
 
-  // dx[b] for image b.
-  void Image(float* dx, int64_t b) const {
+  // dx[b] from dy (both indexed by image b).
+  void Image(const float* dy, float* dx, int64_t b) const {
     if (!flipped.empty()) {
       // A stride-1 input gradient is the correlation of dy with the flipped kernel.
       const Geometry gt{g.batch, g.out_h, g.out_w, g.channels, 3, 3, g.height, g.width, 1, 1,
@@ -595,38 +653,49 @@ ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
                                            kernel.dimensions(), stride_h, stride_w),
                          dy.typed_data(), kernel.typed_data());
   float* dxp = dx->typed_data();
-  ParallelFor(pool, job.g.batch, [&](int64_t b) { job.Image(dxp, b); });
+  ParallelFor(pool, job.g.batch, [&](int64_t b) { job.Image(job.dy, dxp, b); });
   return ffi::Error::Success();
 }
 
-// The input side of the backward pass of y = depthwise(relu(x·a + shift)), image by image while
-// the image's dz is in cache: dz = the transposed convolution of dy (written into dx), then
+// The statistics' share of a depthwise output's gradient, when its batch statistics are outputs
+// too: dy' = dy + offset + scale·y per channel (offset = dmean/N − scale·mean, scale = 2·dvar/N).
+struct MomentsShare {
+  const float* y;             // the forward output (B, OH, OW, C)
+  std::vector<float> scale, offset;
+};
+
+// The backward pass of y = depthwise(relu(x·a + shift)), image by image while the image's dy,
+// x and dz are in cache: the kernel gradient dk = Σ relu(x·a + shift) ⋆ dy, and
+// dz = the transposed convolution of dy (written into dx), then
 //   g = dz · [x·a + shift > 0],  dx = a·g,  sum_g = Σ g,  sum_gc = Σ g·(x − center)
-// (float sums per image, added in image order in double: deterministic). Replaces two passes
-// that read dz back from memory with x.
-ffi::Error AffineReluInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
-                               ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> x,
-                               ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> shift,
-                               ffi::Buffer<ffi::F32> center, ffi::ResultBuffer<ffi::F32> dx,
-                               ffi::ResultBuffer<ffi::F32> sum_g,
-                               ffi::ResultBuffer<ffi::F32> sum_gc, int64_t stride_h,
-                               int64_t stride_w) {
-  auto xd = x.dimensions();
-  if (dy.dimensions().size() != 4 || xd.size() != 4 || dx->dimensions().size() != 4)
-    return ffi::Error::InvalidArgument("depthwise input gradient: expected 4-D arrays");
-  const InputGradJob job(InputGradGeometry(dy.dimensions(), dx->dimensions(),
-                                           kernel.dimensions(), stride_h, stride_w),
-                         dy.typed_data(), kernel.typed_data());
+// (dk and the float sums per image, added in image order in double: deterministic). Replaces
+// a kernel-gradient pass that reads x and dy again and two passes that read dz back with x.
+// With `share`, dy is first completed with the statistics' share, per image in cache.
+ffi::Error AffineReluBackwardImages(ffi::ThreadPool& pool, const InputGradJob& job,
+                                    const float* xp, const float* ap, const float* sp,
+                                    const float* cp, const MomentsShare* share, float* dxp,
+                                    float* o1, float* o2, float* ok) {
   const Geometry& g = job.g;
-  if (auto e = CheckAffine(g, a, shift); e.failure()) return e;
-  if (auto e = CheckAffine(g, center, center); e.failure()) return e;
   const int64_t c_n = g.channels, pixels = g.height * g.width;
-  const float *xp = x.typed_data(), *ap = a.typed_data(), *sp = shift.typed_data(),
-              *cp = center.typed_data();
-  float* dxp = dx->typed_data();
-  std::vector<float> partial(g.batch * 2 * c_n, 0.0f);
+  const int64_t k_size = g.kh * g.kw * c_n, out_size = g.out_h * g.out_w * c_n;
+  std::vector<float> partial(g.batch * 2 * c_n, 0.0f), partial_dk(g.batch * k_size, 0.0f);
   ParallelFor(pool, g.batch, [&](int64_t b) {
-    job.Image(dxp, b);
+    thread_local std::vector<float> row, completed;
+    row.resize(k_size);
+    const float* dy = job.dy + b * out_size;
+    if (share != nullptr) {
+      completed.resize(out_size);
+      const float* y = share->y + b * out_size;
+      const float *scale = share->scale.data(), *offset = share->offset.data();
+      for (int64_t p = 0; p < out_size; p += c_n)
+#pragma GCC ivdep
+        for (int64_t c = 0; c < c_n; ++c)
+          completed[p + c] = dy[p + c] + offset[c] + scale[c] * y[p + c];
+      dy = completed.data();
+    }
+    KernelGradRows(g, ImageInput(g, xp, ap, sp, b), dy, partial_dk.data() + b * k_size,
+                   row.data(), 0);
+    job.Image(dy, dxp + b * pixels * c_n, 0);
     float* s1 = partial.data() + b * 2 * c_n;
     float* s2 = s1 + c_n;
     for (int64_t p = 0; p < pixels; ++p) {
@@ -641,8 +710,6 @@ ffi::Error AffineReluInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
       }
     }
   });
-  float* o1 = sum_g->typed_data();
-  float* o2 = sum_gc->typed_data();
   for (int64_t c = 0; c < c_n; ++c) {
     double t1 = 0.0, t2 = 0.0;
     for (int64_t b = 0; b < g.batch; ++b) {
@@ -652,7 +719,84 @@ ffi::Error AffineReluInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
     o1[c] = static_cast<float>(t1);
     o2[c] = static_cast<float>(t2);
   }
+  for (int64_t t = 0; t < k_size; ++t) {
+    double total = 0.0;
+    for (int64_t b = 0; b < g.batch; ++b) total += partial_dk[b * k_size + t];
+    ok[t] = static_cast<float>(total);
+  }
   return ffi::Error::Success();
+}
+
+// Checks the backward pass's arguments and builds its job.
+ffi::Error AffineReluBackwardJob(ffi::Buffer<ffi::F32>& dy, ffi::Buffer<ffi::F32>& kernel,
+                                 ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& a,
+                                 ffi::Buffer<ffi::F32>& shift, ffi::Buffer<ffi::F32>& center,
+                                 ffi::ResultBuffer<ffi::F32>& dx, ffi::ResultBuffer<ffi::F32>& dk,
+                                 int64_t stride_h, int64_t stride_w,
+                                 std::unique_ptr<InputGradJob>* job) {
+  auto xd = x.dimensions();
+  auto kd = kernel.dimensions();
+  if (dy.dimensions().size() != 4 || xd.size() != 4 || dx->dimensions().size() != 4 ||
+      kd.size() != 3 || dk->dimensions().size() != 3 || dk->dimensions()[0] != kd[0] ||
+      dk->dimensions()[1] != kd[1] || dk->dimensions()[2] != kd[2])
+    return ffi::Error::InvalidArgument(
+        "depthwise backward: expected 4-D dy, x, dx and a kernel and dk of one shape (KH, KW, C)");
+  *job = std::make_unique<InputGradJob>(InputGradGeometry(dy.dimensions(), dx->dimensions(),
+                                                          kd, stride_h, stride_w),
+                                        dy.typed_data(), kernel.typed_data());
+  if (auto e = CheckAffine((*job)->g, a, shift); e.failure()) return e;
+  return CheckAffine((*job)->g, center, center);
+}
+
+ffi::Error AffineReluBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                              ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> x,
+                              ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> shift,
+                              ffi::Buffer<ffi::F32> center, ffi::ResultBuffer<ffi::F32> dx,
+                              ffi::ResultBuffer<ffi::F32> sum_g,
+                              ffi::ResultBuffer<ffi::F32> sum_gc, ffi::ResultBuffer<ffi::F32> dk,
+                              int64_t stride_h, int64_t stride_w) {
+  std::unique_ptr<InputGradJob> job;
+  if (auto e = AffineReluBackwardJob(dy, kernel, x, a, shift, center, dx, dk, stride_h, stride_w,
+                                     &job);
+      e.failure())
+    return e;
+  return AffineReluBackwardImages(pool, *job, x.typed_data(), a.typed_data(), shift.typed_data(),
+                                  center.typed_data(), nullptr, dx->typed_data(),
+                                  sum_g->typed_data(), sum_gc->typed_data(), dk->typed_data());
+}
+
+// The backward pass of (y, mean, var) = the depthwise convolution with its output's statistics:
+// the same, with dy completed by the statistics' share (never written).
+ffi::Error AffineReluMomentsBackward(
+    ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
+    ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> shift,
+    ffi::Buffer<ffi::F32> center, ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> mean,
+    ffi::Buffer<ffi::F32> dmean, ffi::Buffer<ffi::F32> dvar, ffi::ResultBuffer<ffi::F32> dx,
+    ffi::ResultBuffer<ffi::F32> sum_g, ffi::ResultBuffer<ffi::F32> sum_gc,
+    ffi::ResultBuffer<ffi::F32> dk, int64_t stride_h, int64_t stride_w) {
+  std::unique_ptr<InputGradJob> job;
+  if (auto e = AffineReluBackwardJob(dy, kernel, x, a, shift, center, dx, dk, stride_h, stride_w,
+                                     &job);
+      e.failure())
+    return e;
+  const int64_t c_n = job->g.channels;
+  bool ok = y.dimensions().size() == 4;
+  for (int i = 0; ok && i < 4; ++i) ok = y.dimensions()[i] == dy.dimensions()[i];
+  for (auto* v : {&mean, &dmean, &dvar})
+    ok = ok && v->dimensions().size() == 1 && v->dimensions()[0] == c_n;
+  if (!ok)
+    return ffi::Error::InvalidArgument(
+        "depthwise moments backward: expected y of dy's shape, mean, dmean and dvar (C,)");
+  const double n = static_cast<double>(job->g.batch * job->g.out_h * job->g.out_w);
+  MomentsShare share{y.typed_data(), std::vector<float>(c_n), std::vector<float>(c_n)};
+  for (int64_t c = 0; c < c_n; ++c) {
+    share.scale[c] = static_cast<float>(2.0 * dvar.typed_data()[c] / n);
+    share.offset[c] = static_cast<float>(dmean.typed_data()[c] / n) -
+                      share.scale[c] * mean.typed_data()[c];
+  }
+  return AffineReluBackwardImages(pool, *job, x.typed_data(), a.typed_data(), shift.typed_data(),
+                                  center.typed_data(), &share, dx->typed_data(),
+                                  sum_g->typed_data(), sum_gc->typed_data(), dk->typed_data());
 }
 
 // dk for x (or relu(x·a + b) when `a` is not null) and dy.
@@ -694,18 +838,6 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   Geometry g;
   if (auto e = KernelGradGeometry(x, dy, dk, stride_h, stride_w, &g); e.failure()) return e;
   KernelGradImages(pool, g, x.typed_data(), nullptr, nullptr, dy.typed_data(), dk->typed_data());
-  return ffi::Error::Success();
-}
-
-ffi::Error AffineReluKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                                ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
-                                ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dk,
-                                int64_t stride_h, int64_t stride_w) {
-  Geometry g;
-  if (auto e = KernelGradGeometry(x, dy, dk, stride_h, stride_w, &g); e.failure()) return e;
-  if (auto e = CheckAffine(g, a, b); e.failure()) return e;
-  KernelGradImages(pool, g, x.typed_data(), a.typed_data(), b.typed_data(), dy.typed_data(),
-                   dk->typed_data());
   return ffi::Error::Success();
 }
 
@@ -1287,6 +1419,23 @@ void AccumulateRowsTN(const float* x, const float* y, int64_t rows, int64_t k_n,
   }
 }
 
+// out (K, M) = the sum over chunks, in chunk order, of the partial products (chunks, k_pad, m_pad)
+// of AccumulateRowsTN (`in_place`: laid out by BlockIndex) or AccumulateTile.
+void SumChunksTN(const std::vector<float>& partial, int64_t chunks, int64_t k_n, int64_t m_n,
+                 bool in_place, float* op) {
+  const int64_t m_pad = (m_n + kLanes - 1) / kLanes * kLanes, k_pad = PadRows(k_n);
+  for (int64_t kk = 0; kk < k_n; ++kk) {
+    const int64_t kr = in_place ? BlockIndex(kk, k_n, kTileRows) : kk;
+    for (int64_t mm = 0; mm < m_n; ++mm) {
+      const int64_t mc = in_place ? BlockIndex(mm, m_n, kLanes) : mm;
+      float total = 0.0f;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk)
+        total += partial[(chunk * k_pad + kr) * m_pad + mc];
+      op[kk * m_n + mm] = total;
+    }
+  }
+}
+
 // out = xᵀ·y, or relu(x·a + shift)ᵀ·y when `a` is not null (a, shift per column of x).
 void MatmulTNRows(ffi::ThreadPool& pool, const float* xp, const float* a, const float* shift,
                   const float* yp, int64_t n, int64_t k_n, int64_t m_n, float* op) {
@@ -1335,16 +1484,7 @@ void MatmulTNRows(ffi::ThreadPool& pool, const float* xp, const float* a, const 
       }
     });
   }
-  for (int64_t kk = 0; kk < k_n; ++kk) {
-    const int64_t kr = in_place ? BlockIndex(kk, k_n, kTileRows) : kk;
-    for (int64_t mm = 0; mm < m_n; ++mm) {
-      const int64_t mc = in_place ? BlockIndex(mm, m_n, kLanes) : mm;
-      float total = 0.0f;
-      for (int64_t chunk = 0; chunk < chunks; ++chunk)
-        total += partial[(chunk * k_pad + kr) * m_pad + mc];
-      op[kk * m_n + mm] = total;
-    }
-  }
+  SumChunksTN(partial, chunks, k_n, m_n, in_place, op);
 }
 
 ffi::Error MatmulTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
@@ -1561,6 +1701,119 @@ void AffineReluMatmulInputGradRows(ffi::ThreadPool& pool, const float* xp, const
   }
 }
 
+// The backward pass of (y, mean, var) = affine_relu_matmul_moments(x, a, shift, w) in one pass
+// over the rows, run by run in cache:
+//   dy' = dy + dmean/N + (y − mean)·2·dvar/N        (the statistics' share)
+//   z = relu(x·a + shift),  dw = zᵀ·dy'
+//   dz = dy'·wᵀ,  g = dz · [z > 0],  dx = a·g,  sum_g = Σ g,  sum_gc = Σ g·(x − center)
+// for x (N, K), w (K, M), y and dy (N, M), K and M at least the vector width. Replaces an
+// elementwise pass that writes dy' and two passes that each read x and dy' (the weight
+// gradient and the input gradient). Rows are split into fixed chunks whose partial dw and sums
+// are added in chunk order (deterministic).
+void AffineReluMatmulMomentsBackwardRows(
+    ffi::ThreadPool& pool, const float* xp, const float* ap, const float* sp, const float* cp,
+    const float* wp, const float* yp, const float* dyp, const float* mean, const float* dmean,
+    const float* dvar, int64_t n, int64_t k_n, int64_t m_n, float* dxp, float* sum_g,
+    float* sum_gc, float* dwp) {
+  constexpr int R = kTileRows;
+  const int64_t m_pad = (m_n + kLanes - 1) / kLanes * kLanes, k_pad = PadRows(k_n);
+  std::vector<float> wt(m_n * k_n);   // wᵀ (M, K): the dz tiles read it row by row
+  for (int64_t k = 0; k < k_n; ++k)
+    for (int64_t m = 0; m < m_n; ++m) wt[m * k_n + k] = wp[k * m_n + m];
+  std::vector<float> scale(m_n), offset(m_n);   // dy' = dy + offset + scale·y per channel
+  for (int64_t m = 0; m < m_n; ++m) {
+    scale[m] = 2.0f * dvar[m] / static_cast<float>(n);
+    offset[m] = dmean[m] / static_cast<float>(n) - scale[m] * mean[m];
+  }
+  const int64_t chunks = std::min<int64_t>(n, kStatChunks);
+  std::vector<float> partial(chunks * k_pad * m_pad, 0.0f), sums(chunks * 2 * k_n, 0.0f);
+  const int64_t run = std::max<int64_t>(1, 6144 / (k_n + m_n) / R) * R;
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    thread_local std::vector<float> grad, z, dz;   // dy', relu(x·a + shift), dz of one run
+    grad.resize(run * m_n);
+    z.resize(run * k_n);
+    dz.resize(R * k_n);
+    float* acc = partial.data() + chunk * k_pad * m_pad;
+    float* s1 = sums.data() + chunk * 2 * k_n;
+    float* s2 = s1 + k_n;
+    const int64_t begin = chunk * n / chunks, end = (chunk + 1) * n / chunks;
+    for (int64_t start = begin; start < end; start += run) {
+      const int64_t rows = std::min(run, end - start);
+      const int64_t next = std::min(run, end - start - rows);
+      for (int64_t q = 0; q < rows; ++q) {
+        const float* dy = dyp + (start + q) * m_n;
+        const float* y = yp + (start + q) * m_n;
+        float* g = grad.data() + q * m_n;
+#pragma GCC ivdep
+        for (int64_t m = 0; m < m_n; ++m) g[m] = dy[m] + offset[m] + scale[m] * y[m];
+      }
+      const int64_t padded = (rows + R - 1) / R * R;
+      std::fill(grad.begin() + rows * m_n, grad.begin() + padded * m_n, 0.0f);
+      AffineRelu(xp + start * k_n, ap, sp, rows, k_n, z.data());
+      AccumulateRowsTN(z.data(), grad.data(), rows, k_n, m_n, acc, nullptr,
+                       dyp + (start + rows) * m_n, next);
+      for (int64_t t = 0; t < rows; t += R) {
+        const int64_t tile = std::min<int64_t>(R, rows - t);
+        RowTileNN<R>(grad.data() + t * m_n, wt.data(), dz.data(), m_n, k_n, tile, nullptr);
+        for (int64_t q = 0; q < tile; ++q) {
+          const float* x = xp + (start + t + q) * k_n;
+          const float* zr = z.data() + (t + q) * k_n;
+          const float* d = dz.data() + q * k_n;
+          float* dx = dxp + (start + t + q) * k_n;
+#pragma GCC ivdep
+          for (int64_t c = 0; c < k_n; ++c) {
+            const float gc = zr[c] > 0.0f ? d[c] : 0.0f;
+            dx[c] = ap[c] * gc;
+            s1[c] += gc;
+            s2[c] += gc * (x[c] - cp[c]);
+          }
+        }
+      }
+    }
+  });
+  SumChunksTN(partial, chunks, k_n, m_n, true, dwp);
+  for (int64_t c = 0; c < k_n; ++c) {
+    double t1 = 0.0, t2 = 0.0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      t1 += sums[chunk * 2 * k_n + c];
+      t2 += sums[chunk * 2 * k_n + k_n + c];
+    }
+    sum_g[c] = static_cast<float>(t1);
+    sum_gc[c] = static_cast<float>(t2);
+  }
+}
+
+ffi::Error AffineReluMatmulMomentsBackward(
+    ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> a,
+    ffi::Buffer<ffi::F32> shift, ffi::Buffer<ffi::F32> center, ffi::Buffer<ffi::F32> w,
+    ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> mean,
+    ffi::Buffer<ffi::F32> dmean, ffi::Buffer<ffi::F32> dvar, ffi::ResultBuffer<ffi::F32> dx,
+    ffi::ResultBuffer<ffi::F32> sum_g, ffi::ResultBuffer<ffi::F32> sum_gc,
+    ffi::ResultBuffer<ffi::F32> dw) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  auto yd = y.dimensions();
+  auto dyd = dy.dimensions();
+  bool ok = xd.size() == 2 && wd.size() == 2 && yd.size() == 2 && dyd.size() == 2 &&
+            xd[0] >= 1 && xd[1] == wd[0] && yd[0] == xd[0] && yd[1] == wd[1] &&
+            dyd[0] == yd[0] && dyd[1] == yd[1] && xd[1] >= kLanes && xd[1] >= kTileRows &&
+            wd[1] >= kLanes;
+  for (auto* v : {&a, &shift, &center})
+    ok = ok && v->dimensions().size() == 1 && v->dimensions()[0] == xd[1];
+  for (auto* v : {&mean, &dmean, &dvar})
+    ok = ok && v->dimensions().size() == 1 && v->dimensions()[0] == wd[1];
+  if (!ok)
+    return ffi::Error::InvalidArgument(
+        "affine-relu matmul_moments backward: expected x (N, K), a, shift, center (K,), "
+        "w (K, M), y and dy (N, M), mean, dmean, dvar (M,), K and M at least the vector width");
+  AffineReluMatmulMomentsBackwardRows(
+      pool, x.typed_data(), a.typed_data(), shift.typed_data(), center.typed_data(),
+      w.typed_data(), y.typed_data(), dy.typed_data(), mean.typed_data(), dmean.typed_data(),
+      dvar.typed_data(), xd[0], xd[1], wd[1], dx->typed_data(), sum_g->typed_data(),
+      sum_gc->typed_data(), dw->typed_data());
+  return ffi::Error::Success();
+}
+
 ffi::Error AffineReluMatmulInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                      ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> shift,
                                      ffi::Buffer<ffi::F32> center, ffi::Buffer<ffi::F32> dy,
@@ -1630,10 +1883,89 @@ ffi::Error MatmulMoments(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buf
   return ffi::Error::Success();
 }
 
+// The backward pass of (y, mean, var) = matmul_moments(x, w) in one pass over the rows:
+//   dy' = dy + dmean/N + (y − mean)·2·dvar/N   (the statistics' share, per run of rows in cache)
+//   dx = dy'·wᵀ,  dw = xᵀ·dy'
+// for x (N, K), w (K, M), y and dy (N, M), K ≥ kLanes, M ≥ kLanes. Replaces an elementwise pass
+// that writes dy' and two matmuls that each read it back (and read x or write dx). Rows are
+// split into fixed chunks whose partial dw are summed in chunk order (deterministic).
+void MatmulMomentsBackwardRows(ffi::ThreadPool& pool, const float* xp, const float* wp,
+                               const float* yp, const float* dyp, const float* mean,
+                               const float* dmean, const float* dvar, int64_t n, int64_t k_n,
+                               int64_t m_n, float* dxp, float* dwp) {
+  constexpr int R = kTileRows;
+  const int64_t m_pad = (m_n + kLanes - 1) / kLanes * kLanes, k_pad = PadRows(k_n);
+  std::vector<float> wt(m_n * k_n);   // wᵀ (M, K): the dx tiles read it row by row
+  for (int64_t k = 0; k < k_n; ++k)
+    for (int64_t m = 0; m < m_n; ++m) wt[m * k_n + k] = wp[k * m_n + m];
+  // dy' = dy + shift + scale·y per channel.
+  std::vector<float> scale(m_n), shift(m_n);
+  for (int64_t m = 0; m < m_n; ++m) {
+    scale[m] = 2.0f * dvar[m] / static_cast<float>(n);
+    shift[m] = dmean[m] / static_cast<float>(n) - scale[m] * mean[m];
+  }
+  const int64_t chunks = std::min<int64_t>(n, kStatChunks);
+  std::vector<float> partial(chunks * k_pad * m_pad, 0.0f);
+  // Runs of whole register tiles of rows, small enough for the first-level cache with x.
+  const int64_t run = std::max<int64_t>(1, 6144 / (k_n + m_n) / R) * R;
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    thread_local std::vector<float> grad;   // dy' of one run, zero rows up to a whole tile
+    grad.resize(run * m_n);
+    float* acc = partial.data() + chunk * k_pad * m_pad;
+    const int64_t begin = chunk * n / chunks, end = (chunk + 1) * n / chunks;
+    for (int64_t start = begin; start < end; start += run) {
+      const int64_t rows = std::min(run, end - start);
+      const int64_t next = std::min(run, end - start - rows);
+      for (int64_t q = 0; q < rows; ++q) {
+        const float* dy = dyp + (start + q) * m_n;
+        const float* y = yp + (start + q) * m_n;
+        float* g = grad.data() + q * m_n;
+#pragma GCC ivdep
+        for (int64_t m = 0; m < m_n; ++m) g[m] = dy[m] + shift[m] + scale[m] * y[m];
+      }
+      const int64_t padded = (rows + R - 1) / R * R;
+      std::fill(grad.begin() + rows * m_n, grad.begin() + padded * m_n, 0.0f);
+      for (int64_t t = 0; t < rows; t += R)
+        RowTileNN<R>(grad.data() + t * m_n, wt.data(), dxp + (start + t) * k_n, m_n, k_n,
+                     std::min<int64_t>(R, rows - t), nullptr);
+      AccumulateRowsTN(xp + start * k_n, grad.data(), rows, k_n, m_n, acc,
+                       xp + (start + rows) * k_n, dyp + (start + rows) * m_n, next);
+    }
+  });
+  SumChunksTN(partial, chunks, k_n, m_n, true, dwp);
+}
+
+ffi::Error MatmulMomentsBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                 ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> y,
+                                 ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> mean,
+                                 ffi::Buffer<ffi::F32> dmean, ffi::Buffer<ffi::F32> dvar,
+                                 ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dw) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  auto yd = y.dimensions();
+  auto dyd = dy.dimensions();
+  bool ok = xd.size() == 2 && wd.size() == 2 && yd.size() == 2 && dyd.size() == 2 &&
+            xd[0] >= 1 && xd[1] == wd[0] && yd[0] == xd[0] && yd[1] == wd[1] &&
+            dyd[0] == yd[0] && dyd[1] == yd[1] && xd[1] >= kLanes && xd[1] >= kTileRows &&
+            wd[1] >= kLanes;
+  for (auto* v : {&mean, &dmean, &dvar})
+    ok = ok && v->dimensions().size() == 1 && v->dimensions()[0] == wd[1];
+  if (!ok)
+    return ffi::Error::InvalidArgument(
+        "matmul_moments backward: expected x (N, K), w (K, M), y and dy (N, M), mean, dmean and "
+        "dvar (M,), with K and M at least the vector width");
+  MatmulMomentsBackwardRows(pool, x.typed_data(), w.typed_data(), y.typed_data(),
+                            dy.typed_data(), mean.typed_data(), dmean.typed_data(),
+                            dvar.typed_data(), xd[0], xd[1], wd[1], dx->typed_data(),
+                            dw->typed_data());
+  return ffi::Error::Success();
+}
+
 // ----------------------------------------------------------------------------- small convolution
 // Dense k×k convolution (NHWC, HWIO kernel, zero padding (k−1)/2, stride) for few channels (the
 // CP-Mobile stems: 1 → 8 and 8 → 32): the forward pass vectorised over the output channels, the
-// kernel gradient as im2col tiles through AccumulateTile (the input gradient stays with XLA).
+// kernel gradient as im2col tiles through AccumulateTile, and for 3×3 kernels with input
+// channels in whole 8-float vectors the input gradient as a scatter (else it stays with XLA).
 struct ConvGeometry {
   int64_t batch, height, width, cin, cout, kh, kw, out_h, out_w, stride_h, stride_w, pad_h, pad_w;
 };
@@ -1877,6 +2209,77 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   });
 }
 
+// dx of one image for a 3×3 convolution with input channels in whole 8-float vectors, as a
+// scatter: for each output position, the nine taps' products kt[t]·dy[oh, ow] (a vector of input
+// channels each, summed over the output channels in registers) are added into dx.
+// kt (9, cout, cin): the kernel with its channel axes swapped.
+template <int SH, int SW>
+void ConvInputGradImage3(const ConvGeometry& g, const float* dy, const float* kt, float* dx,
+                         int64_t b) {
+  const int64_t cin = g.cin, cout = g.cout, image = g.height * g.width * cin;
+  float* out = dx + b * image;
+  std::fill(out, out + image, 0.0f);
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      const float* grad = dy + ((b * g.out_h + oh) * g.out_w + ow) * cout;
+      for (int64_t c0 = 0; c0 < cin; c0 += 8) {
+        Lanes8 acc[9] = {};
+        for (int64_t co = 0; co < cout; ++co) {
+          const float d = grad[co];
+          const float* k = kt + co * cin + c0;
+          for (int t = 0; t < 9; ++t) acc[t] += d * LoadVec<Lanes8>(k + t * cout * cin);
+        }
+        for (int i = 0; i < 3; ++i) {
+          const int64_t ih = oh * SH + i - g.pad_h;
+          if (ih < 0 || ih >= g.height) continue;
+          for (int j = 0; j < 3; ++j) {
+            const int64_t iw = ow * SW + j - g.pad_w;
+            if (iw < 0 || iw >= g.width) continue;
+            float* o = out + (ih * g.width + iw) * cin + c0;
+            StoreVec(o, LoadVec<Lanes8>(o) + acc[i * 3 + j]);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The input gradient of a 3×3 convolution, strides 1 or 2, input channels a multiple of 8
+// (the second CP-Mobile stem, 8 → 32), image by image. XLA runs this transposed convolution as
+// a convolution over the zero-dilated gradient, four times the arithmetic at stride 2.
+ffi::Error ConvInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                         ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> dx,
+                         int64_t stride_h, int64_t stride_w) {
+  auto dxd = dx->dimensions();
+  auto kd = kernel.dimensions();
+  auto dyd = dy.dimensions();
+  if (dxd.size() != 4 || kd.size() != 4 || dyd.size() != 4 || kd[0] != 3 || kd[1] != 3 ||
+      kd[2] != dxd[3] || kd[3] != dyd[3] || dxd[3] % 8 != 0 || dyd[0] != dxd[0])
+    return ffi::Error::InvalidArgument(
+        "conv input gradient: expected dy (B, OH, OW, Cout), a 3×3 kernel (3, 3, Cin, Cout) "
+        "and dx (B, H, W, Cin) with Cin a multiple of 8");
+  const ConvGeometry g = MakeConvGeometry(dxd, kd, dyd, stride_h, stride_w);
+  if (g.out_h != (g.height + 2 * g.pad_h - 3) / stride_h + 1 ||
+      g.out_w != (g.width + 2 * g.pad_w - 3) / stride_w + 1)
+    return ffi::Error::InvalidArgument("conv input gradient: dy's size does not match dx's");
+  std::vector<float> kt(9 * g.cin * g.cout);
+  const float* k = kernel.typed_data();
+  for (int64_t t = 0; t < 9; ++t)
+    for (int64_t ci = 0; ci < g.cin; ++ci)
+      for (int64_t co = 0; co < g.cout; ++co)
+        kt[(t * g.cout + co) * g.cin + ci] = k[(t * g.cin + ci) * g.cout + co];
+  const float* dyp = dy.typed_data();
+  float* dxp = dx->typed_data();
+  if (!DispatchStrides(stride_h, stride_w, [&](auto sh, auto sw) {
+        ParallelFor(pool, g.batch, [&](int64_t b) {
+          ConvInputGradImage3<decltype(sh)::value, decltype(sw)::value>(g, dyp, kt.data(), dxp,
+                                                                         b);
+        });
+      }))
+    return ffi::Error::InvalidArgument("conv input gradient: strides must be 1 or 2");
+  return ffi::Error::Success();
+}
+
 ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                           ffi::ResultBuffer<ffi::F32> dk, int64_t stride_h, int64_t stride_w) {
   const ConvGeometry g = MakeConvGeometry(x.dimensions(), dk->dimensions(), dy.dimensions(),
@@ -1985,7 +2388,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscDepthwiseInputGrad, InputGrad,
                                   .Attr<int64_t>("stride_h")
                                   .Attr<int64_t>("stride_w"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluDepthwiseInputGrad, AffineReluInputGrad,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluDepthwiseMomentsBackward,
+                              AffineReluMomentsBackward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -1994,6 +2398,41 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluDepthwiseInputGrad, AffineReluInpu
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluDepthwiseMomentsForward,
+                              AffineReluMomentsForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluDepthwiseBackward, AffineReluBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
@@ -2010,17 +2449,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscDepthwiseKernelGrad, KernelGrad,
                                   .Attr<int64_t>("stride_w"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluDepthwiseForward, AffineReluForward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluDepthwiseKernelGrad, AffineReluKernelGrad,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -2094,6 +2522,38 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscMatmulMoments, MatmulMoments,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscMatmulMomentsBackward, MatmulMomentsBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluMatmulMomentsBackward,
+                              AffineReluMatmulMomentsBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscAffineReluMatmulTN, AffineReluMatmulTN,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -2124,6 +2584,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscMatmulTN, MatmulTN,
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscConvForward, ConvForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxAscConvInputGrad, ConvInputGrad,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
