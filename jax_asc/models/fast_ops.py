@@ -73,9 +73,13 @@ def depthwise_conv_shifts(x, kernel, strides):
   return out
 
 
+def _stride_attrs(strides):
+  return {"stride_h": np.int64(strides[0]), "stride_w": np.int64(strides[1])}
+
+
 def _ffi(target, result_shape, *args, strides):
   return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(result_shape, jnp.float32))(
-      *args, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]))
+      *args, **_stride_attrs(strides))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -130,7 +134,7 @@ def affine_relu_depthwise_xla(x, center, a, b, kernel, strides):
 
 def _affine_ffi(target, result_shape, x, a, b, last, strides):
   return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(result_shape, jnp.float32))(
-      x, a, b, last, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]))
+      x, a, b, last, **_stride_attrs(strides))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -155,19 +159,22 @@ def _affine_relu_vjp(x, center, a, shift, dz):
   return dx, -a * sum_g, sum_g_centred, sum_g
 
 
-def _affine_relu_depthwise_native_bwd(strides, residuals, dy):
-  x, center, a, b, kernel = residuals
+def _affine_relu_depthwise_backward(target, strides, x, center, a, b, kernel, dy, *share):
+  """Cotangents of (x, center, a, b, kernel) from one native pass, image by image in cache: the
+  kernel gradient, dz (the transposed convolution), its ReLU mask, dx and both norm sums; with
+  `share` = (y, mean, dmean, dvar), dy completed by its statistics' share first."""
   shift = b - center * a                       # relu(x·a + shift), the kernels' form
-  # The kernel gradient, dz (the transposed convolution), its ReLU mask, dx and both sums,
-  # image by image in cache.
   stat = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
   dx, sum_g, sum_g_centred, dk = jax.ffi.ffi_call(
-      "jax_asc_affine_relu_depthwise_backward",
-      (jax.ShapeDtypeStruct(x.shape, jnp.float32), stat, stat,
-       jax.ShapeDtypeStruct(kernel.shape[:2] + kernel.shape[3:], jnp.float32)))(
-          dy, kernel[:, :, 0, :], x, a, shift, center, stride_h=np.int64(strides[0]),
-          stride_w=np.int64(strides[1]))
+      target, (jax.ShapeDtypeStruct(x.shape, jnp.float32), stat, stat,
+               jax.ShapeDtypeStruct(kernel.shape[:2] + kernel.shape[3:], jnp.float32)))(
+          dy, kernel[:, :, 0, :], x, a, shift, center, *share, **_stride_attrs(strides))
   return dx, -a * sum_g, sum_g_centred, sum_g, dk[:, :, None, :]
+
+
+def _affine_relu_depthwise_native_bwd(strides, residuals, dy):
+  return _affine_relu_depthwise_backward("jax_asc_affine_relu_depthwise_backward", strides,
+                                         *residuals, dy)
 
 
 _affine_relu_depthwise_native.defvjp(_affine_relu_depthwise_native_fwd,
@@ -185,13 +192,19 @@ def affine_relu_depthwise(x: jax.Array, center: jax.Array, a: jax.Array, b: jax.
   gradient's sums over (B, H, W) are centred on `center` (the batch mean, for exact sums).
   Elsewhere, and without the native kernels, the same arithmetic from XLA's operations.
   """
+  return _norm_fused_depthwise(_affine_relu_depthwise_native, affine_relu_depthwise_xla,
+                               x, center, a, b, kernel, strides)
+
+
+def _norm_fused_depthwise(on_cpu, xla, x, center, a, b, kernel, strides):
+  """`on_cpu` (the native form) where the kernels run and x is float32, else `xla`; both take
+  (x, center, a, b, kernel) and `strides`."""
   strides = tuple(int(s) for s in strides)
-  xla = functools.partial(affine_relu_depthwise_xla, strides=strides)
+  xla = functools.partial(xla, strides=strides)
   if not native.available() or x.dtype != jnp.float32:
     return xla(x, center, a, b, kernel.astype(x.dtype))
-  on_cpu = functools.partial(_affine_relu_depthwise_native, strides=strides)
-  return lax.platform_dependent(x, center, a, b, kernel.astype(jnp.float32), cpu=on_cpu,
-                                default=xla)
+  return lax.platform_dependent(x, center, a, b, kernel.astype(jnp.float32),
+                                cpu=functools.partial(on_cpu, strides=strides), default=xla)
 
 
 def affine_relu_matmul_xla(x, center, a, b, kernel):
@@ -310,10 +323,6 @@ def _affine_relu_depthwise_moments_xla(x, center, a, b, kernel, strides):
   return (y, *moments(y.reshape(-1, y.shape[-1])))
 
 
-def _depthwise_attrs(strides):
-  return {"stride_h": np.int64(strides[0]), "stride_w": np.int64(strides[1])}
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _affine_relu_depthwise_moments_native(x, center, a, b, kernel, strides):
   out_h, out_w = _output_size(x.shape, kernel.shape, strides)
@@ -321,7 +330,7 @@ def _affine_relu_depthwise_moments_native(x, center, a, b, kernel, strides):
   out = jax.ShapeDtypeStruct((x.shape[0], out_h, out_w, x.shape[3]), jnp.float32)
   return tuple(jax.ffi.ffi_call("jax_asc_affine_relu_depthwise_moments_forward",
                                 (out, stat, stat))(
-      x, a, b - center * a, kernel[:, :, 0, :], **_depthwise_attrs(strides)))
+      x, a, b - center * a, kernel[:, :, 0, :], **_stride_attrs(strides)))
 
 
 def _affine_relu_depthwise_moments_native_fwd(x, center, a, b, kernel, strides):
@@ -332,17 +341,9 @@ def _affine_relu_depthwise_moments_native_fwd(x, center, a, b, kernel, strides):
 def _affine_relu_depthwise_moments_native_bwd(strides, residuals, cotangents):
   x, center, a, b, kernel, y, mean = residuals
   dy, dmean, dvar = cotangents
-  shift = b - center * a
-  stat = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
-  # As `_affine_relu_depthwise_native_bwd`, with dy completed by the statistics' share image by
-  # image in cache (never written).
-  dx, sum_g, sum_g_centred, dk = jax.ffi.ffi_call(
-      "jax_asc_affine_relu_depthwise_moments_backward",
-      (jax.ShapeDtypeStruct(x.shape, jnp.float32), stat, stat,
-       jax.ShapeDtypeStruct(kernel.shape[:2] + kernel.shape[3:], jnp.float32)))(
-          dy, kernel[:, :, 0, :], x, a, shift, center, y, mean, dmean, dvar,
-          **_depthwise_attrs(strides))
-  return dx, -a * sum_g, sum_g_centred, sum_g, dk[:, :, None, :]
+  return _affine_relu_depthwise_backward("jax_asc_affine_relu_depthwise_moments_backward",
+                                         strides, x, center, a, b, kernel, dy,
+                                         y, mean, dmean, dvar)
 
 
 _affine_relu_depthwise_moments_native.defvjp(_affine_relu_depthwise_moments_native_fwd,
@@ -357,13 +358,9 @@ def affine_relu_depthwise_moments(x: jax.Array, center: jax.Array, a: jax.Array,
   On CPU the native kernels take the statistics while each image's output is in cache, and
   the backward pass adds their share to dy image by image; elsewhere `moments` of the XLA form.
   """
-  strides = tuple(int(s) for s in strides)
-  xla = functools.partial(_affine_relu_depthwise_moments_xla, strides=strides)
-  if not native.available() or x.dtype != jnp.float32:
-    return xla(x, center, a, b, kernel.astype(x.dtype))
-  on_cpu = functools.partial(_affine_relu_depthwise_moments_native, strides=strides)
-  return lax.platform_dependent(x, center, a, b, kernel.astype(jnp.float32), cpu=on_cpu,
-                                default=xla)
+  return _norm_fused_depthwise(_affine_relu_depthwise_moments_native,
+                               _affine_relu_depthwise_moments_xla, x, center, a, b, kernel,
+                               strides)
 
 
 # ----------------------------------------------------------------------------- small convolution

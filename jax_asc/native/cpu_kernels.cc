@@ -657,11 +657,27 @@ ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
   return ffi::Error::Success();
 }
 
-// The statistics' share of a depthwise output's gradient, when its batch statistics are outputs
-// too: dy' = dy + offset + scale·y per channel (offset = dmean/N − scale·mean, scale = 2·dvar/N).
+// The statistics' share of a gradient dy of y (N, C) when y's batch mean and biased variance
+// are outputs too: dy' = dy + dmean/N + (y − mean)·2·dvar/N = dy + offset + scale·y per channel.
 struct MomentsShare {
-  const float* y;             // the forward output (B, OH, OW, C)
   std::vector<float> scale, offset;
+
+  MomentsShare(const float* mean, const float* dmean, const float* dvar, int64_t c_n, int64_t n)
+      : scale(c_n), offset(c_n) {
+    for (int64_t c = 0; c < c_n; ++c) {
+      scale[c] = static_cast<float>(2.0 * dvar[c] / n);
+      offset[c] = static_cast<float>(dmean[c] / static_cast<double>(n)) - scale[c] * mean[c];
+    }
+  }
+
+  // out = dy' for `rows` rows of dy and y (C floats each).
+  void Complete(const float* dy, const float* y, int64_t rows, float* out) const {
+    const int64_t c_n = static_cast<int64_t>(scale.size());
+    const float *sc = scale.data(), *of = offset.data();
+    for (int64_t p = 0; p < rows * c_n; p += c_n)
+#pragma GCC ivdep
+      for (int64_t c = 0; c < c_n; ++c) out[p + c] = dy[p + c] + of[c] + sc[c] * y[p + c];
+  }
 };
 
 // The backward pass of y = depthwise(relu(x·a + shift)), image by image while the image's dy,
@@ -670,10 +686,12 @@ struct MomentsShare {
 //   g = dz · [x·a + shift > 0],  dx = a·g,  sum_g = Σ g,  sum_gc = Σ g·(x − center)
 // (dk and the float sums per image, added in image order in double: deterministic). Replaces
 // a kernel-gradient pass that reads x and dy again and two passes that read dz back with x.
-// With `share`, dy is first completed with the statistics' share, per image in cache.
+// With `share`, dy is first completed with the statistics' share of y (`yp`, the forward
+// output), per image in cache.
 ffi::Error AffineReluBackwardImages(ffi::ThreadPool& pool, const InputGradJob& job,
                                     const float* xp, const float* ap, const float* sp,
-                                    const float* cp, const MomentsShare* share, float* dxp,
+                                    const float* cp, const MomentsShare* share,
+                                    const float* yp, float* dxp,
                                     float* o1, float* o2, float* ok) {
   const Geometry& g = job.g;
   const int64_t c_n = g.channels, pixels = g.height * g.width;
@@ -685,12 +703,7 @@ ffi::Error AffineReluBackwardImages(ffi::ThreadPool& pool, const InputGradJob& j
     const float* dy = job.dy + b * out_size;
     if (share != nullptr) {
       completed.resize(out_size);
-      const float* y = share->y + b * out_size;
-      const float *scale = share->scale.data(), *offset = share->offset.data();
-      for (int64_t p = 0; p < out_size; p += c_n)
-#pragma GCC ivdep
-        for (int64_t c = 0; c < c_n; ++c)
-          completed[p + c] = dy[p + c] + offset[c] + scale[c] * y[p + c];
+      share->Complete(dy, yp + b * out_size, out_size / c_n, completed.data());
       dy = completed.data();
     }
     KernelGradRows(g, ImageInput(g, xp, ap, sp, b), dy, partial_dk.data() + b * k_size,
@@ -761,7 +774,7 @@ ffi::Error AffineReluBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
       e.failure())
     return e;
   return AffineReluBackwardImages(pool, *job, x.typed_data(), a.typed_data(), shift.typed_data(),
-                                  center.typed_data(), nullptr, dx->typed_data(),
+                                  center.typed_data(), nullptr, nullptr, dx->typed_data(),
                                   sum_g->typed_data(), sum_gc->typed_data(), dk->typed_data());
 }
 
@@ -787,22 +800,17 @@ ffi::Error AffineReluMomentsBackward(
   if (!ok)
     return ffi::Error::InvalidArgument(
         "depthwise moments backward: expected y of dy's shape, mean, dmean and dvar (C,)");
-  const double n = static_cast<double>(job->g.batch * job->g.out_h * job->g.out_w);
-  MomentsShare share{y.typed_data(), std::vector<float>(c_n), std::vector<float>(c_n)};
-  for (int64_t c = 0; c < c_n; ++c) {
-    share.scale[c] = static_cast<float>(2.0 * dvar.typed_data()[c] / n);
-    share.offset[c] = static_cast<float>(dmean.typed_data()[c] / n) -
-                      share.scale[c] * mean.typed_data()[c];
-  }
+  const MomentsShare share(mean.typed_data(), dmean.typed_data(), dvar.typed_data(), c_n,
+                           job->g.batch * job->g.out_h * job->g.out_w);
   return AffineReluBackwardImages(pool, *job, x.typed_data(), a.typed_data(), shift.typed_data(),
-                                  center.typed_data(), &share, dx->typed_data(),
+                                  center.typed_data(), &share, y.typed_data(), dx->typed_data(),
                                   sum_g->typed_data(), sum_gc->typed_data(), dk->typed_data());
 }
 
-// dk for x (or relu(x·a + b) when `a` is not null) and dy.
-void KernelGradImages(ffi::ThreadPool& pool, const Geometry& g, const float* xp, const float* a,
-                      const float* bias, const float* dyp, float* out) {
-  const int64_t size = g.kh * g.kw * g.channels;
+// dk for x and dy.
+void KernelGradImages(ffi::ThreadPool& pool, const Geometry& g, const float* xp, const float* dyp,
+                      float* out) {
+  const int64_t size = g.kh * g.kw * g.channels, in_size = g.height * g.width * g.channels;
   const int64_t out_size = g.out_h * g.out_w * g.channels;
   // Fixed chunks of the batch, summed in order: the result is independent of thread timing.
   const int64_t chunks = std::min<int64_t>(g.batch, 16);
@@ -811,7 +819,7 @@ void KernelGradImages(ffi::ThreadPool& pool, const Geometry& g, const float* xp,
     std::vector<float> row(size);
     float* acc = partial.data() + chunk * size;
     for (int64_t b = chunk * g.batch / chunks; b < (chunk + 1) * g.batch / chunks; ++b)
-      KernelGradRows(g, ImageInput(g, xp, a, bias, b), dyp + b * out_size, acc, row.data(), 0);
+      KernelGradRows(g, xp + b * in_size, dyp + b * out_size, acc, row.data(), 0);
   });
   std::memcpy(out, partial.data(), size * sizeof(float));
   for (int64_t chunk = 1; chunk < chunks; ++chunk) {
@@ -837,7 +845,7 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
                       ffi::ResultBuffer<ffi::F32> dk, int64_t stride_h, int64_t stride_w) {
   Geometry g;
   if (auto e = KernelGradGeometry(x, dy, dk, stride_h, stride_w, &g); e.failure()) return e;
-  KernelGradImages(pool, g, x.typed_data(), nullptr, nullptr, dy.typed_data(), dk->typed_data());
+  KernelGradImages(pool, g, x.typed_data(), dy.typed_data(), dk->typed_data());
   return ffi::Error::Success();
 }
 
@@ -1513,6 +1521,14 @@ ffi::Error AffineReluMatmulTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 }
 
 // ----------------------------------------------------------------------------- X·W
+// wᵀ (M, K) of w (K, M).
+std::vector<float> Transposed(const float* w, int64_t k_n, int64_t m_n) {
+  std::vector<float> wt(m_n * k_n);
+  for (int64_t k = 0; k < k_n; ++k)
+    for (int64_t m = 0; m < m_n; ++m) wt[m * k_n + k] = w[k * m_n + m];
+  return wt;
+}
+
 // y (R rows, M) = x (R, K) · w (K, M), M ≥ kLanes: R rows by 2 vectors (or 1) accumulate in
 // registers over k (a last partial block of columns overlaps the one before it); w stays in
 // the first- or second-level cache. Only the first `rows` rows are stored.
@@ -1656,9 +1672,7 @@ void AffineReluMatmulInputGradRows(ffi::ThreadPool& pool, const float* xp, const
   constexpr int R = kTileRows;
   constexpr int64_t kBlock = 32 * R;   // rows per task
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-  std::vector<float> wt(m_n * k_n);    // wᵀ (M, K): the tiles read it row by row
-  for (int64_t k = 0; k < k_n; ++k)
-    for (int64_t m = 0; m < m_n; ++m) wt[m * k_n + k] = wp[k * m_n + m];
+  const std::vector<float> wt = Transposed(wp, k_n, m_n);   // read row by row by the tiles
   std::vector<float> partial(blocks * 2 * k_n, 0.0f);
   ParallelFor(pool, blocks, [&](int64_t block) {
     const int64_t begin = block * kBlock, end = std::min(n, begin + kBlock);
@@ -1701,6 +1715,25 @@ void AffineReluMatmulInputGradRows(ffi::ThreadPool& pool, const float* xp, const
   }
 }
 
+// x (N, K), w (K, M), y and dy (N, M), mean, dmean and dvar (M,), with K and M at least the
+// vector width and K at least a register tile's rows: the backward kernels' operands.
+bool MomentsBackwardShapes(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& w,
+                           ffi::Buffer<ffi::F32>& y, ffi::Buffer<ffi::F32>& dy,
+                           ffi::Buffer<ffi::F32>& mean, ffi::Buffer<ffi::F32>& dmean,
+                           ffi::Buffer<ffi::F32>& dvar) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  auto yd = y.dimensions();
+  auto dyd = dy.dimensions();
+  bool ok = xd.size() == 2 && wd.size() == 2 && yd.size() == 2 && dyd.size() == 2 &&
+            xd[0] >= 1 && xd[1] == wd[0] && yd[0] == xd[0] && yd[1] == wd[1] &&
+            dyd[0] == yd[0] && dyd[1] == yd[1] && xd[1] >= kLanes && xd[1] >= kTileRows &&
+            wd[1] >= kLanes;
+  for (auto* v : {&mean, &dmean, &dvar})
+    ok = ok && v->dimensions().size() == 1 && v->dimensions()[0] == wd[1];
+  return ok;
+}
+
 // The backward pass of (y, mean, var) = affine_relu_matmul_moments(x, a, shift, w) in one pass
 // over the rows, run by run in cache:
 //   dy' = dy + dmean/N + (y − mean)·2·dvar/N        (the statistics' share)
@@ -1717,14 +1750,8 @@ void AffineReluMatmulMomentsBackwardRows(
     float* sum_gc, float* dwp) {
   constexpr int R = kTileRows;
   const int64_t m_pad = (m_n + kLanes - 1) / kLanes * kLanes, k_pad = PadRows(k_n);
-  std::vector<float> wt(m_n * k_n);   // wᵀ (M, K): the dz tiles read it row by row
-  for (int64_t k = 0; k < k_n; ++k)
-    for (int64_t m = 0; m < m_n; ++m) wt[m * k_n + k] = wp[k * m_n + m];
-  std::vector<float> scale(m_n), offset(m_n);   // dy' = dy + offset + scale·y per channel
-  for (int64_t m = 0; m < m_n; ++m) {
-    scale[m] = 2.0f * dvar[m] / static_cast<float>(n);
-    offset[m] = dmean[m] / static_cast<float>(n) - scale[m] * mean[m];
-  }
+  const std::vector<float> wt = Transposed(wp, k_n, m_n);   // read row by row by the tiles
+  const MomentsShare share(mean, dmean, dvar, m_n, n);
   const int64_t chunks = std::min<int64_t>(n, kStatChunks);
   std::vector<float> partial(chunks * k_pad * m_pad, 0.0f), sums(chunks * 2 * k_n, 0.0f);
   const int64_t run = std::max<int64_t>(1, 6144 / (k_n + m_n) / R) * R;
@@ -1740,13 +1767,7 @@ void AffineReluMatmulMomentsBackwardRows(
     for (int64_t start = begin; start < end; start += run) {
       const int64_t rows = std::min(run, end - start);
       const int64_t next = std::min(run, end - start - rows);
-      for (int64_t q = 0; q < rows; ++q) {
-        const float* dy = dyp + (start + q) * m_n;
-        const float* y = yp + (start + q) * m_n;
-        float* g = grad.data() + q * m_n;
-#pragma GCC ivdep
-        for (int64_t m = 0; m < m_n; ++m) g[m] = dy[m] + offset[m] + scale[m] * y[m];
-      }
+      share.Complete(dyp + start * m_n, yp + start * m_n, rows, grad.data());
       const int64_t padded = (rows + R - 1) / R * R;
       std::fill(grad.begin() + rows * m_n, grad.begin() + padded * m_n, 0.0f);
       AffineRelu(xp + start * k_n, ap, sp, rows, k_n, z.data());
@@ -1792,16 +1813,9 @@ ffi::Error AffineReluMatmulMomentsBackward(
     ffi::ResultBuffer<ffi::F32> dw) {
   auto xd = x.dimensions();
   auto wd = w.dimensions();
-  auto yd = y.dimensions();
-  auto dyd = dy.dimensions();
-  bool ok = xd.size() == 2 && wd.size() == 2 && yd.size() == 2 && dyd.size() == 2 &&
-            xd[0] >= 1 && xd[1] == wd[0] && yd[0] == xd[0] && yd[1] == wd[1] &&
-            dyd[0] == yd[0] && dyd[1] == yd[1] && xd[1] >= kLanes && xd[1] >= kTileRows &&
-            wd[1] >= kLanes;
+  bool ok = MomentsBackwardShapes(x, w, y, dy, mean, dmean, dvar);
   for (auto* v : {&a, &shift, &center})
     ok = ok && v->dimensions().size() == 1 && v->dimensions()[0] == xd[1];
-  for (auto* v : {&mean, &dmean, &dvar})
-    ok = ok && v->dimensions().size() == 1 && v->dimensions()[0] == wd[1];
   if (!ok)
     return ffi::Error::InvalidArgument(
         "affine-relu matmul_moments backward: expected x (N, K), a, shift, center (K,), "
@@ -1895,15 +1909,8 @@ void MatmulMomentsBackwardRows(ffi::ThreadPool& pool, const float* xp, const flo
                                int64_t m_n, float* dxp, float* dwp) {
   constexpr int R = kTileRows;
   const int64_t m_pad = (m_n + kLanes - 1) / kLanes * kLanes, k_pad = PadRows(k_n);
-  std::vector<float> wt(m_n * k_n);   // wᵀ (M, K): the dx tiles read it row by row
-  for (int64_t k = 0; k < k_n; ++k)
-    for (int64_t m = 0; m < m_n; ++m) wt[m * k_n + k] = wp[k * m_n + m];
-  // dy' = dy + shift + scale·y per channel.
-  std::vector<float> scale(m_n), shift(m_n);
-  for (int64_t m = 0; m < m_n; ++m) {
-    scale[m] = 2.0f * dvar[m] / static_cast<float>(n);
-    shift[m] = dmean[m] / static_cast<float>(n) - scale[m] * mean[m];
-  }
+  const std::vector<float> wt = Transposed(wp, k_n, m_n);   // read row by row by the tiles
+  const MomentsShare share(mean, dmean, dvar, m_n, n);
   const int64_t chunks = std::min<int64_t>(n, kStatChunks);
   std::vector<float> partial(chunks * k_pad * m_pad, 0.0f);
   // Runs of whole register tiles of rows, small enough for the first-level cache with x.
@@ -1916,13 +1923,7 @@ void MatmulMomentsBackwardRows(ffi::ThreadPool& pool, const float* xp, const flo
     for (int64_t start = begin; start < end; start += run) {
       const int64_t rows = std::min(run, end - start);
       const int64_t next = std::min(run, end - start - rows);
-      for (int64_t q = 0; q < rows; ++q) {
-        const float* dy = dyp + (start + q) * m_n;
-        const float* y = yp + (start + q) * m_n;
-        float* g = grad.data() + q * m_n;
-#pragma GCC ivdep
-        for (int64_t m = 0; m < m_n; ++m) g[m] = dy[m] + shift[m] + scale[m] * y[m];
-      }
+      share.Complete(dyp + start * m_n, yp + start * m_n, rows, grad.data());
       const int64_t padded = (rows + R - 1) / R * R;
       std::fill(grad.begin() + rows * m_n, grad.begin() + padded * m_n, 0.0f);
       for (int64_t t = 0; t < rows; t += R)
@@ -1942,14 +1943,7 @@ ffi::Error MatmulMomentsBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                  ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dw) {
   auto xd = x.dimensions();
   auto wd = w.dimensions();
-  auto yd = y.dimensions();
-  auto dyd = dy.dimensions();
-  bool ok = xd.size() == 2 && wd.size() == 2 && yd.size() == 2 && dyd.size() == 2 &&
-            xd[0] >= 1 && xd[1] == wd[0] && yd[0] == xd[0] && yd[1] == wd[1] &&
-            dyd[0] == yd[0] && dyd[1] == yd[1] && xd[1] >= kLanes && xd[1] >= kTileRows &&
-            wd[1] >= kLanes;
-  for (auto* v : {&mean, &dmean, &dvar})
-    ok = ok && v->dimensions().size() == 1 && v->dimensions()[0] == wd[1];
+  const bool ok = MomentsBackwardShapes(x, w, y, dy, mean, dmean, dvar);
   if (!ok)
     return ffi::Error::InvalidArgument(
         "matmul_moments backward: expected x (N, K), w (K, M), y and dy (N, M), mean, dmean and "
