@@ -83,6 +83,9 @@ def _config(variant: str, batch: int, pipeline: str = "tf_data"):
   config = CONFIGS[variant].get_config()
   config.batch_size = batch
   config.data.pipeline = pipeline
+  # The PyTorch step timed beside ours (torch_reference.py) has no Freq-MixStyle or time roll.
+  config.mix.mixstyle_p = 0.0
+  config.waveform_augment.roll_samples = 0
   return config
 
 

@@ -92,9 +92,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = cp_mobile("dcase25")
   # Initial weights: "" = random; kind "passt_torch" (an official PaSST .pt/.npz) or "run" (the
   # `checkpoint` of another run's workdir; params_only: without its BatchNorm statistics; a
-  # plan's `init_from` sets these). Parameters whose shape differs (heads) stay fresh.
+  # plan's `init_from` sets these). Parameters whose shape differs (heads) stay fresh. prefix:
+  # for passt_torch, the name prefix of the model's tensors in the file (e.g. "net." in a
+  # Lightning checkpoint of a fine-tuned teacher); tensors without it are ignored.
   config.model_init = ml_collections.ConfigDict(dict(path="", kind="passt_torch",
-                                                     checkpoint="best", params_only=False))
+                                                     checkpoint="best", params_only=False,
+                                                     prefix=""))
   # Loss = Σ weight · term over `loss.terms` (jax_asc/losses/registry.py: every registered term
   # is listed, 0 = off), each with its settings under `loss.<term>` (e.g. loss.kd.temperature,
   # loss.ssfm.stages "student:teacher" pairs, loss.kd.teacher: which named teacher it reads).
@@ -120,6 +123,15 @@ def base_config() -> ml_collections.ConfigDict:
       devices="", num_epochs=100, learning_rate=1e-5, schedule="constant", warmup_steps=0,
       general_checkpoint="latest", batch_size=0))
 
+  # Stage submit: the DCASE 2025 submission file (jax_asc/stages/submit.py) for the evaluation
+  # set at `root` (`dataset` dcase25_eval, its `split`), each clip routed by its device_id to
+  # stage finetune_device's model ("device"; `unknown` → the general model's `checkpoint`) or all
+  # to the general model ("general"); float16 weights and inputs when `fp16`; written to
+  # <workdir>/<out> and validated.
+  config.submission = ml_collections.ConfigDict(dict(
+      root="", dataset="dcase25_eval", split="test", routing="device", checkpoint="latest",
+      fp16=False, out="submission/output.csv"))
+
   config.batch_size = 256
   config.num_epochs = 150
   # param_groups: ((regex over '/'-joined param paths, {lr_mult, wd_mult, frozen, schedule}), …),
@@ -136,9 +148,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=0, best_metric="validation/macro_accuracy", best_mode="max", keep_best=5))
-  # fp16: also evaluate with float16 weights and inputs and report the difference (report 001).
+  # fp16: also evaluate with float16 weights and inputs and report the difference (report 001);
+  # int8: also with int8 post-training-quantised parameters (per-channel symmetric weights,
+  # jax_asc/eval/quantize.py; activations stay float).
   config.evaluate = ml_collections.ConfigDict(dict(
-      split="test", checkpoint="latest", use_ema=False, batch_size=256, fp16=False))
+      split="test", checkpoint="latest", use_ema=False, batch_size=256, fp16=False, int8=False))
+  # The precision parameters are deployed in, which the DCASE memory limit is counted at
+  # (float32, float16, int8; `evaluate.int8` measures what int8 costs in accuracy).
   config.complexity = ml_collections.ConfigDict(dict(param_dtype="float16"))
   config.distributed = ml_collections.ConfigDict(dict(
       enabled=False, coordinator_address="", num_processes=1, process_id=0))
@@ -198,6 +214,26 @@ def parse_arg(arg, roles, defaults=None) -> dict:
   return options
 
 
+def recipe_options(arg, keys=("root", "dirs", "teachers")) -> dict:
+  """"[PATH][,root=PATH][,dirs=PATH][,teachers=RUN+RUN]" → {key: value} for the single-recipe
+  configs (cp_mobile_dcase2x.py): a bare first token is the dataset root (as before);
+  `teachers` lists cache-teacher workdirs joined by '+'."""
+  options = {key: "" for key in keys}
+  for i, token in enumerate(t.strip() for t in (arg or "").split(",")):
+    if not token:
+      continue
+    if "=" not in token:
+      if i or "root" not in keys:
+        raise ValueError(f"config arg {arg!r}: {token!r} is not key=value; keys: {list(keys)}")
+      options["root"] = token
+      continue
+    key, value = token.split("=", 1)
+    if key not in keys:
+      raise ValueError(f"config option {key!r} unknown; valid: {', '.join(keys)}")
+    options[key] = value
+  return options
+
+
 def tau_dcase25(config, root: str) -> None:
   """TAU Urban Acoustic Scenes 2022 Mobile in the DCASE25 setting: 25 % split, test split;
   selection on a validation split held out from split25 by recording location."""
@@ -217,7 +253,9 @@ def with_dir(config, dirs: str, prob: float, quiet: bool = False) -> None:
 
 def smoke(config, family: str) -> None:
   """Shrinks a report config to the tiny synthetic version its launch script's --smoke runs:
-  small data, 32 mel bins, tiny models (one block per stage), 2 epochs (PaSST 3). `family`:
+  small data, 32 mel bins, tiny models (one block per stage), a few epochs: enough that the
+  students and CP-ResNet teachers learn the synthetic scenes well above chance (tests assert
+  it), evaluated a few times (the soups of report 001 average the best of them). `family`:
   student, cp_resnet or passt."""
   config.data.update(name="synthetic", root="", train_split="train", validation_split="validation",
                      test_split="test")
@@ -226,8 +264,9 @@ def smoke(config, family: str) -> None:
   config.frontend.update(n_mels=32, n_fft=1024, win_length=800, hop_length=800)
   config.augment.update(freq_mask=4, time_mask=0, fmax_aug_range=1)
   config.batch_size = 32
-  config.num_epochs = 2
-  config.eval_every_epochs = 2   # once, at the end (a model soup needs more: report 001)
+  config.num_epochs = {"student": 16, "cp_resnet": 8, "passt": 24}.get(family, 8)
+  # Students: once, at the end; teachers four times ("best" checkpoints, soups of the best 2).
+  config.eval_every_epochs = config.num_epochs // (1 if family == "student" else 4)
   config.optimizer.learning_rate = {"student": 1e-2, "cp_resnet": 3e-3, "passt": 1e-3}.get(
       family, 1e-3)
   config.log_every_steps = 8
@@ -243,11 +282,10 @@ def smoke(config, family: str) -> None:
     config.model.update(base_channels=8, cut_channels_s3=4, n_blocks=(1, 1, 1),
                         maxpool_positions_s1=(0, 1))
   elif family == "passt":
-    config.model.update(embed_dim=32, depth=1, num_heads=4, patch_size=8, stride=8,
+    # A transformer from scratch (no AudioSet weights here) learns slowly: two blocks of width
+    # 64 and more epochs than the CNNs; still the weakest teacher of the smoke chains.
+    config.model.update(embed_dim=64, depth=2, num_heads=8, patch_size=8, stride=8,
                         input_size=(32, 40), s_patchout_t=1, s_patchout_f=1)
-    config.num_epochs = 3   # a transformer from scratch (no AudioSet weights here) learns slowly
-    config.schedule.rampdown_start = 3
-    config.eval_every_epochs = 3
     config.model_init.path = ""
   else:
     raise ValueError(f"smoke family must be student, cp_resnet or passt, got {family!r}")

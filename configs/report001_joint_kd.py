@@ -42,7 +42,7 @@ def get_config(arg=None):
     else:
       config.loss.terms.dfm = 0.1
       config.loss.dfm.stages = "s3:s3"
-    config.evaluate.update(checkpoint="latest", fp16=True)
+    config.evaluate.update(checkpoint="latest", fp16=True, int8=True)
     config.eval_every_epochs = 5
   else:
     config.stage = "train,soup,evaluate,predict"
@@ -66,8 +66,6 @@ def get_config(arg=None):
     family = ("student" if role.startswith("student") else
               "passt" if role.startswith("passt") else "cp_resnet")
     common.smoke(config, family)
-    if family != "student":
-      config.eval_every_epochs = 1   # the soup averages the best of several evaluations
     if role == "passt2":
       config.frontend.n_fft = 2048
     elif role == "cpresnet1":

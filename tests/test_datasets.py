@@ -302,6 +302,36 @@ def test_submission_file(tmp_path):
   assert abs(sum(float(v) for v in rows[1][2:]) - 1.0) < 1e-5
   with pytest.raises(ValueError, match="expected"):
     submission.write_submission(path, ["a"], logits, ["x", "y", "z"])
+  assert submission.validate_submission(path, ["audio/0.wav", "audio/1.wav"], ["x", "y", "z"]) == 2
+  with pytest.raises(ValueError, match=r"2 rows, expected one per listed file \(3\)"):
+    submission.validate_submission(path, ["audio/0.wav", "audio/1.wav", "audio/2.wav"],
+                                   ["x", "y", "z"])
+  with pytest.raises(ValueError, match=r"line 2: filename 'audio/0.wav', expected 'audio/1.wav'"):
+    submission.validate_submission(path, ["audio/1.wav", "audio/0.wav"], ["x", "y", "z"])
+  with pytest.raises(ValueError, match="header is"):
+    submission.validate_submission(path, ["audio/0.wav", "audio/1.wav"], ["x", "z", "y"])
+  bad = rows[:2] + [["audio/1.wav", "z", "0.5", "0.1", "0.1"]]
+  with open(path, "w") as f:
+    f.write("".join("\t".join(r) + "\n" for r in bad))
+  with pytest.raises(ValueError, match="line 3: probabilities sum to 0.700000, expected 1"):
+    submission.validate_submission(path, ["audio/0.wav", "audio/1.wav"], ["x", "y", "z"])
+  bad[2] = ["audio/1.wav", "z", "0.8", "0.1", "0.1"]
+  with open(path, "w") as f:
+    f.write("".join("\t".join(r) + "\n" for r in bad))
+  with pytest.raises(ValueError, match="line 3: scene_label 'z' is not the most probable class 'x'"):
+    submission.validate_submission(path, ["audio/0.wav", "audio/1.wav"], ["x", "y", "z"])
+
+
+def test_submission_routing_by_device(tmp_path):
+  from jax_asc.stages import submit
+  routes = submit.route(["a", "unknown", "s2", "a"], ["a", "b", "s2"])
+  assert {k: v.tolist() for k, v in routes.items()} == {"": [1], "a": [0, 3], "s2": [2]}
+  with pytest.raises(ValueError, match=r"names device\(s\) \['s7'\] \(first at rows \{'s7': 1\}\) "
+                                       r"for which this run has no device-specific model"):
+    submit.route(["a", "s7"], ["a", "b"])
+  with pytest.raises(FileNotFoundError, match="run stage finetune_device first, or set "
+                                              "submission.routing='general'"):
+    submit.tuned_devices(str(tmp_path))
 
 
 def test_tau_device_suffix_must_match_source_label(tau_root, tmp_path):

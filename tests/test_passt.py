@@ -125,3 +125,34 @@ def test_npz_round_trip(tmp_path):
   np.testing.assert_array_equal(loaded["norm.weight"], flat["norm.weight"])
   with pytest.raises(FileNotFoundError, match="missing.pt"):
     convert.load_torch_state_dict(str(tmp_path / "missing.pt"))
+
+
+def test_lightning_checkpoint_with_prefix_loads_through_model_init(tmp_path):
+  """A fine-tuned teacher saved by Lightning (`{"state_dict": {"net.…": …}}`) initialises the
+  Flax PaSST through config.model_init with prefix "net."; without the prefix the converter
+  names the tensors it does not know."""
+  torch, passt, _ = _hear21passt()
+  from configs import common
+  from jax_asc.stages import model_init
+  from jax_asc.train.state import TrainState
+  torch.manual_seed(0)
+  reference = passt.PaSST(img_size=(128, 100), stride=10, num_classes=10, embed_dim=32, depth=2,
+                          num_heads=4, distilled=True)
+  state = reference.state_dict()
+  path = str(tmp_path / "teacher.ckpt")
+  torch.save({"state_dict": {f"net.{k}": v for k, v in state.items()}, "epoch": 3}, path)
+  fresh = PaSST(**TINY).init(jax.random.key(1), jnp.zeros((1, 128, 100)))["params"]
+  train_state = TrainState(step=jnp.zeros((), jnp.int32), params=fresh, batch_stats={},
+                           opt_state=None, ema_params=None, rng=jnp.zeros((2,), jnp.uint32))
+  config = common.base_config()
+  config.model_init.update(path=path, kind="passt_torch", prefix="net.")
+  loaded = model_init.pretrained_initializer(config)(train_state).params
+  expected = convert.passt_params(state)
+  jax.tree.map(np.testing.assert_array_equal, loaded, expected)
+  config.model_init.prefix = ""
+  with pytest.raises(KeyError, match=r"has 'net\..*': set the name prefix, "
+                                     r"model_init.prefix='net\.'"):
+    model_init.pretrained_initializer(config)(train_state)
+  config.model_init.update(kind="run", prefix="net.")
+  with pytest.raises(ValueError, match="applies to kind 'passt_torch' only"):
+    model_init.pretrained_initializer(config)

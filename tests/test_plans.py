@@ -21,7 +21,8 @@ CONFIG = textwrap.dedent('''
       role = arg.split(",")[0]
       return ml_collections.ConfigDict(dict(
           stage="", role=role, lr=0.1, members="",
-          model_init=dict(path="", kind="passt_torch", checkpoint="best", params_only=False)))
+          model_init=dict(path="", kind="passt_torch", checkpoint="best", params_only=False,
+                          prefix="")))
 
     def get_plan():
       return plans.Plan("toy", __file__, (
@@ -103,7 +104,8 @@ def test_init_from_sets_model_init_and_plan_checks_order(toy, tmp_path):
   plan = plans.load_plan(str(tmp_path / "toy_config.py"))
   config = plans.run_config(plan, plan.runs[3], "/w", "smoke", True)
   assert config.model_init.to_dict() == {"path": "/w/students/s", "kind": "run",
-                                         "checkpoint": "latest", "params_only": True}
+                                         "checkpoint": "latest", "params_only": True,
+                                         "prefix": ""}
   assert plans.dependencies(plan)[3] == [2]
   with pytest.raises(ValueError, match="needs 'teachers/z', which is not an earlier run"):
     plans.Plan("bad", "x.py", (plans.Run("students/s", "student", ("train",),

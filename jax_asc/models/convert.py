@@ -67,7 +67,10 @@ def passt_params(state_dict: Mapping[str, np.ndarray]) -> Dict:
 
   def take(name):
     if name not in state:
-      raise KeyError(f"PaSST state dict has no {name!r}")
+      carriers = [k for k in state if k.endswith("." + name)]
+      hint = (f" (it has {carriers[0]!r}: set the name prefix, model_init.prefix="
+              f"{carriers[0][:-len(name)]!r})" if carriers else "")
+      raise KeyError(f"PaSST state dict has no {name!r}{hint}")
     used.add(name)
     return state[name]
 

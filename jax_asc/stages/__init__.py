@@ -9,9 +9,10 @@
 | soup | average the best-k checkpoints into `checkpoints/soup` |
 | finetune_device | DSFT: one fine-tuned copy per device, device-routed evaluation |
 | evaluate | score a checkpoint on a split (and in float16) |
+| submit | the DCASE 2025 submission file for an evaluation set, routed by device |
 """
-from jax_asc.stages import ensemble, evaluate, finetune_device, predict, soup, train
+from jax_asc.stages import ensemble, evaluate, finetune_device, predict, soup, submit, train
 
 STAGES = {"train": train.run, "distill": train.run_distill, "predict": predict.run,
           "ensemble": ensemble.run, "soup": soup.run, "finetune_device": finetune_device.run,
-          "evaluate": evaluate.run}
+          "evaluate": evaluate.run, "submit": submit.run}

@@ -21,10 +21,14 @@ def pretrained_initializer(config):
     return None
   if config.model_init.kind not in KINDS:
     raise ValueError(f"model_init.kind must be one of {KINDS}, got {config.model_init.kind!r}")
+  if config.model_init.prefix and config.model_init.kind != "passt_torch":
+    raise ValueError(f"model_init.prefix={config.model_init.prefix!r} applies to kind "
+                     f"'passt_torch' only, not {config.model_init.kind!r}")
 
   def initialize(state):
     if config.model_init.kind == "passt_torch":
-      loaded = convert.passt_params(convert.load_torch_state_dict(source))
+      loaded = convert.passt_params(convert.load_torch_state_dict(
+          source, prefix=config.model_init.prefix))
       batch_stats = None
     else:
       _, variables = online.load_run(source, config.model_init.checkpoint,
