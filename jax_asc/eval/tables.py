@@ -108,7 +108,6 @@ def _accuracy_row(result) -> list:
 
 
 def report000(workdir: str, split: str, ours: str) -> tuple:
-  head = ["| teachers | overall | real | seen | unseen |", "|---|---:|---:|---:|---:|"]
   lines = ["## Report 000, table 1: teacher accuracy (%) by configuration", "",
            "Single PaSST teachers and their logit-averaged ensembles (the teachers a student is "
            "distilled from), as the report's table title says; its text reads as if the figures "

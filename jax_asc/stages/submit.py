@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_asc import data as data_lib
 from jax_asc.eval import submission as submission_lib
 from jax_asc.stages import common
 
@@ -42,14 +43,7 @@ def evaluation_split(config):
     cfg.update(name=sub.dataset, root=sub.root, train_split=sub.split,
                validation_split="validation", test_split=sub.split, selection_split="validation",
                segment_seconds=0.0)
-  return common.load_splits(_with_data(config, cfg), sub.split)[sub.split]
-
-
-def _with_data(config, data):
-  cfg = copy.deepcopy(config)
-  with cfg.unlocked():
-    cfg.data = data
-  return cfg
+  return data_lib.load_splits(cfg, [sub.split])[sub.split]
 
 
 def tuned_devices(workdir: str) -> list:
