@@ -132,6 +132,17 @@ def base_config() -> ml_collections.ConfigDict:
       root="", dataset="dcase25_eval", split="test", routing="device", checkpoint="latest",
       fp16=False, out="submission/output.csv"))
 
+  # Stage export: checkpoint `checkpoint` as LiteRT flatbuffers in `formats` (float32, float16,
+  # int8), the frontend "separate" (its own float32 file) or "included" in the model (float32 and
+  # float16 only; jax_asc/stages/export.py); int8
+  # calibrated on `calibration_clips` training clips; checked in the interpreter on
+  # `verify_clips` clips of evaluate.split (0 = all), float32 within `float32_tolerance`;
+  # latency: median of `latency_runs` calls on `threads` threads.
+  config.export = ml_collections.ConfigDict(dict(
+      formats="float32,float16,int8", frontend="separate", checkpoint="latest",
+      calibration_clips=200, verify_clips=0, threads=1, latency_runs=20,
+      float32_tolerance=1e-4))
+
   config.batch_size = 256
   config.num_epochs = 150
   # param_groups: ((regex over '/'-joined param paths, {lr_mult, wd_mult, frozen, schedule}), …),

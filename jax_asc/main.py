@@ -36,6 +36,47 @@ def enable_compilation_cache() -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def _flat(tree, prefix=""):
+  if isinstance(tree, dict):
+    for key, value in tree.items():
+      yield from _flat(value, f"{prefix}{key}.")
+  else:
+    yield prefix[:-1], tree
+
+
+def check_processes_agree(config) -> None:
+  """Stops a multi-process run whose processes were started with different configs (every key
+  but `distributed.process_id`), naming the keys that differ from process 0's; a no-op for one
+  process. Each process compares a digest first, so agreeing runs exchange 8 bytes."""
+  import hashlib
+  import json
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+  if jax.process_count() == 1:
+    return
+  mine = json.loads(config.to_json_best_effort(sort_keys=True))
+  mine.get("distributed", {}).pop("process_id", None)
+  text = json.dumps(mine, sort_keys=True).encode()
+  digest = np.frombuffer(hashlib.sha256(text).digest()[:8], np.uint32)
+  digests = np.asarray(multihost_utils.process_allgather(digest))
+  if (digests == digests[0]).all():
+    return
+  longest = int(np.asarray(multihost_utils.process_allgather(np.int32(len(text)))).max())
+  padded = np.frombuffer(text.ljust(longest, b" "), np.uint8)
+  first = json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))
+                           .astype(np.uint8)).decode())
+  ours, theirs = dict(_flat(mine)), dict(_flat(first))
+  keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+  others = [p for p in range(len(digests)) if not (digests[p] == digests[0]).all()]
+  raise ValueError(
+      f"the {len(digests)} processes of this multi-host run disagree on the config: "
+      f"process(es) {others} differ from process 0"
+      + (f"; this process (index {jax.process_index()}) differs in "
+         + ", ".join(f"{k} = {ours.get(k)!r} (process 0: {theirs.get(k)!r})" for k in keys)
+         if keys else "") + ". Start every process with the same config and flags")
+
+
 def run(config, workdir: str) -> dict:
   """Runs the stages of `config.stage` in order; returns {stage: result}."""
   import jax
@@ -48,6 +89,7 @@ def run(config, workdir: str) -> dict:
     raise ValueError(f"config.stage={config.stage!r}: unknown stage(s) {unknown}; "
                      f"valid: {sorted(stages.STAGES)}")
   mesh_lib.maybe_initialize_distributed(config.distributed)
+  check_processes_agree(config)
   enable_compilation_cache()
   native.configure(config.get("kernels", "auto"))   # before anything is traced
   if jax.process_index() == 0:

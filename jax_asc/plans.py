@@ -25,6 +25,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -197,6 +198,29 @@ def _record_upstream(plan: Plan, index: int, workdir: str, stage: str) -> None:
   os.replace(path + ".tmp", path)
 
 
+# What a training stage leaves in its run folder: re-running the stage after it finished under
+# another config or other inputs starts from scratch (resuming would find the finished
+# checkpoint and train nothing). A stage that never finished (a crash) keeps them and resumes.
+STAGE_OUTPUTS = {"train": ("checkpoints",), "distill": ("checkpoints",),
+                 "finetune_device": ("devices",), "soup": (os.path.join("checkpoints", "soup"),)}
+
+
+def clear_finished(run_dir: str, stage: str) -> List[str]:
+  """Removes the checkpoints (`STAGE_OUTPUTS`) and the record of a finished `stage`, before it
+  runs again; returns the folders removed. A stage without a record is left alone."""
+  record = os.path.join(run_dir, f"{stage}.done.json")
+  if stage not in STAGE_OUTPUTS or not os.path.exists(record):
+    return []
+  removed = []
+  for folder in STAGE_OUTPUTS[stage]:
+    path = os.path.join(run_dir, folder)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+      removed.append(path)
+  os.remove(record)
+  return removed
+
+
 def run_one(plan: Plan, index: int, workdir: str, base: str, smoke: bool,
             passt_checkpoint: str) -> List[str]:
   """Runs what is stale of run `index`; returns the stages it ran."""
@@ -210,6 +234,9 @@ def run_one(plan: Plan, index: int, workdir: str, base: str, smoke: bool,
   from jax_asc import main   # JAX and TF: only when a stage is left to run
   print(f"== {run.path}: {','.join(todo)}", flush=True)
   for stage in todo:   # one stage at a time, so each records what it consumed when it ends
+    for folder in clear_finished(run_dir, stage):
+      print(f"   {stage}: starting afresh (removed {os.path.relpath(folder, workdir)} of "
+            "the previous config or inputs)", flush=True)
     stage_config = config.copy_and_resolve_references()
     stage_config.stage = stage
     stage_config.lock()

@@ -44,6 +44,25 @@ def tiny_config(data_dir):
   return config
 
 
+@pytest.fixture(scope="session")
+def trained_tiny_run(tmp_path_factory, data_dir):
+  """(config, workdir, test split) of a tiny quickstart run: one epoch, then fine-tuned on
+  device a (stage finetune_device, at a large learning rate so that its model differs). Tests of
+  prediction and export read it; only stage export writes into it (its own folder)."""
+  from configs import quickstart
+  from jax_asc import main as main_lib
+  from jax_asc.stages import common
+  config = quickstart.get_config("tiny")
+  config.data.cache_dir = data_dir
+  config.stage = "train,finetune_device"
+  config.num_epochs = 1
+  config.dsft.update(devices="a", num_epochs=1, batch_size=8, learning_rate=0.05)
+  workdir = str(tmp_path_factory.mktemp("tiny_run"))
+  main_lib.run(config, workdir)
+  test = common.load_splits(config, "test")["test"]
+  return config, workdir, test
+
+
 # The suite's three parts (`pytest -m unit|integration|chains`, `make test-unit` …): unit tests
 # of pure functions and small pieces (seconds each); integration tests that train, build native
 # kernels or compare with the PyTorch references (tens of seconds each); the report chains and
@@ -52,7 +71,8 @@ INTEGRATION = {"test_training.py", "test_trainer.py", "test_accelerator_path.py"
                "test_training_parity.py", "test_param_groups.py", "test_native_build.py",
                "test_passt.py", "test_bench_reference.py", "test_data_parity.py",
                "test_augment_parity.py", "test_losses_sharded.py", "test_fast_layers.py",
-               "test_plans.py", "test_toy_tasks.py", "test_teachers.py"}
+               "test_plans.py", "test_toy_tasks.py", "test_teachers.py", "test_multihost.py",
+               "test_predict_folder.py", "test_export.py"}
 CHAINS = {"test_launch.py", "test_notebook.py"}
 
 

@@ -7,7 +7,6 @@ report's tables and artefacts, and that a second call resumes by skipping every 
 import json
 import os
 import pathlib
-import subprocess
 import tempfile
 import time
 
@@ -49,17 +48,28 @@ def _tables(root, report):
     return json.load(f)
 
 
-def _resume_skips_everything(root, env, report):
+NOTEBOOKS = {"report000": "report000_dafa.ipynb", "report001": "report001_joint_kd.ipynb",
+             "report002": "report002_teachers.ipynb"}
+
+
+def _notebook_resumes_the_chain(root, env, report, monkeypatch):
+  """The report's notebook, run on the finished smoke chain: every run is skipped (nothing
+  changed), and it shows the tables and the plots. Returns its seconds."""
+  import test_notebook
+  for key in ("JAX_ASC_DATA_DIR", "JAX_ASC_COMPILATION_CACHE", "PYTHON"):
+    monkeypatch.setenv(key, env[key])
   start = time.time()
-  out = subprocess.run(["bash", os.path.join(REPO, "launch", SCRIPTS[report]), "--smoke",
-                        "--workdir", str(root / report)], env=env, capture_output=True,
-                       text=True, check=True).stdout
-  runs = [line for line in out.splitlines() if line.startswith("== ")]
-  assert runs and all(line.endswith("done, skipped") for line in runs), out[-2000:]
+  outputs = test_notebook.execute(NOTEBOOKS[report], {
+      "SMOKE": True, "DATASET_ROOT": "", "WORKDIR": str(root / report), "EXTRA_ARGS": [],
+      "JOBS": 1})
+  runs = [line for line in outputs.replace("\\n", "\n").splitlines() if line.startswith("== ")]
+  assert runs and all(line.endswith("done, skipped") for line in runs), outputs[-3000:]
+  assert f"# {report}" in outputs and outputs.count("image/png") == len(
+      [n for n in os.listdir(root / report / "tables") if n.endswith(".png")]) > 0
   return time.time() - start
 
 
-def test_report000_chain(chains):
+def test_report000_chain(chains, monkeypatch):
   root, env = chains
   data = _tables(root, "report000")
   assert data["smoke"] and data["split"] == "test"
@@ -101,7 +111,20 @@ def test_report000_chain(chains):
   meta = json.loads((cache / "metadata.json").read_text())
   assert meta["combine"] == "logits" and len(meta["members"]) == 2
   assert "T_CE1+T_DAFA" in (root / "report000" / "tables" / "report000.md").read_text()
-  assert _resume_skips_everything(root, env, "report000") < 120
+  # The general model of the DSFT run in LiteRT: float32 is the JAX model, float16 and int8
+  # (activations too, calibrated) lose at most what the deployed-precision bounds allow.
+  exported = json.loads((root / "report000" / "students" / "t_ce1+t_dafa" / "export" /
+                         "report.json").read_text())
+  formats = exported["formats"]
+  assert set(formats) == {"float32", "float16", "int8"} and exported["clips"] == 144
+  assert formats["float32"]["max_abs_logit_difference"] < 1e-4, formats["float32"]
+  assert formats["float32"]["accuracy"] == formats["float32"]["jax_accuracy"] > LEARNED
+  assert abs(formats["float16"]["accuracy"] - formats["float16"]["jax_accuracy"]) <= FP16_BOUND
+  assert abs(formats["int8"]["accuracy"] - formats["int8"]["jax_accuracy"]) <= INT8_BOUND, \
+      formats["int8"]
+  assert formats["int8"]["param_bytes"] == data["complexity"]["params"]
+  assert formats["int8"]["bytes"] < formats["float16"]["bytes"] < formats["float32"]["bytes"]
+  assert _notebook_resumes_the_chain(root, env, "report000", monkeypatch) < 120
   _submission_routed_by_device(root / "report000" / "students" / "t_ce1+t_dafa",
                                root / "data", root / "eval25")
 
@@ -144,7 +167,7 @@ def _submission_routed_by_device(workdir, cache_dir, eval_root):
     np.testing.assert_allclose(probabilities[rows_of], expected, atol=2e-6)
 
 
-def test_report001_chain(chains):
+def test_report001_chain(chains, monkeypatch):
   root, env = chains
   data = _tables(root, "report001")
   for name in ("student_ssfm", "student_dfm"):
@@ -166,10 +189,10 @@ def test_report001_chain(chains):
   config = json.loads((root / "report001" / "students" / "student_dfm" / "config.json")
                       .read_text())
   assert config["loss"]["terms"]["dfm"] > 0 and config["loss"]["terms"]["ssfm"] == 0
-  assert _resume_skips_everything(root, env, "report001") < 120
+  assert _notebook_resumes_the_chain(root, env, "report001", monkeypatch) < 120
 
 
-def test_report002_chain(chains):
+def test_report002_chain(chains, monkeypatch):
   root, env = chains
   data = _tables(root, "report002")
   sizes = [data[f"cpr{s}_dirfms"]["params"] for s in ("128k", "560k", "2m", "10m")]
@@ -182,4 +205,4 @@ def test_report002_chain(chains):
   # The CP-ResNet teachers learn; the PaSST one (a transformer from scratch) stays weak.
   assert all(row["teacher"] > 0.25 for name, row in rows.items() if name.startswith("cpr")
              and "+" not in name), rows
-  assert _resume_skips_everything(root, env, "report002") < 120
+  assert _notebook_resumes_the_chain(root, env, "report002", monkeypatch) < 120

@@ -172,3 +172,32 @@ def test_two_phase_recipe_frozen_backbone_then_end_to_end(tmp_path, data_dir):
   phase1_record = json.loads((chain / "phase1" / "train.done.json").read_text())
   assert record["upstream"] == {"phase1:train": phase1_record["token"]}
   assert phase2.model_init.params_only and phase2.model_init.kind == "run"
+
+
+def test_a_finished_training_stage_that_reruns_starts_afresh(toy, monkeypatch):
+  """A stale train stage that had finished loses its checkpoints before it runs again (else the
+  loop would resume the finished checkpoint and train nothing); a stage that never finished
+  (killed) keeps them and resumes."""
+  run, chain = toy
+  seen = []
+  fake = main.run
+
+  def with_checkpoints(config, workdir):
+    if config.stage == "train":
+      marker = os.path.join(workdir, "checkpoints", "latest", "marker")
+      seen.append((os.path.basename(workdir), os.path.exists(marker)))
+      os.makedirs(os.path.dirname(marker), exist_ok=True)
+      open(marker, "w").close()
+    fake(config, workdir)
+  monkeypatch.setattr(main, "run", with_checkpoints)
+  run()
+  assert seen == [("a", False), ("b", False), ("s2", False)]
+  seen.clear()
+  run(**{"teachers/a": {"lr": 0.2}})            # a reruns: from scratch
+  assert ("a", False) in seen and ("s2", False) in seen and ("b", True) not in seen
+  # Killed before it finished: no record, so the checkpoints stay and the stage resumes.
+  os.remove(chain / "teachers" / "b" / "train.done.json")
+  seen.clear()
+  run(**{"teachers/a": {"lr": 0.2}})
+  assert seen == [("b", True)]
+  assert plans.clear_finished(str(chain / "teachers" / "b"), "predict") == []

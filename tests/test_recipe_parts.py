@@ -215,3 +215,17 @@ def test_feature_pairs_parse_and_errors():
   assert registry.pairs("s1:s1, s3:s2", "ssfm") == (("s1", "s1"), ("s3", "s2"))
   with pytest.raises(ValueError, match="student_stage:teacher_stage"):
     registry.pairs("s1", "ssfm")
+
+
+def test_a_soup_saved_again_replaces_the_first(tmp_path):
+  """Stage soup run twice (a changed soup.top_k) writes the same step again."""
+  from jax_asc.train import checkpoint as checkpoint_lib
+  checkpoints = checkpoint_lib.Checkpoints(str(tmp_path), best_metric="m", best_mode="max",
+                                           keep_best=1)
+  for value in (1.0, 2.0):
+    checkpoints.save_soup(7, {"params": {"w": np.full(3, value, np.float32)},
+                              "batch_stats": {"s": np.zeros(2, np.float32)}}, {"step": 7})
+  variables, meta = checkpoints.restore_variables("soup")
+  checkpoints.close()
+  np.testing.assert_array_equal(variables["params"]["w"], 2.0)
+  assert meta["step"] == 7

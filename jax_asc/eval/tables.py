@@ -4,7 +4,8 @@
 
 reads the evaluation reports under WORKDIR (layout: `teachers/<role>/`, `students/<name>/`, as
 `launch/report00*_*.sh` create it) and writes `WORKDIR/tables/<report>.{md,json}`: our figures
-beside the report's, the latter labelled as the report's (and ours as smoke when `--smoke`).
+beside the report's, the latter labelled as the report's (and ours as smoke when `--smoke`),
+and the report's plots `WORKDIR/tables/<report>_<name>.png` (jax_asc/eval/plots.py).
 """
 from __future__ import annotations
 
@@ -249,6 +250,8 @@ def write(report: str, workdir: str, smoke: bool = False) -> str:
     json.dump({"split": split, "smoke": smoke, **data,
                "selected_on_test": sorted(os.path.relpath(r, workdir) for r in _all_runs(workdir)
                                           if _selected_on_test(r))}, f, indent=1)
+  from jax_asc.eval import plots
+  plots.write(report, data, folder)
   return header + markdown
 
 

@@ -10,9 +10,11 @@
 | finetune_device | DSFT: one fine-tuned copy per device, device-routed evaluation |
 | evaluate | score a checkpoint on a split (and in float16) |
 | submit | the DCASE 2025 submission file for an evaluation set, routed by device |
+| export | LiteRT flatbuffers (float32, float16, int8), checked in the LiteRT interpreter |
 """
-from jax_asc.stages import ensemble, evaluate, finetune_device, predict, soup, submit, train
+from jax_asc.stages import (ensemble, evaluate, export, finetune_device, predict, soup, submit,
+                            train)
 
 STAGES = {"train": train.run, "distill": train.run_distill, "predict": predict.run,
           "ensemble": ensemble.run, "soup": soup.run, "finetune_device": finetune_device.run,
-          "evaluate": evaluate.run, "submit": submit.run}
+          "evaluate": evaluate.run, "submit": submit.run, "export": export.run}

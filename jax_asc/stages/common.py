@@ -159,6 +159,35 @@ def write_metrics(workdir: str, name: str, result: Dict) -> Dict[str, str]:
   return {"json": path}
 
 
+RUN_DATA = "data.json"
+
+
+def write_run_data(workdir: str, split: Split) -> None:
+  """`<workdir>/data.json`: what the run's model was trained on (dataset, classes, recording
+  devices, sample rate, clip length in samples, channels), so that a prediction from the run
+  (jax_asc/predict.py) needs neither the dataset nor a split of it."""
+  if jax.process_index() > 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, RUN_DATA), "w") as f:
+    json.dump({"dataset": split.dataset, "split": split.name, "classes": list(split.classes),
+               "devices": list(split.devices), "sample_rate": int(split.sample_rate),
+               "num_samples": split.num_samples, "channels": split.num_channels}, f, indent=1)
+
+
+def run_data(config, workdir: str) -> dict:
+  """The record `write_run_data` left in `workdir`; for a run made before it existed, the same
+  facts from the run's training split (loaded from its dataset)."""
+  path = os.path.join(workdir, RUN_DATA)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  split = load_splits(config, config.data.train_split)[config.data.train_split]
+  return {"dataset": split.dataset, "split": split.name, "classes": list(split.classes),
+          "devices": list(split.devices), "sample_rate": int(split.sample_rate),
+          "num_samples": split.num_samples, "channels": split.num_channels}
+
+
 def split_alias(config, name: str) -> str:
   """"train" / "validation" / "test" → the config's split names; other names pass through."""
   return {"train": config.data.train_split, "validation": config.data.validation_split,

@@ -20,6 +20,7 @@ def fit_run(config, workdir: str, stage: str) -> dict:
   train_split = splits[config.data.train_split]
   validation = splits[config.data.validation_split]
   common.record_skipped(workdir, splits.values())
+  common.write_run_data(workdir, train_split)
   train_split, task = common.training_task(config, train_split, workdir)
   n_classes = len(train_split.classes)
 

@@ -52,6 +52,9 @@ class Checkpoints:
                    force=True)
 
   def save_soup(self, step: int, state, meta: dict) -> None:
+    """Writes the soup, replacing an earlier soup of the same step (stage soup run again)."""
+    if step in self.soup.all_steps():
+      self.soup.delete(step)
     self.soup.save(step, args=self._args(state, meta), force=True)
     self.soup.wait_until_finished()
 
@@ -75,12 +78,19 @@ class Checkpoints:
 
   def restore_variables(self, which: str = "best", step: Optional[int] = None):
     """({"params", "batch_stats"} as saved, meta) without a template (e.g. a frozen teacher of
-    another run); None when there is no such checkpoint."""
+    another run); None when there is no such checkpoint.
+
+    Arrays come back with the shardings they were saved with where this process's devices can
+    hold them, else replicated over this process's mesh: a checkpoint written by many hosts
+    restores on one machine (prediction, export, a teacher for a smaller run)."""
+    from jax_asc.train import mesh as mesh_lib
     manager, step = self._manager_step(which, step)
     if step is None:
       return None
+    everywhere = mesh_lib.replicated(mesh_lib.make_mesh())
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(fallback_sharding=everywhere),
+        meta=ocp.args.JsonRestore()))
     state = restored["state"]
     variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
     if state.get("ema_params") is not None:

@@ -1,0 +1,102 @@
+"""The reports' figures, drawn from the data behind their tables (jax_asc/eval/tables.py).
+
+`write(report, data, folder)` saves `<folder>/<report>_<name>.png` for each figure of the report
+and returns their paths:
+  report000  teachers: table 1 (single teachers and ensembles) beside the report's figures, and
+             the students distilled from each configuration; devices: table 2, per device before
+             and after DSFT, beside the report's
+  report001  accuracy of the teachers and of the students (SSFM, DFM)
+  report002  student against teacher accuracy, one point per teacher (size and device
+             generalisation method; ensembles as students only)
+Accuracies are in percent; ours are as measured (a smoke run's on synthetic data).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _bars(ax, labels: List[str], series: Dict[str, List], title: str) -> None:
+  """Grouped bars: one group per label, one bar per series (None = missing)."""
+  width = 0.8 / max(1, len(series))
+  x = np.arange(len(labels))
+  for i, (name, values) in enumerate(series.items()):
+    heights = [np.nan if v is None else v for v in values]
+    ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
+  ax.set_xticks(x, labels, rotation=30, ha="right")
+  ax.set_ylabel("accuracy (%)")
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+
+
+def _pct(value):
+  return None if value is None else 100 * value
+
+
+def report000(data: Dict) -> Dict[str, plt.Figure]:
+  from jax_asc.eval import tables
+  names = list(data["table1"])
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  _bars(axes[0], [n.upper() for n in names],
+        {"ours": [_pct(data["table1"][n][0]) for n in names],
+         "report": [tables.REPORT000_TABLE1.get(n, (None,))[0] for n in names]},
+        "Table 1: teachers and ensembles")
+  _bars(axes[1], [n.upper() for n in names],
+        {"student": [_pct(data["students"][n][0]) for n in names]},
+        "Students by teacher configuration")
+  fig.tight_layout()
+  devices = [d for d in data["table2"]["before"] if d != "overall"]
+  dev_fig, ax = plt.subplots(figsize=(8, 4))
+  _bars(ax, devices,
+        {"before DSFT": [_pct(data["table2"]["before"][d]) for d in devices],
+         "after DSFT": [_pct(data["table2"]["after"].get(d)) for d in devices],
+         "report after": [tables.REPORT000_TABLE2["after"].get(d) for d in devices]},
+        "Table 2: per device, before and after DSFT")
+  dev_fig.tight_layout()
+  return {"teachers": fig, "devices": dev_fig}
+
+
+def report001(data: Dict) -> Dict[str, plt.Figure]:
+  teachers, students = data["teachers"], data["students"]
+  fig, ax = plt.subplots(figsize=(8, 4))
+  labels = list(teachers) + list(students)
+  _bars(ax, labels, {"accuracy": [_pct(teachers[n]) for n in teachers] +
+                     [_pct(students[n]["accuracy"]) for n in students]},
+        "Teachers and students")
+  fig.tight_layout()
+  return {"accuracy": fig}
+
+
+def report002(data: Dict) -> Dict[str, plt.Figure]:
+  fig, ax = plt.subplots(figsize=(6, 5))
+  rows = {n: r for n, r in data.items() if isinstance(r, dict) and r.get("teacher") is not None
+          and r.get("student") is not None}
+  for name, row in rows.items():
+    ax.scatter(_pct(row["teacher"]), _pct(row["student"]),
+               marker="o" if name.startswith("cpr") else "s")
+    ax.annotate(name, (_pct(row["teacher"]), _pct(row["student"])), fontsize=7)
+  ax.set_xlabel("teacher accuracy (%)")
+  ax.set_ylabel("student accuracy (%)")
+  ax.set_title("Students against their teachers")
+  fig.tight_layout()
+  return {"teachers": fig}
+
+
+FIGURES = {"report000": report000, "report001": report001, "report002": report002}
+
+
+def write(report: str, data: Dict, folder: str) -> List[str]:
+  os.makedirs(folder, exist_ok=True)
+  paths = []
+  for name, fig in FIGURES[report](data).items():
+    path = os.path.join(folder, f"{report}_{name}.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    paths.append(path)
+  return paths
