@@ -24,6 +24,15 @@ def config_fingerprint(config) -> str:
   return of_json(config.to_json_best_effort(sort_keys=True))
 
 
+def section_fingerprints(config) -> Dict[str, str]:
+  """{top-level key: fingerprint of its value} of a `ConfigDict` (`stage` left out): which parts
+  of a config changed, for a stage that reads only some of them."""
+  cfg = json.loads(config.to_json_best_effort(sort_keys=True))
+  cfg.pop("stage", None)
+  return {key: hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+          for key, value in cfg.items()}
+
+
 def read_record(workdir: str, stage: str) -> Optional[Dict]:
   """`<workdir>/<stage>.done.json` (fingerprint, token, upstream, outputs), or None."""
   path = os.path.join(workdir, f"{stage}.done.json")

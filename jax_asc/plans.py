@@ -15,8 +15,10 @@ every run it needs). A stage is skipped only when its `.done.json` exists, its f
 the current config's and its upstream tokens equal the current ones. So a changed config re-runs
 that run's stages from the first stale one, and — their tokens being new — everything downstream
 of them, in this run and in the runs that need it; an unchanged finished stage is skipped. An
-interrupted stage resumes from its last checkpoint. Delete a `.done.json` to redo a stage (and
-everything downstream of it).
+interrupted stage resumes from its last checkpoint. A training stage that runs again after it
+finished starts afresh when a config section it reads changed or a run it needs gave other
+results (see `STAGE_OUTPUTS`), else it resumes its finished checkpoint. Delete a `.done.json` to
+re-run a stage and everything downstream of it; to retrain one, delete its checkpoints too.
 """
 from __future__ import annotations
 
@@ -198,27 +200,65 @@ def _record_upstream(plan: Plan, index: int, workdir: str, stage: str) -> None:
   os.replace(path + ".tmp", path)
 
 
-# What a training stage leaves in its run folder: re-running the stage after it finished under
-# another config or other inputs starts from scratch (resuming would find the finished
-# checkpoint and train nothing). A stage that never finished (a crash) keeps them and resumes.
+# What a training stage leaves in its run folder, and the config sections it does not read.
+# A finished training stage that is stale runs again; it starts afresh (its folders moved to
+# `<folder>.previous`, replacing an older one) only when a section it reads changed or a run it
+# needs gave other results (their tokens: predict's is a digest of its predictions). Otherwise
+# it resumes its finished checkpoint, which trains nothing: the model would be the same. A stage
+# that never finished (a crash) has no record and resumes.
 STAGE_OUTPUTS = {"train": ("checkpoints",), "distill": ("checkpoints",),
                  "finetune_device": ("devices",), "soup": (os.path.join("checkpoints", "soup"),)}
+_EVALUATION = ("export", "evaluate", "submission", "predict", "complexity")
+NOT_READ_BY = {"train": _EVALUATION + ("dsft", "soup"), "distill": _EVALUATION + ("dsft", "soup"),
+               "finetune_device": _EVALUATION + ("soup",), "soup": _EVALUATION + ("dsft",)}
 
 
-def clear_finished(run_dir: str, stage: str) -> List[str]:
-  """Removes the checkpoints (`STAGE_OUTPUTS`) and the record of a finished `stage`, before it
-  runs again; returns the folders removed. A stage without a record is left alone."""
-  record = os.path.join(run_dir, f"{stage}.done.json")
-  if stage not in STAGE_OUTPUTS or not os.path.exists(record):
+def must_start_afresh(plan: Plan, index: int, workdir: str, stage: str, config) -> List[str]:
+  """Why stage `stage` of run `index`, about to run again, must not resume its finished
+  checkpoint: the changed config sections it reads and the needed runs with new results ([]:
+  it may resume; also for a stage that never finished or makes no checkpoint)."""
+  run = plan.runs[index]
+  record = _done(os.path.join(workdir, run.path), stage)
+  if stage not in STAGE_OUTPUTS or record is None:
     return []
-  removed = []
+  now = fingerprint_lib.section_fingerprints(config)
+  # A record from before sections were recorded cannot say what changed: its checkpoint is kept
+  # (a teacher's fine-tuning is not thrown away on an upgrade); new results upstream still count.
+  before = record.get("sections", now)
+  reasons = sorted(k for k in set(now) | set(before)
+                   if now.get(k) != before.get(k) and k not in NOT_READ_BY[stage])
+  recorded = record.get("upstream", {})
+  for path, upstream_stage in upstream_of(plan, index, stage):
+    key = f"{path}:{upstream_stage}"
+    if path != run.path and recorded.get(key) != _token(workdir, path, upstream_stage):
+      reasons.append(f"new results of {key}")
+  return reasons
+
+
+def later_training_stages(plan: Plan, index: int, stage: str) -> List[str]:
+  """The training stages (`STAGE_OUTPUTS`) after `stage` of run `index` in the same workdir,
+  over every entry of the plan for that workdir."""
+  path = plan.runs[index].path
+  sequence = [(i, s) for i, r in enumerate(plan.runs) if r.path == path for s in r.stages]
+  after = sequence[sequence.index((index, stage)) + 1:]
+  return [s for _, s in after if s in STAGE_OUTPUTS and s != stage]
+
+
+def start_afresh(run_dir: str, stage: str) -> List[str]:
+  """Moves a finished stage's folders (`STAGE_OUTPUTS`) to `<folder>.previous` and removes its
+  record; returns the folders moved."""
+  moved = []
   for folder in STAGE_OUTPUTS[stage]:
     path = os.path.join(run_dir, folder)
     if os.path.isdir(path):
-      shutil.rmtree(path)
-      removed.append(path)
-  os.remove(record)
-  return removed
+      if os.path.exists(path + ".previous"):
+        shutil.rmtree(path + ".previous")
+      os.replace(path, path + ".previous")
+      moved.append(path)
+  record = os.path.join(run_dir, f"{stage}.done.json")
+  if os.path.exists(record):
+    os.remove(record)
+  return moved
 
 
 def run_one(plan: Plan, index: int, workdir: str, base: str, smoke: bool,
@@ -234,9 +274,16 @@ def run_one(plan: Plan, index: int, workdir: str, base: str, smoke: bool,
   from jax_asc import main   # JAX and TF: only when a stage is left to run
   print(f"== {run.path}: {','.join(todo)}", flush=True)
   for stage in todo:   # one stage at a time, so each records what it consumed when it ends
-    for folder in clear_finished(run_dir, stage):
-      print(f"   {stage}: starting afresh (removed {os.path.relpath(folder, workdir)} of "
-            "the previous config or inputs)", flush=True)
+    reasons = must_start_afresh(plan, index, workdir, stage, config)
+    if reasons:
+      # The run's later training stages (a soup, DSFT; maybe in a later entry of the plan) were
+      # made from what is about to be replaced: they start afresh too.
+      moved = [m for later in later_training_stages(plan, index, stage)
+               for m in start_afresh(run_dir, later)]
+      moved = start_afresh(run_dir, stage) + moved
+      print(f"   {stage}: starting afresh ({', '.join(reasons)}; previous "
+            f"{', '.join(os.path.relpath(m, workdir) + ' → .previous' for m in moved) or 'none'})",
+            flush=True)
     stage_config = config.copy_and_resolve_references()
     stage_config.stage = stage
     stage_config.lock()

@@ -211,3 +211,18 @@ def test_tables_note_runs_that_selected_on_the_test_split(tmp_path):
   assert text.splitlines().index(note[0]) > table_end   # under the table
   with open(os.path.join(root, "tables", "report002.json")) as f:
     assert json.load(f)["selected_on_test"] == ["students/passt_dirfms", "teachers/passt_dirfms"]
+  assert os.path.exists(os.path.join(root, "tables", "report002_teachers.png"))
+
+
+def test_report000_tables_and_plots_before_dsft(tmp_path):
+  """Table 1 and its plot from the teachers and ensembles alone (no DSFT report yet)."""
+  root = str(tmp_path)
+  held = dict(validation_split="holdout", test_split="test", selection_split="validation")
+  for name in ("t_ce1", "t_ce2", "t_dafa"):
+    _run(root, "teachers", name, held)
+  for name in ("t_ce1", "t_ce1+t_dafa"):
+    _run(root, "students", name, held)
+  text = tables.write("report000", root)
+  assert "T_CE1" in text
+  pngs = sorted(n for n in os.listdir(os.path.join(root, "tables")) if n.endswith(".png"))
+  assert pngs == ["report000_teachers.png"]

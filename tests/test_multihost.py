@@ -39,20 +39,31 @@ def _distributed(port, index):
           "--config.distributed.num_processes=2", f"--config.distributed.process_id={index}"]
 
 
-def _run_two(commands, timeout=420):
+def _run_two(commands, folder, timeout=420):
+  """Runs the commands at once; [(exit code, stdout, stderr)]. Output goes to files: a process
+  blocked on a full pipe mid-collective would stall its peer."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  processes = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for c in commands]
-  outputs = []
+  os.makedirs(folder, exist_ok=True)
+  logs = [(open(os.path.join(folder, f"{i}.out"), "w+"), open(os.path.join(folder, f"{i}.err"),
+                                                                "w+"))
+          for i in range(len(commands))]
+  processes = [subprocess.Popen(c, cwd=REPO, env=env, stdout=out, stderr=err)
+               for c, (out, err) in zip(commands, logs)]
   try:
     for p in processes:
-      out, err = p.communicate(timeout=timeout)
-      outputs.append((p.returncode, out, err))
+      p.wait(timeout=timeout)
   finally:
     for p in processes:
       if p.poll() is None:
         p.kill()
-  return outputs
+  results = []
+  for p, (out, err) in zip(processes, logs):
+    out.seek(0)
+    err.seek(0)
+    results.append((p.returncode, out.read(), err.read()))
+    out.close()
+    err.close()
+  return results
 
 
 def _rel(a, b):
@@ -66,10 +77,11 @@ def test_two_processes_train_like_one(tiny_config, tmp_path):
   cache = tiny_config.data.cache_dir
   port = _free_port()
   shared = tmp_path / "two"
-  two = _run_two([_command(shared, cache, *_distributed(port, i)) for i in range(2)])
+  two = _run_two([_command(shared, cache, *_distributed(port, i)) for i in range(2)],
+                 tmp_path / "logs_two")
   for index, (code, out, err) in enumerate(two):
     assert code == 0, f"process {index}:\n{err[-3000:]}"
-  ((code, _, err),) = _run_two([_command(tmp_path / "one", cache)])
+  ((code, _, err),) = _run_two([_command(tmp_path / "one", cache)], tmp_path / "logs_one")
   assert code == 0, err[-3000:]
 
   # Written once: one set of records and one checkpoint per step, by process 0.
@@ -96,7 +108,7 @@ def test_processes_that_disagree_on_the_config_stop_naming_the_key(tiny_config, 
   commands = [_command(tmp_path / "w", tiny_config.data.cache_dir, *_distributed(port, i),
                        *([f"--config.optimizer.learning_rate=0.1"] if i else []))
               for i in range(2)]
-  outputs = _run_two(commands, timeout=300)
+  outputs = _run_two(commands, tmp_path / "logs", timeout=300)
   assert all(code != 0 for code, _, _ in outputs)
   err = outputs[1][2]
   assert "disagree on the config" in err and "optimizer.learning_rate = 0.1" in err, err[-3000:]

@@ -20,7 +20,7 @@ CONFIG = textwrap.dedent('''
     def get_config(arg=None):
       role = arg.split(",")[0]
       return ml_collections.ConfigDict(dict(
-          stage="", role=role, lr=0.1, members="",
+          stage="", role=role, lr=0.1, members="", evaluate=dict(split="test"),
           model_init=dict(path="", kind="passt_torch", checkpoint="best", params_only=False,
                           prefix="")))
 
@@ -175,9 +175,10 @@ def test_two_phase_recipe_frozen_backbone_then_end_to_end(tmp_path, data_dir):
 
 
 def test_a_finished_training_stage_that_reruns_starts_afresh(toy, monkeypatch):
-  """A stale train stage that had finished loses its checkpoints before it runs again (else the
-  loop would resume the finished checkpoint and train nothing); a stage that never finished
-  (killed) keeps them and resumes."""
+  """A stale train stage that had finished starts afresh when a config section it reads changed
+  or a run it needs gave new results (else the loop would resume the finished checkpoint and
+  train nothing); its checkpoints move to checkpoints.previous. A change it does not read
+  (evaluate) lets it resume, and a stage that never finished (killed) keeps its checkpoints."""
   run, chain = toy
   seen = []
   fake = main.run
@@ -193,11 +194,33 @@ def test_a_finished_training_stage_that_reruns_starts_afresh(toy, monkeypatch):
   run()
   assert seen == [("a", False), ("b", False), ("s2", False)]
   seen.clear()
-  run(**{"teachers/a": {"lr": 0.2}})            # a reruns: from scratch
-  assert ("a", False) in seen and ("s2", False) in seen and ("b", True) not in seen
+  run(**{"teachers/a": {"lr": 0.2}})            # a reruns from scratch, and so does s2
+  assert seen == [("a", False), ("s2", False)]
+  assert (chain / "teachers" / "a" / "checkpoints.previous" / "latest" / "marker").exists()
+  seen.clear()
+  run(**{"teachers/a": {"lr": 0.2, "evaluate.split": "validation"}})
+  assert ("a", True) in seen                     # evaluation settings only: resumes
   # Killed before it finished: no record, so the checkpoints stay and the stage resumes.
   os.remove(chain / "teachers" / "b" / "train.done.json")
   seen.clear()
-  run(**{"teachers/a": {"lr": 0.2}})
+  run(**{"teachers/a": {"lr": 0.2, "evaluate.split": "validation"}})
   assert seen == [("b", True)]
-  assert plans.clear_finished(str(chain / "teachers" / "b"), "predict") == []
+  # A retrained model's later training stages (its soup here) start afresh with it.
+  assert plans.later_training_stages(plans.load_plan(str(chain.parent / "toy_config.py")), 0,
+                                     "train") == []
+  soup_dir = chain / "teachers" / "a" / "checkpoints" / "soup"
+  soup_dir.mkdir(parents=True)
+  (chain / "teachers" / "a" / "soup.done.json").write_text("{}")
+  assert plans.start_afresh(str(chain / "teachers" / "a"), "soup") == [str(soup_dir)]
+  assert not (chain / "teachers" / "a" / "soup.done.json").exists()
+  assert (chain / "teachers" / "a" / "checkpoints" / "soup.previous").is_dir()
+
+
+def test_later_training_stages_span_the_entries_of_a_workdir():
+  plan = plans.Plan("p", "c.py", (
+      plans.Run("s", "student", ("ensemble", "distill", "evaluate")),
+      plans.Run("t", "teacher", ("train", "soup")),
+      plans.Run("s", "student", ("finetune_device", "export"))))
+  assert plans.later_training_stages(plan, 0, "distill") == ["finetune_device"]
+  assert plans.later_training_stages(plan, 1, "train") == ["soup"]
+  assert plans.later_training_stages(plan, 2, "finetune_device") == []

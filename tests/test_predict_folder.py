@@ -69,6 +69,9 @@ def test_device_map_matches_paths_or_unique_base_names(tmp_path):
   assert mapping == {"audio/x.wav": "a", "audio/y.wav": "unknown", "audio/gone.wav": "b"}
   devices, unmatched = folder.match_device_map(["x.wav", "audio/y.wav", "new.wav"], mapping)
   assert devices == ["a", "unknown", ""] and unmatched == ["audio/gone.wav"]
+  # Two files with the listed base name: neither is matched by base name (ambiguous).
+  devices, _ = folder.match_device_map(["p/x.wav", "q/x.wav"], mapping)
+  assert devices == ["", ""]
   comma = tmp_path / "map2.csv"
   comma.write_text("filename,device_id\nx.wav,a\n")
   assert folder.read_device_map(str(comma)) == {"x.wav": "a"}
@@ -136,8 +139,8 @@ def test_predict_routes_files_by_device_map(trained_tiny_run, tmp_path):
   """With a device map, files of a fine-tuned device go to `devices/<d>/`, `unknown` to the
   run's checkpoint; a listed file that is absent is reported, an unlisted file and a device
   without a model are errors."""
-  from jax_asc import predict
   from jax_asc.stages import common
+  from jax_asc.stages import predict_folder as predict
   config, workdir, test = trained_tiny_run
   audio = tmp_path / "audio"
   audio.mkdir()
@@ -175,3 +178,41 @@ def test_predict_routes_files_by_device_map(trained_tiny_run, tmp_path):
   with pytest.raises(ValueError, match="2 audio file.*not in the device map"):
     predict.predict_folder(workdir, str(audio), out, device_map=str(device_map),
                            log=lines.append)
+
+
+def test_chunks_unusable_files_links_and_an_all_bad_folder(trained_tiny_run, tmp_path):
+  """Files in chunks of two (one chunk entirely unreadable) land on their own rows; a linked
+  folder is read once; a folder with no usable file is an error that lists why."""
+  from jax_asc.stages import common
+  from jax_asc.stages import predict_folder as predict
+  config, workdir, test = trained_tiny_run
+  audio = tmp_path / "audio"
+  (audio / "real").mkdir(parents=True)
+  clips = test.audio("waveform", np.arange(3))[:, 0]
+  for i, name in ((0, "a0.wav"), (1, "d1.wav"), (2, "e2.wav")):
+    soundfile.write(str(audio / "real" / name), clips[i], 32000, subtype="FLOAT")
+  for name in ("b_bad.wav", "c_bad.wav"):
+    (audio / "real" / name).write_bytes(b"")
+  os.symlink(audio / "real", audio / "link")               # the same folder under a link
+  os.symlink(audio, audio / "real" / "loop")               # and a cycle
+  names = folder.find_audio(str(audio))
+  assert names == [f"link/{n}"
+                   for n in ("a0.wav", "b_bad.wav", "c_bad.wav", "d1.wav", "e2.wav")]
+  out = str(tmp_path / "p.csv")
+  summary = predict.predict_folder(workdir, str(audio / "real"), out, files_per_chunk=2,
+                                   log=lambda line: None)
+  assert summary["files"] == 3 and [n for n, _ in summary["unreadable"]] == ["b_bad.wav",
+                                                                            "c_bad.wav"]
+  _, probs, rows = _read(out)
+  assert [r[0] for r in rows] == ["a0.wav", "d1.wav", "e2.wav"]
+  three = test.take(np.arange(3))
+  logits = common.Inference(config, three,
+                            common.restore_variables(config, workdir, "latest")[0]).logits(three)
+  for i, name in enumerate(["a0.wav", "d1.wav", "e2.wav"]):
+    np.testing.assert_allclose(probs[name], _softmax(logits)[i], atol=2e-5)
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "x.wav").write_bytes(b"")
+  with pytest.raises(ValueError, match="none of the 1 audio files"):
+    predict.predict_folder(workdir, str(bad), str(tmp_path / "q.csv"), log=lambda line: None)
+  assert "empty file" in (tmp_path / "q.csv.unreadable.tsv").read_text()

@@ -22,11 +22,17 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 
 def find_audio(folder: str) -> List[str]:
-  """Paths (relative to `folder`, '/'-separated, sorted) of the audio files under `folder`."""
+  """Paths (relative to `folder`, '/'-separated, sorted) of the audio files under `folder`,
+  linked folders included (each real folder once)."""
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"audio folder {folder!r} does not exist or is not a folder")
-  found = []
-  for dirpath, dirnames, names in os.walk(folder):
+  found, seen = [], set()
+  for dirpath, dirnames, names in os.walk(folder, followlinks=True):
+    real = os.path.realpath(dirpath)
+    if real in seen:          # a link back to a folder already read
+      dirnames[:] = []
+      continue
+    seen.add(real)
     dirnames.sort()
     for name in names:
       if name.lower().endswith(AUDIO_EXTENSIONS) and not name.startswith("."):
@@ -102,16 +108,20 @@ def read_device_map(path: str) -> dict:
 def match_device_map(names: Sequence[str], device_map: dict) -> Tuple[List[str], List[str]]:
   """(the device of each of `names`, "" where the map lacks it; the map's filenames matched by
   no name). A name matches a listed filename equal to it, else one with the same base name when
-  only one listed filename has that base name (a list written relative to the folder above)."""
+  that base name is unique both in the list and among `names` (a list written relative to the
+  folder above)."""
   by_base: dict = {}
   for listed in device_map:
     by_base.setdefault(os.path.basename(listed), []).append(listed)
+  name_bases: dict = {}
+  for name in names:
+    name_bases[os.path.basename(name)] = name_bases.get(os.path.basename(name), 0) + 1
   devices, used = [], set()
   for name in names:
     listed = name if name in device_map else None
-    if listed is None:
-      candidates = by_base.get(os.path.basename(name), [])
-      listed = candidates[0] if len(candidates) == 1 else None
+    base = os.path.basename(name)
+    if listed is None and name_bases[base] == 1 and len(by_base.get(base, [])) == 1:
+      listed = by_base[base][0]
     devices.append(device_map[listed] if listed is not None else "")
     if listed is not None:
       used.add(listed)

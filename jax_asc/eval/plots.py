@@ -3,8 +3,8 @@
 `write(report, data, folder)` saves `<folder>/<report>_<name>.png` for each figure of the report
 and returns their paths:
   report000  teachers: table 1 (single teachers and ensembles) beside the report's figures, and
-             the students distilled from each configuration; devices: table 2, per device before
-             and after DSFT, beside the report's
+             the students distilled from each configuration; devices (once DSFT has run):
+             table 2, per device before and after DSFT, beside the report's
   report001  accuracy of the teachers and of the students (SSFM, DFM)
   report002  student against teacher accuracy, one point per teacher (size and device
              generalisation method; ensembles as students only)
@@ -51,6 +51,8 @@ def report000(data: Dict) -> Dict[str, plt.Figure]:
         {"student": [_pct(data["students"][n][0]) for n in names]},
         "Students by teacher configuration")
   fig.tight_layout()
+  if "table2" not in data:      # no DSFT report yet
+    return {"teachers": fig}
   devices = [d for d in data["table2"]["before"] if d != "overall"]
   dev_fig, ax = plt.subplots(figsize=(8, 4))
   _bars(ax, devices,

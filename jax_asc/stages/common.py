@@ -128,13 +128,15 @@ def new_token() -> str:
 def write_done(workdir: str, stage: str, config, outputs: Optional[dict] = None,
                token: Optional[str] = None) -> None:
   """`<workdir>/<stage>.done.json`: the config fingerprint (`stage` left out,
-  jax_asc/fingerprint.py), a fresh token, the CPU-kernel path and the outputs. A plan
+  jax_asc/fingerprint.py) and one per top-level section, a token (fresh unless given), the
+  CPU-kernel path and the outputs. A plan
   (jax_asc/plans.py) skips the stage while its fingerprint and upstream tokens are unchanged."""
   if jax.process_index() > 0:
     return
   path = os.path.join(workdir, f"{stage}.done.json")
   with open(path + ".tmp", "w") as f:
     json.dump({"stage": stage, "config_fingerprint": fingerprint.config_fingerprint(config),
+               "sections": fingerprint.section_fingerprints(config),
                "token": token or new_token(),
                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "outputs": outputs or {},
                "cpu_kernels": native.describe()}, f, indent=1)

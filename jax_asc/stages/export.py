@@ -1,6 +1,6 @@
 """Stage `export`: the run's model as LiteRT flatbuffers, checked in the LiteRT interpreter.
 
-Converts checkpoint `export.checkpoint` to each format of `export.formats` (float32, float16,
+Converts checkpoint `export.checkpoint` (its EMA parameters with `evaluate.use_ema`) to each format of `export.formats` (float32, float16,
 int8; jax_asc/stages/litert.py says how each is made) and writes `<workdir>/export/`:
 
   model_<format>.tflite   `export.frontend` "separate": log-mel (1, n_mels, frames) → logits
@@ -50,9 +50,10 @@ def formats_of(config) -> List[str]:
   return names
 
 
-def functions(task, variables):
-  """(frontend: waveform (B, C, S) → model input, model: input → logits) in evaluation mode."""
-  params = variables["params"]
+def functions(task, variables, use_ema: bool = False):
+  """(frontend: waveform (B, C, S) → model input, model: input → logits) in evaluation mode,
+  with the EMA parameters when `use_ema`."""
+  params = variables["ema_params"] if use_ema else variables["params"]
   stats = variables.get("batch_stats") or {}
 
   def frontend(waveform):
@@ -80,12 +81,15 @@ def run(config, workdir: str) -> Dict:
   train_split, verify = splits[names[0]], splits[names[1]]
   variables, meta = common.restore_variables(config, workdir, cfg.checkpoint)
   task = tasks.build(config, train_split, need_teachers=False)
-  frontend, model = functions(task, variables)
+  if config.evaluate.use_ema and variables.get("ema_params") is None:
+    raise ValueError("evaluate.use_ema=True but the checkpoint has no EMA parameters")
+  frontend, model = functions(task, variables, config.evaluate.use_ema)
   full = lambda waveform: model(frontend(waveform))
   count = len(verify) if cfg.verify_clips <= 0 else min(cfg.verify_clips, len(verify))
   clips = verify.audio("waveform", np.arange(count))                 # (n, C, S)
   example = clips[:1]
-  jax_logits = np.asarray(common.Inference(config, verify, variables).logits(
+  jax_logits = np.asarray(common.Inference(config, verify, variables,
+                                           use_ema=config.evaluate.use_ema).logits(
       verify.take(np.arange(count))))
   draw = np.random.default_rng(config.seed).permutation(len(train_split))
   calibration_rows = np.sort(draw[:min(cfg.calibration_clips, len(train_split))])

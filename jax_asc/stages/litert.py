@@ -10,9 +10,11 @@ Formats (`FORMATS`):
   float32   as trained.
   float16   weights stored as float16 (`Optimize.DEFAULT` with float16 as the supported type);
             the interpreter dequantises them on load and computes in float32.
-  int8      full-integer post-training quantisation: weights int8 per output channel, activations
+  int8      post-training integer quantisation: weights int8 per output channel, activations
             int8 with ranges calibrated on a representative set (a few hundred training clips);
-            input and output stay float32 (a quantise op in, a dequantise op out).
+            input and output stay float32 (a quantise op in, a dequantise op out). An operator
+            without an int8 kernel stays in float (`Interpreter.float_operators` lists them;
+            CP-Mobile has none).
 
 A function LiteRT cannot express is an error naming the operation: a custom call (found in the
 lowered StableHLO before conversion) or an operator the converter rejects (from its message).

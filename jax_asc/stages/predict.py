@@ -4,15 +4,17 @@ For each split of `predict.splits` ("train", "validation", "test" or a split nam
 `<workdir>/predictions/<split>/` (jax_asc/teachers/cache.py): `filenames.npy`, one
 `<output>.npy` per name of `predict.outputs` (the task family's outputs, e.g. logits,
 embedding) and `metadata.json` with what a student checks before using it (this run's config
-fingerprint and this stage's token, checkpoint `predict.checkpoint`, dataset, split
+fingerprint and this stage's token (a digest of the predictions), checkpoint `predict.checkpoint`, dataset, split
 fingerprint, classes, frontend settings). No teacher of this run is loaded.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 
 import jax
+import numpy as np
 
 from jax_asc import fingerprint, tasks
 from jax_asc.audio import frontends
@@ -38,10 +40,19 @@ def run(config, workdir: str) -> dict:
   model = common.Inference(config, reference, variables, outputs=outputs_wanted)
   settings = dataclasses.asdict(frontends.settings_from_config(config.frontend))
   written = {}
-  token = common.new_token()   # also in predict.done.json: the record this cache is checked by
+  predicted = {name: model.outputs(splits[name]) for name in names}
+  # The token is the predictions' own digest: predicting again what was predicted before (a
+  # re-run after a change this run's model does not depend on) gives the same token, so the
+  # students that read this cache need not train again (jax_asc/plans.py).
+  digest = hashlib.sha256(f"{which}:{int(meta['step'])}".encode())
   for name in names:
-    split = splits[name]
-    outputs = model.outputs(split)
+    digest.update(f"{name}:{cache_lib.split_fingerprint(splits[name])}".encode())
+    for key in sorted(predicted[name]):
+      digest.update(key.encode())
+      digest.update(np.ascontiguousarray(predicted[name][key]).tobytes())
+  token = digest.hexdigest()[:16]   # also in predict.done.json: the record this cache is checked by
+  for name in names:
+    split, outputs = splits[name], predicted[name]
     folder = cache_lib.predictions_dir(workdir, name)
     if jax.process_index() == 0:
       cache_lib.save(folder, split.filename, outputs, {

@@ -80,9 +80,9 @@ class Checkpoints:
     """({"params", "batch_stats"} as saved, meta) without a template (e.g. a frozen teacher of
     another run); None when there is no such checkpoint.
 
-    Arrays come back with the shardings they were saved with where this process's devices can
-    hold them, else replicated over this process's mesh: a checkpoint written by many hosts
-    restores on one machine (prediction, export, a teacher for a smaller run)."""
+    Arrays come back with the shardings they were saved with where the current devices can hold
+    them, else replicated over the mesh of all current devices: a checkpoint written by many
+    hosts restores on one machine (prediction, export, a teacher for a smaller run)."""
     from jax_asc.train import mesh as mesh_lib
     manager, step = self._manager_step(which, step)
     if step is None:
