@@ -20,19 +20,25 @@ class Checkpoints:
       raise ValueError(f"checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}")
     root = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.best_metric = best_metric
-    self.latest = ocp.CheckpointManager(
-        os.path.join(root, "latest"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+    def options(name, **kwargs):
+      # Each manager's own barrier names: on several hosts the latest and the best checkpoint
+      # of one step are saved concurrently, and orbax's barriers (`_async_write_complete.<step>`)
+      # would otherwise collide ("Barrier … is already ongoing") and stall the run.
+      return ocp.CheckpointManagerOptions(
+          create=True, multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix=f"jax_asc_{name}"), **kwargs)
+
+    self.latest = ocp.CheckpointManager(os.path.join(root, "latest"),
+                                        options=options("latest", max_to_keep=1))
     self.best = None
     if keep_best > 0:
       self.best = ocp.CheckpointManager(
           os.path.join(root, "best"),
-          options=ocp.CheckpointManagerOptions(
-              max_to_keep=keep_best, create=True, best_mode=best_mode,
-              best_fn=lambda metrics: metrics[best_metric]))
-    self.soup = ocp.CheckpointManager(
-        os.path.join(root, "soup"), options=ocp.CheckpointManagerOptions(max_to_keep=1,
-                                                                          create=True))
+          options=options("best", max_to_keep=keep_best, best_mode=best_mode,
+                          best_fn=lambda metrics: metrics[best_metric]))
+    self.soup = ocp.CheckpointManager(os.path.join(root, "soup"),
+                                      options=options("soup", max_to_keep=1))
 
   @staticmethod
   def _args(state, meta):
