@@ -164,6 +164,12 @@ def write_metrics(workdir: str, name: str, result: Dict) -> Dict[str, str]:
 RUN_DATA = "data.json"
 
 
+def _data_record(split: Split) -> dict:
+  return {"dataset": split.dataset, "split": split.name, "classes": list(split.classes),
+          "devices": list(split.devices), "sample_rate": int(split.sample_rate),
+          "num_samples": split.num_samples, "channels": split.num_channels}
+
+
 def write_run_data(workdir: str, split: Split) -> None:
   """`<workdir>/data.json`: what the run's model was trained on (dataset, classes, recording
   devices, sample rate, clip length in samples, channels), so that a prediction from the run
@@ -172,9 +178,7 @@ def write_run_data(workdir: str, split: Split) -> None:
     return
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, RUN_DATA), "w") as f:
-    json.dump({"dataset": split.dataset, "split": split.name, "classes": list(split.classes),
-               "devices": list(split.devices), "sample_rate": int(split.sample_rate),
-               "num_samples": split.num_samples, "channels": split.num_channels}, f, indent=1)
+    json.dump(_data_record(split), f, indent=1)
 
 
 def run_data(config, workdir: str) -> dict:
@@ -184,10 +188,7 @@ def run_data(config, workdir: str) -> dict:
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
-  split = load_splits(config, config.data.train_split)[config.data.train_split]
-  return {"dataset": split.dataset, "split": split.name, "classes": list(split.classes),
-          "devices": list(split.devices), "sample_rate": int(split.sample_rate),
-          "num_samples": split.num_samples, "channels": split.num_channels}
+  return _data_record(load_splits(config, config.data.train_split)[config.data.train_split])
 
 
 def split_alias(config, name: str) -> str:

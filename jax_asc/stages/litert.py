@@ -21,6 +21,7 @@ lowered StableHLO before conversion) or an operator the converter rejects (from 
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tempfile
@@ -134,14 +135,18 @@ class Interpreter:
       times.append(time.perf_counter() - start)
     return 1e3 * float(np.median(times))
 
-  def graph(self):
-    """(operators [{op_name, inputs, outputs}], tensors [{index, dtype, …}]) of the graph as
-    stored, before the default (XNNPACK) delegate replaces nodes by DELEGATE."""
+  @functools.cached_property
+  def _graph(self):
     from ai_edge_litert.interpreter import Interpreter as LiteRT, OpResolverType
     plain = LiteRT(model_content=self._model,
                    experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     plain.allocate_tensors()
     return plain._get_ops_details(), plain.get_tensor_details()
+
+  def graph(self):
+    """(operators [{op_name, inputs, outputs}], tensors [{index, dtype, …}]) of the graph as
+    stored, before the default (XNNPACK) delegate replaces nodes by DELEGATE."""
+    return self._graph
 
   def operators(self) -> List[str]:
     """The builtin operator names of the graph, in order (e.g. CONV_2D, FULLY_CONNECTED)."""
