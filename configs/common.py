@@ -267,7 +267,7 @@ def smoke(config, family: str) -> None:
   small data, 32 mel bins, tiny models (one block per stage), a few epochs: enough that the
   students and CP-ResNet teachers learn the synthetic scenes well above chance (tests assert
   it), evaluated a few times (the soups of report 001 average the best of them). `family`:
-  student, cp_resnet or passt."""
+  student, cp_resnet, passt, crnn or vit."""
   config.data.update(name="synthetic", root="", train_split="train", validation_split="validation",
                      test_split="test")
   config.data.synthetic.update(num_train=256, num_validation=64, num_test=144)
@@ -275,11 +275,12 @@ def smoke(config, family: str) -> None:
   config.frontend.update(n_mels=32, n_fft=1024, win_length=800, hop_length=800)
   config.augment.update(freq_mask=4, time_mask=0, fmax_aug_range=1)
   config.batch_size = 32
-  config.num_epochs = {"student": 16, "cp_resnet": 8, "passt": 24}.get(family, 8)
+  config.num_epochs = {"student": 16, "cp_resnet": 8, "crnn": 8, "passt": 24, "vit": 24}.get(
+      family, 8)
   # Students: once, at the end; teachers four times ("best" checkpoints, soups of the best 2).
   config.eval_every_epochs = config.num_epochs // (1 if family == "student" else 4)
-  config.optimizer.learning_rate = {"student": 1e-2, "cp_resnet": 3e-3, "passt": 1e-3}.get(
-      family, 1e-3)
+  config.optimizer.learning_rate = {"student": 1e-2, "cp_resnet": 3e-3, "crnn": 3e-3,
+                                    "passt": 1e-3, "vit": 1e-3}.get(family, 1e-3)
   config.log_every_steps = 8
   config.schedule.update(warmup_steps=2, warmup_epochs=1, rampdown_start=config.num_epochs,
                          rampdown_length=1)
@@ -298,8 +299,15 @@ def smoke(config, family: str) -> None:
     config.model.update(embed_dim=64, depth=2, num_heads=8, patch_size=8, stride=8,
                         input_size=(32, 40), s_patchout_t=1, s_patchout_f=1)
     config.model_init.path = ""
+  elif family == "crnn":   # 32 mel bins × 40 frames → 2 × 10 after the pools
+    config.model.update(base_channels=8, rnn_hidden=16, rnn_layers=1,
+                        pools=((2, 2), (2, 2), (2, 1), (2, 1)))
+  elif family == "vit":
+    config.model.update(embed_dim=64, depth=2, num_heads=4, patch_size=8, input_size=(32, 40))
+    config.model_init.path = ""
   else:
-    raise ValueError(f"smoke family must be student, cp_resnet or passt, got {family!r}")
+    raise ValueError(f"smoke family must be student, cp_resnet, passt, crnn or vit, got "
+                     f"{family!r}")
 
 
 def cp_resnet(**overrides) -> ml_collections.ConfigDict:
@@ -317,6 +325,24 @@ def passt(**overrides) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
       name="passt", n_classes=10, input_size=(128, 998), patch_size=16, stride=10,
       embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, s_patchout_t=0, s_patchout_f=6))
+  cfg.update(overrides)
+  return cfg
+
+
+def crnn(**overrides) -> ml_collections.ConfigDict:
+  """CRNN settings (jax_asc/models/crnn.py; base 32, GRU 64: 390,890 parameters)."""
+  cfg = ml_collections.ConfigDict(dict(
+      name="crnn", n_classes=10, base_channels=32, channel_multipliers=(1, 2, 4, 4),
+      pools=((4, 2), (4, 2), (4, 1), (2, 1)), rnn_hidden=64, rnn_layers=2))
+  cfg.update(overrides)
+  return cfg
+
+
+def vit(**overrides) -> ml_collections.ConfigDict:
+  """ViT settings (jax_asc/models/vit.py): ViT-Tiny on 1 s of the PaSST frontend (128 × 100)."""
+  cfg = ml_collections.ConfigDict(dict(
+      name="vit", n_classes=10, input_size=(128, 100), patch_size=16, embed_dim=192, depth=12,
+      num_heads=3, mlp_ratio=4.0))
   cfg.update(overrides)
   return cfg
 

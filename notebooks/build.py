@@ -75,9 +75,11 @@ REPORTS = {
         extra="[]"),
     "report002_teachers": dict(
         title="Report 002 — what makes a good teacher",
-        text="CP-ResNet teachers from 128 K to 10 M parameters and PaSST, with the device "
+        text="Teachers of five architectures (CP-ResNet from 128 K to 10 M parameters, "
+             "CP-Mobile as the student's own architecture, CRNN, ViT, PaSST), the device "
              "generalisation methods (none, MixStyle, Freq-MixStyle, DIR, DIR + Freq-MixStyle), "
-             "and the students distilled from each teacher and from ensembles.",
+             "the students distilled from each teacher and from ensembles, and the student "
+             "without KD, on 1-s segments.",
         script="launch/report002_teachers.sh", dataset="TAU Urban Acoustic Scenes 2020 Mobile",
         extra="[]"),
 }

@@ -7,7 +7,8 @@ and returns their paths:
              table 2, per device before and after DSFT, beside the report's
   report001  accuracy of the teachers and of the students (SSFM, DFM)
   report002  student against teacher accuracy, one point per teacher (size and device
-             generalisation method; ensembles as students only)
+             generalisation method; ensembles as students only); student accuracy against
+             teacher parameters, a line per architecture, the student without KD as a line
 Accuracies are in percent; ours are as measured (a smoke run's on synthetic data).
 """
 from __future__ import annotations
@@ -76,18 +77,47 @@ def report001(data: Dict) -> Dict[str, plt.Figure]:
 
 
 def report002(data: Dict) -> Dict[str, plt.Figure]:
-  fig, ax = plt.subplots(figsize=(6, 5))
+  """Students against their teachers' accuracy, and against their teachers' size per
+  architecture (log scale), with the student without KD as a line."""
   rows = {n: r for n, r in data.items() if isinstance(r, dict) and r.get("teacher") is not None
           and r.get("student") is not None}
-  for name, row in rows.items():
-    ax.scatter(_pct(row["teacher"]), _pct(row["student"]),
-               marker="o" if name.startswith("cpr") else "s")
-    ax.annotate(name, (_pct(row["teacher"]), _pct(row["student"])), fontsize=7)
+  no_kd = _pct(data.get("no_kd", {}).get("student"))
+  figures = {}
+  fig, ax = plt.subplots(figsize=(6, 5))
+  architectures = sorted({row.get("architecture", "?") for row in rows.values()})
+  for architecture in architectures:   # one colour per architecture
+    names = [n for n, r in rows.items() if r.get("architecture", "?") == architecture]
+    ax.scatter([_pct(rows[n]["teacher"]) for n in names],
+               [_pct(rows[n]["student"]) for n in names], label=architecture)
+    for name in names:
+      ax.annotate(name, (_pct(rows[name]["teacher"]), _pct(rows[name]["student"])), fontsize=7)
+  if architectures:
+    ax.legend(fontsize=8)
   ax.set_xlabel("teacher accuracy (%)")
   ax.set_ylabel("student accuracy (%)")
   ax.set_title("Students against their teachers")
   fig.tight_layout()
-  return {"teachers": fig}
+  figures["teachers"] = fig
+  fig, ax = plt.subplots(figsize=(6, 5))
+  by_architecture: Dict[str, list] = {}
+  for name, row in rows.items():
+    if row.get("params") and row.get("method") == "dirfms":
+      by_architecture.setdefault(row.get("architecture", "?"), []).append(
+          (row["params"], _pct(row["student"])))
+  for architecture, points in sorted(by_architecture.items()):
+    points.sort()
+    ax.plot([p for p, _ in points], [a for _, a in points], marker="o", label=architecture)
+  if no_kd is not None:
+    ax.axhline(no_kd, color="gray", linestyle="--", label="student without KD")
+  ax.set_xscale("log")
+  ax.set_xlabel("teacher parameters")
+  ax.set_ylabel("student accuracy (%)")
+  ax.set_title("Students by teacher size and architecture (DIRFMS teachers)")
+  if by_architecture or no_kd is not None:
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  figures["sizes"] = fig
+  return figures
 
 
 FIGURES = {"report000": report000, "report001": report001, "report002": report002}

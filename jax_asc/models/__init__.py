@@ -5,9 +5,11 @@ import dataclasses
 
 from jax_asc.models.cp_mobile import CPMobile
 from jax_asc.models.cp_resnet import CPResNet
+from jax_asc.models.crnn import CRNN
 from jax_asc.models.passt import PaSST
+from jax_asc.models.vit import ViT
 
-MODELS = {"cp_mobile": CPMobile, "cp_resnet": CPResNet, "passt": PaSST}
+MODELS = {"cp_mobile": CPMobile, "cp_resnet": CPResNet, "crnn": CRNN, "passt": PaSST, "vit": ViT}
 
 
 def build(cfg, **overrides):
