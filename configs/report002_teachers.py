@@ -32,6 +32,7 @@ student (its last checkpoint), the baseline of every KD gain.
 """
 from configs import common
 from jax_asc import plans
+from jax_asc.eval import tables
 
 SIZES = {   # architecture → {size: width setting}
     "cpr": {"128k": 32, "560k": 64, "2m": 128, "10m": 256},     # base_channels
@@ -44,8 +45,7 @@ SMOKE_SIZES = {"cpr": {"128k": 8, "560k": 12, "2m": 16, "10m": 24},
                "cpm": {"128k": 8, "560k": 12, "2m": 16},
                "crnn": {"128k": 4, "560k": 6, "2m": 8},
                "vit": {"5m": 64}}
-ARCHITECTURES = {"cpr": "CP-ResNet", "cpm": "CP-Mobile", "crnn": "CRNN", "vit": "ViT",
-                 "passt": "PaSST"}
+ARCHITECTURES = ("cpr", "cpm", "crnn", "vit", "passt")
 METHODS = ("none", "ms", "fms", "dir", "dirfms")
 ROLES = (tuple(f"{arch}{size}_{m}" for arch, sizes in SIZES.items() for size in sizes
                for m in METHODS)
@@ -54,12 +54,11 @@ ROLES = (tuple(f"{arch}{size}_{m}" for arch, sizes in SIZES.items() for size in 
 
 def split_teacher(name: str) -> tuple:
   """"crnn560k_dirfms" → ("crnn", "560k", "dirfms"); "passt_fms" → ("passt", "", "fms")."""
-  family, method = name.split("_")
-  for arch in sorted(ARCHITECTURES, key=len, reverse=True):
-    if family.startswith(arch):
-      return arch, family[len(arch):], method
-  raise ValueError(f"report 002 teacher {name!r}: the architecture must be one of "
-                   f"{sorted(ARCHITECTURES)}")
+  arch, size, method = tables.report002_name(name)
+  if arch not in ARCHITECTURES:
+    raise ValueError(f"report 002 teacher {name!r}: the architecture must be one of "
+                     f"{sorted(ARCHITECTURES)}")
+  return arch, size, method
 
 
 def _student_recipe(config) -> None:

@@ -12,11 +12,15 @@ import os
 from typing import Dict, Optional
 
 
+def _digest(value) -> str:
+  return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def of_json(config_json: str) -> str:
   """Fingerprint of a config serialised as JSON (`config.json` of a workdir)."""
   cfg = json.loads(config_json)
   cfg.pop("stage", None)
-  return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+  return _digest(cfg)
 
 
 def config_fingerprint(config) -> str:
@@ -29,8 +33,7 @@ def section_fingerprints(config) -> Dict[str, str]:
   of a config changed, for a stage that reads only some of them."""
   cfg = json.loads(config.to_json_best_effort(sort_keys=True))
   cfg.pop("stage", None)
-  return {key: hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
-          for key, value in cfg.items()}
+  return {key: _digest(value) for key, value in cfg.items()}
 
 
 def read_record(workdir: str, stage: str) -> Optional[Dict]:

@@ -11,6 +11,7 @@ for many files and lists every file it could not use with the reason, never drop
 """
 from __future__ import annotations
 
+import collections
 import os
 from typing import List, Sequence, Tuple
 
@@ -113,9 +114,7 @@ def match_device_map(names: Sequence[str], device_map: dict) -> Tuple[List[str],
   by_base: dict = {}
   for listed in device_map:
     by_base.setdefault(os.path.basename(listed), []).append(listed)
-  name_bases: dict = {}
-  for name in names:
-    name_bases[os.path.basename(name)] = name_bases.get(os.path.basename(name), 0) + 1
+  name_bases = collections.Counter(os.path.basename(name) for name in names)
   devices, used = [], set()
   for name in names:
     listed = name if name in device_map else None

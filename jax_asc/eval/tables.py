@@ -216,8 +216,9 @@ REPORT002_ARCHITECTURES = {"cp_resnet": "CP-ResNet", "cp_mobile": "CP-Mobile", "
 REPORT002_NO_KD = "no_kd"   # the student trained without KD (students/no_kd)
 
 
-def _report002_name(name: str) -> tuple:
-  """"crnn128k_dirfms" → ("crnn", "128k", "dirfms"); "passt_fms" → ("passt", "", "fms")."""
+def report002_name(name: str) -> tuple:
+  """"crnn128k_dirfms" → ("crnn", "128k", "dirfms"); "passt_fms" → ("passt", "", "fms") (the
+  teacher roles of configs/report002_teachers.py)."""
   family, _, method = name.partition("_")
   match = re.match(r"^([a-z]+?)(\d+[km])$", family)
   return (match.group(1), match.group(2), method) if match else (family, "", method)
@@ -228,7 +229,7 @@ def _architecture(run: str) -> str:
   config = _load(os.path.join(run, "config.json")) or {}
   name = config.get("model", {}).get("name")
   if name is None:
-    return _report002_name(os.path.basename(run))[0]
+    return report002_name(os.path.basename(run))[0]
   return REPORT002_ARCHITECTURES.get(name, name)
 
 
@@ -256,7 +257,7 @@ def report002(workdir: str, split: str, ours: str) -> tuple:
     run = os.path.join(workdir, "teachers", name)
     teacher = _eval(run, split)
     student = _eval(os.path.join(students, name), split)
-    _, size, method = _report002_name(name)
+    _, size, method = report002_name(name)
     row = dict(architecture=_architecture(run), size=size,
                params=teacher and teacher.get("params"), method=method,
                teacher=teacher and teacher["accuracy"], student=student and student["accuracy"])

@@ -33,7 +33,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_asc import tasks
 from jax_asc.eval import complexity as complexity_lib
 from jax_asc.stages import common, litert
 from jax_asc.train import step as step_lib
@@ -80,17 +79,13 @@ def run(config, workdir: str) -> Dict:
   splits = common.load_splits(config, *names)
   train_split, verify = splits[names[0]], splits[names[1]]
   variables, meta = common.restore_variables(config, workdir, cfg.checkpoint)
-  task = tasks.build(config, train_split, need_teachers=False)
-  if config.evaluate.use_ema and variables.get("ema_params") is None:
-    raise ValueError("evaluate.use_ema=True but the checkpoint has no EMA parameters")
-  frontend, model = functions(task, variables, config.evaluate.use_ema)
+  inference = common.Inference(config, train_split, variables, use_ema=config.evaluate.use_ema)
+  frontend, model = functions(inference.task, variables, config.evaluate.use_ema)
   full = lambda waveform: model(frontend(waveform))
   count = len(verify) if cfg.verify_clips <= 0 else min(cfg.verify_clips, len(verify))
   clips = verify.audio("waveform", np.arange(count))                 # (n, C, S)
   example = clips[:1]
-  jax_logits = np.asarray(common.Inference(config, verify, variables,
-                                           use_ema=config.evaluate.use_ema).logits(
-      verify.take(np.arange(count))))
+  jax_logits = np.asarray(inference.logits(verify.take(np.arange(count))))
   draw = np.random.default_rng(config.seed).permutation(len(train_split))
   calibration_rows = np.sort(draw[:min(cfg.calibration_clips, len(train_split))])
   jit_frontend = jax.jit(frontend)

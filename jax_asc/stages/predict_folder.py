@@ -155,20 +155,9 @@ def predict_folder(workdir: str, audio: str, out: str, *, checkpoint: str = "lat
                        "goes to the general model)")
     unreadable += [(n, f"listed in the device map {device_map} but not found under {audio}")
                    for n in unmatched]
-    record = os.path.join(workdir, "finetune_device.done.json")
-    if not os.path.exists(record):
-      raise FileNotFoundError(f"--device-map needs the run's device-specific models: {record} "
-                              "does not exist (run stage finetune_device, or leave out "
-                              "--device-map)")
-    tuned = submit.tuned_devices(workdir)
-    strangers = sorted(set(listed) - set(tuned) - {submit.UNKNOWN})
-    if strangers:
-      examples = {d: names[listed.index(d)] for d in strangers}
-      raise ValueError(f"the device map {device_map} names device(s) {strangers} (e.g. "
-                       f"{examples}) for which {workdir} has no device-specific model "
-                       f"(fine-tuned: {tuned}); only '{submit.UNKNOWN}' goes to the general "
-                       "model")
-    routes = submit.route(listed, tuned)
+    tuned = submit.tuned_devices(workdir, needed_by="--device-map",
+                                 instead="leave out --device-map")
+    routes = submit.route(listed, tuned, source=f"the device map {device_map}", names=names)
     known = list(data["devices"])
     file_devices = np.array([known.index(d) if d in known else 0 for d in listed], np.int32)
 

@@ -46,27 +46,31 @@ def evaluation_split(config):
   return data_lib.load_splits(cfg, [sub.split])[sub.split]
 
 
-def tuned_devices(workdir: str) -> list:
-  """The devices stage finetune_device fine-tuned in this run (its record)."""
+def tuned_devices(workdir: str, needed_by: str = "submission.routing='device'",
+                  instead: str = "set submission.routing='general'") -> list:
+  """The devices stage finetune_device fine-tuned in this run (its record); without the record
+  an error saying that `needed_by` needs it, or do `instead`."""
   path = os.path.join(workdir, "finetune_device.done.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"submission.routing='device' needs the device-specific models: no "
-                            f"{path}; run stage finetune_device first, or set "
-                            "submission.routing='general'")
+    raise FileNotFoundError(f"{needed_by} needs the device-specific models: no {path}; run "
+                            f"stage finetune_device first, or {instead}")
   with open(path) as f:
     return list(json.load(f)["outputs"]["devices"])
 
 
-def route(eval_devices, known) -> dict:
+def route(eval_devices, known, source: str = "the evaluation list", names=None) -> dict:
   """{model: row indices}: each row to its device's model ("" = the general model for
-  `unknown`). `eval_devices`: the device name of every row."""
+  `unknown`). `eval_devices`: the device name of every row; a device without a model is an
+  error naming `source` and the first row of each such device (its name in `names`, if given)."""
   eval_devices = np.asarray(eval_devices)
   strangers = sorted(set(map(str, eval_devices)) - set(known) - {UNKNOWN})
   if strangers:
     first = {d: int(np.flatnonzero(eval_devices == d)[0]) for d in strangers}
-    raise ValueError(f"the evaluation list names device(s) {strangers} (first at rows {first}) "
-                     f"for which this run has no device-specific model (fine-tuned: "
-                     f"{list(known)}); only '{UNKNOWN}' goes to the general model")
+    where = (f"first at rows {first}" if names is None else
+             f"e.g. { {d: names[row] for d, row in first.items()} }")
+    raise ValueError(f"{source} names device(s) {strangers} ({where}) for which this run has "
+                     f"no device-specific model (fine-tuned: {list(known)}); only '{UNKNOWN}' "
+                     "goes to the general model")
   routes = {"": np.flatnonzero(eval_devices == UNKNOWN)}
   for device in known:
     routes[device] = np.flatnonzero(eval_devices == device)
