@@ -11,6 +11,8 @@ For the CP-Mobile DCASE25 (61,148 parameters, 256 mel × 65 frames) and DCASE23 
 * the frontend alone (log-mel, evaluation) both ways.
 * the two input paths end to end over a synthetic split of float16 clips: tf.data (host
   gather → device → step) and accelerator path (split in accelerator memory, 8 steps per call).
+* the two data sources (`data.source`): host batches per second from the files cache and from
+  the TFDS records of the same synthetic scenes.
 * memory: the train state's bytes on the device and the process's peak resident memory.
 
 The two sides run in alternating rounds (jax_asc, then PyTorch, `--rounds` times, each the median
@@ -166,6 +168,36 @@ def jax_input_paths(variant: str, batch: int, steps: int = 24, clips: int = 1024
   return rates
 
 
+def input_sources(batch: int, clips: int = 1024, batches: int = 48):
+  """Clips/s of host training batches (`pipeline.train_batches`, no step) from the two data
+  sources over the same synthetic scenes (1-s int16 clips): files (the cache, in memory) and
+  tfds (the records of `tfds_builders`, read by row). Rendering and building take ~20 s."""
+  import tempfile
+  from configs import common as config_common
+  from jax_asc import data as data_lib
+  import tensorflow_datasets as tfds
+  from jax_asc import build_tfds
+  from jax_asc.data import pipeline
+  tfds.disable_progress_bar()
+  rates = {}
+  with tempfile.TemporaryDirectory() as folder:
+    cfg = config_common.base_config().data
+    cfg.synthetic.update(num_train=clips, num_validation=batch, num_test=batch)
+    cfg.update(cache_dir=folder, tfds_dir=os.path.join(folder, "tfds"))
+    build_tfds.build(cfg, cfg.tfds_dir)
+    for source in ("files", "tfds"):
+      cfg.source = source
+      split = data_lib.load_splits(cfg, ["train"])["train"]
+      iterator = pipeline.train_batches(split, global_batch=batch, seed=0)
+      next(iterator)
+      begin = time.perf_counter()
+      for _ in range(batches):
+        next(iterator)
+      rates[source] = batches * batch / (time.perf_counter() - begin)
+      iterator.close()
+  return rates
+
+
 def torch_steps(batch: int):
   """PyTorch step functions per variant: (with frontend, model only, parameter count), and the
   frontend alone; None when torch is not installed."""
@@ -250,6 +282,7 @@ def main():
   frontend = side_by_side(lambda: jax.block_until_ready(log_mel(waveform)),
                           (torch["frontend"],) if torch else (), repeats * 3, rounds)
   rates = jax_input_paths("dcase25", batch)
+  sources = input_sources(batch)
 
   print(f"\nTrain step, batch {batch}, float32 (frontend + forward + backward + update), medians "
         f"of {rounds} alternating rounds:")
@@ -270,6 +303,9 @@ def main():
   print(line)
   print(f"Input paths (dcase25, float16 clips, 24 steps): tf.data {rates['tf_data']:.0f} "
         f"samples/s, accelerator path (8 steps per call) {rates['accelerator']:.0f} samples/s")
+  print(f"Data sources (host batches of {batch} 1-s int16 clips, no step): files (cache in memory) "
+        f"{sources['files']:.0f} clips/s, tfds (ArrayRecord, read by row) {sources['tfds']:.0f} "
+        f"clips/s")
   for variant, state in states.items():
     print(f"Train state on the device ({variant}: params, batch stats, optimizer): "
           f"{state_lib.memory_bytes(state()) / 2**20:.2f} MB")

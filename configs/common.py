@@ -76,7 +76,12 @@ def base_config() -> ml_collections.ConfigDict:
       segment_seconds=0.0,
       # The waveform column is (N, C, S): C = the dataset's channels when True, else mixed to
       # mono (C = 1).
-      keep_channels=False))
+      keep_channels=False,
+      # Where examples come from: "files" (data.root's audio, cached locally) or "tfds" (the
+      # records of jax_asc/data/tfds_builders.py under tfds_dir, a bucket included, built once
+      # with `python -m jax_asc.build_tfds`; the same examples and batches, each host reading
+      # only its rows).
+      source="files", tfds_dir=""))
   config.data.synthetic = ml_collections.ConfigDict(dict(
       seed=0, num_train=4000, num_validation=600, num_test=1800, clip_seconds=1.0))
 

@@ -12,15 +12,29 @@ import os
 from typing import Dict, Optional
 
 
+# Keys added after runs were recorded, at the value that does what those runs did: left out of
+# the fingerprint at that value, so adding them does not make every finished run stale.
+NEUTRAL = {("data", "source"): "files", ("data", "tfds_dir"): ""}
+
+
 def _digest(value) -> str:
   return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def of_json(config_json: str) -> str:
-  """Fingerprint of a config serialised as JSON (`config.json` of a workdir)."""
+def _fingerprinted(config_json: str) -> dict:
+  """The config's dict without `stage` and the `NEUTRAL` keys at their neutral values."""
   cfg = json.loads(config_json)
   cfg.pop("stage", None)
-  return _digest(cfg)
+  for (section, key), neutral in NEUTRAL.items():
+    values = cfg.get(section)
+    if isinstance(values, dict) and key in values and values[key] == neutral:
+      del values[key]
+  return cfg
+
+
+def of_json(config_json: str) -> str:
+  """Fingerprint of a config serialised as JSON (`config.json` of a workdir)."""
+  return _digest(_fingerprinted(config_json))
 
 
 def config_fingerprint(config) -> str:
@@ -31,8 +45,7 @@ def config_fingerprint(config) -> str:
 def section_fingerprints(config) -> Dict[str, str]:
   """{top-level key: fingerprint of its value} of a `ConfigDict` (`stage` left out): which parts
   of a config changed, for a stage that reads only some of them."""
-  cfg = json.loads(config.to_json_best_effort(sort_keys=True))
-  cfg.pop("stage", None)
+  cfg = _fingerprinted(config.to_json_best_effort(sort_keys=True))
   return {key: _digest(value) for key, value in cfg.items()}
 
 

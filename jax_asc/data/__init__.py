@@ -15,6 +15,10 @@ Real datasets are read from `cfg.root`, resampled to `cfg.sample_rate` once with
 (waveform (N, C, S)), else they are mixed to mono (C = 1). Every split is a table of named
 columns (`dataset.COLUMNS`).
 
+Sources (`cfg.source`): "files" (above) or "tfds": the same splits from the records the TFDS
+builders (`tfds_builders.py`, built with `python -m jax_asc.build_tfds`) wrote under
+`cfg.tfds_dir`, read by row (`tfds_source.py`).
+
 Derived at load time (`derived.py`), for every dataset:
   segment_seconds > 0   every clip of every split cut into consecutive segments `<file>@<k>`
   validation_split = "holdout"   a split "holdout" of `holdout_fraction` of `train_split`,
@@ -39,7 +43,8 @@ HOLDOUT = derived.HOLDOUT
 # base_config()'s values of the keys a hand-built `cfg` (tests, benchmarks) may lack.
 _DEFAULTS = dict(validation_split="validation", test_split="test", train_split="train",
                  selection_split="validation", holdout_fraction=0.1, holdout_seed=0,
-                 segment_seconds=0.0, keep_channels=False)
+                 segment_seconds=0.0, keep_channels=False, source="files", tfds_dir="")
+SOURCES = ("files", "tfds")
 
 
 def _option(cfg, key: str):
@@ -96,10 +101,7 @@ def manifest(cfg, split: str) -> formats.Manifest:
     return dataclasses.replace(full, split=split,
                                examples=[e for e in full.examples if keep[split](e)])
   if name == "esc50":
-    digits = split[5:] if split.startswith("folds") else split[4:] if split.startswith("fold") else ""
-    if not digits or not all(d in "12345" for d in digits):
-      raise ValueError(f"esc50 splits are fold1 … fold5 or folds<digits>, got {split!r}")
-    return formats.esc50(root, tuple(sorted({int(d) for d in digits})))
+    return formats.esc50(root, formats.esc50_folds(split))
   if name == "fsdd":
     return formats.fsdd(root, split)
   raise ValueError(f"data.name must be one of {DATASETS}, got {name!r}")
@@ -124,7 +126,14 @@ def load_splits(cfg, names: Sequence[str]) -> Dict[str, Split]:
   to_load = [n for n in wanted if n != HOLDOUT]
   if HOLDOUT in wanted and train_name not in to_load:
     to_load.append(train_name)
-  splits = _load_plain(cfg, to_load)
+  source = _option(cfg, "source")
+  if source == "tfds":
+    from jax_asc.data import tfds_source
+    splits = tfds_source.load(cfg, to_load)
+  elif source == "files":
+    splits = _load_plain(cfg, to_load)
+  else:
+    raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
   seconds = float(_option(cfg, "segment_seconds"))
   if seconds < 0:
     raise ValueError(f"data.segment_seconds must be ≥ 0 (0 = whole clips), got {seconds}")
@@ -135,6 +144,12 @@ def load_splits(cfg, names: Sequence[str]) -> Dict[str, Split]:
         splits[train_name], float(_option(cfg, "holdout_fraction")),
         int(_option(cfg, "holdout_seed")))
   return {n: splits[n] for n in wanted}
+
+
+def read_split(cfg, name: str) -> Split:
+  """Split `name` of `cfg.name` read from its files (no segments, no holdout): what the TFDS
+  builders (`tfds_builders.py`) write as records."""
+  return _load_plain(cfg, [name])[name]
 
 
 def _load_plain(cfg, names: Sequence[str]) -> Dict[str, Split]:

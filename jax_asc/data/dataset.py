@@ -98,10 +98,14 @@ class RowView:
     order = np.argsort(picked, kind="stable")      # read the base in file order
     data = np.empty((len(picked),) + self.shape[1:], self.base.dtype)
     if self.parts > 1:
+      base = self.base
+      if getattr(base, "lazy", False):   # a lazy column (records): read each clip once
+        needed, base_rows = np.unique(base_rows, return_inverse=True)
+        base = base[needed]
       # (N, …, parts, length): a reshape of the memory map reads nothing; indexing it reads only
       # the pieces asked for.
-      pieced = self.base.reshape(self.base.shape[:-1] + (self.parts, self.shape[-1]))
-      middle = (slice(None),) * (self.base.ndim - 2)
+      pieced = base.reshape(base.shape[:-1] + (self.parts, self.shape[-1]))
+      middle = (slice(None),) * (base.ndim - 2)
       data[order] = pieced[(base_rows[order],) + middle + (pieces[order],)]
     else:
       data[order] = self.base[base_rows[order]]
@@ -116,11 +120,13 @@ class RowView:
 
 
 def take_rows(column, rows: np.ndarray):
-  """column[rows] without reading it when it is a memory map or a `RowView`."""
+  """column[rows] without reading it when it is a memory map, a `RowView` or a lazy column
+  (one whose `lazy` is True: `tfds_source.RecordColumn`)."""
   rows = np.asarray(rows)
   if isinstance(column, RowView):
     return column.take(rows)
-  if isinstance(column, np.memmap) or isinstance(getattr(column, "base", None), np.memmap):
+  if (isinstance(column, np.memmap) or isinstance(getattr(column, "base", None), np.memmap)
+      or getattr(column, "lazy", False)):   # memory maps and lazy columns stay unread
     return RowView(column, rows)
   return column[rows]
 

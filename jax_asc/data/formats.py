@@ -35,6 +35,20 @@ ESC50_CLASSES = (
 NO_DEVICE = ("unknown",)
 
 
+# The references' names of TAU's fold-1 lists.
+TAU_SPLIT_ALIASES = {"train": "fold1_train", "evaluate": "fold1_evaluate",
+                     "validation": "fold1_evaluate"}
+
+
+def esc50_folds(split: str) -> tuple:
+  """The folds (sorted ints) of an ESC-50 split name: `fold3` → (3,), `folds1234` → (1, 2, 3,
+  4)."""
+  digits = split[5:] if split.startswith("folds") else split[4:] if split.startswith("fold") else ""
+  if not digits or not all(d in "12345" for d in digits):
+    raise MetadataError(f"esc50 splits are fold1 … fold5 or folds<digits>, got {split!r}")
+  return tuple(sorted({int(d) for d in digits}))
+
+
 class MetadataError(ValueError):
   """Bad metadata: the message names the file (and row) and what was expected."""
 
@@ -148,8 +162,7 @@ def tau_mobile(root: str, split: str, *, version: str = "2022",
       raise MetadataError(f"{meta_path}, row {row['_row']}: file name {row['filename']!r} ends "
                           f"in device {tau_device(row['filename'])!r} but source_label is "
                           f"{row['source_label']!r}; expected them to agree")
-  aliases = {"train": "fold1_train", "evaluate": "fold1_evaluate", "validation": "fold1_evaluate"}
-  split = aliases.get(split, split)
+  split = TAU_SPLIT_ALIASES.get(split, split)
   if split.startswith("fold1_"):
     list_path = os.path.join(root, "evaluation_setup", f"{split}.csv")
   elif split in ("split5", "split10", "split25", "split50", "split100", "test"):
