@@ -21,7 +21,7 @@ def permutations(k: int) -> np.ndarray:
   return np.array(list(itertools.permutations(range(k))), np.int32)
 
 
-def _min_over_permutations(pairwise: jax.Array):
+def min_over_permutations(pairwise: jax.Array):
   """pairwise (B, K, K) with [b, i, j] = cost of reference track i vs estimate j →
   (per-example min over π of mean_i cost[b, i, π(i)], best permutation index (B,))."""
   k = pairwise.shape[1]
@@ -49,8 +49,8 @@ def pit_cross_entropy(logits: jax.Array, targets: jax.Array, *,
   log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)        # (B, K, C)
   probs = _targets_as_probs(targets, logits.shape[-1])                    # (B, K, C)
   pairwise = -jnp.einsum("bic,bjc->bij", probs, log_p)
-  per_example, best = _min_over_permutations(pairwise)
-  return _mean(per_example, mask), best
+  per_example, best = min_over_permutations(pairwise)
+  return masked_mean(per_example, mask), best
 
 
 def pairwise_kd(student_logits: jax.Array, teacher_logits: jax.Array,
@@ -69,9 +69,9 @@ def pi_kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, *,
   """Permutation-invariant KD (report 004 eq. 2): min_π T²·KL(σ(z_ema^π/T) ‖ σ(z/T)), the KL
   averaged over the K tracks, then over the batch. Pass the EMA teacher's logits under
   `stop_gradient` when it shares the step. Returns (loss, best permutation (B,))."""
-  per_example, best = _min_over_permutations(
+  per_example, best = min_over_permutations(
       pairwise_kd(student_logits, teacher_logits, temperature))
-  return _mean(per_example, mask), best
+  return masked_mean(per_example, mask), best
 
 
 def self_distillation_objective(main: jax.Array, aux: Sequence[jax.Array], kd: jax.Array,
@@ -92,7 +92,8 @@ def ema_update(ema_params, params, momentum: float):
                       ema_params, params)
 
 
-def _mean(per_example, mask):
+def masked_mean(per_example: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+  """The mean of (B,) values over the examples where `mask` (B,) is True (all when None)."""
   if mask is None:
     return jnp.mean(per_example)
   weights = mask.astype(jnp.float32)

@@ -132,7 +132,8 @@ class BatchNorm(nn.Module):
   """`nn.BatchNorm` (PyTorch defaults: momentum 0.1 → 0.9, eps 1e-5, two-pass variance) with an
   optional fused ReLU and the written-out gradient of `fast_ops.batch_norm`.
 
-  Same variables as `nn.BatchNorm`; the running variance averages the unbiased batch variance,
+  Same variables as `nn.BatchNorm` (no `scale` and `bias` with `affine=False`: PyTorch's
+  `affine=False`); the running variance averages the unbiased batch variance,
   as PyTorch's (Flax's averages the biased one: over n values per channel a factor n/(n − 1)
   apart, which matters for the small maps of the last stages).
   With `defer` (training, ReLU, float32), the batch statistics are taken and the running
@@ -146,6 +147,7 @@ class BatchNorm(nn.Module):
   relu: bool = False
   defer: bool = False
   dtype: Any = jnp.float32
+  affine: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -154,8 +156,11 @@ class BatchNorm(nn.Module):
     features = (x.shape[-1],)
     ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
     ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
-    scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    if self.affine:
+      scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+      bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    else:
+      scale, bias = jnp.ones(features, jnp.float32), jnp.zeros(features, jnp.float32)
     if self.use_running_average:
       if given:
         raise ValueError("BatchNorm: batch statistics were given in evaluation mode")
