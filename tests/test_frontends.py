@@ -151,3 +151,23 @@ def test_training_frontend_masks_in_the_configured_domain():
   log = frontends.log_mel(y, frontends.DCASE23, key=key, aug=aug)
   # d23 masks the log-mel with 0, then normalises: (0 + 4.5) / 5.
   assert np.any(np.isclose(np.asarray(log), 0.9, atol=1e-6))
+
+
+def test_m2d_frontend_matches_librosa_at_m2ds_settings():
+  """M2D's nnAudio frontend written with librosa (periodic Hann, centred reflect padding, Slaney
+  mels with area normalisation, 50–16000 Hz), log(mel + float32 eps), then the checkpoint's
+  normalisation: a 10-s clip is 80 × 1001."""
+  y = np.random.default_rng(3).standard_normal(320000).astype(np.float32) * 0.1
+  y[:32000] *= 0.001   # a quiet second, where the log's eps matters
+  settings = frontends.m2d(mean=-7.1, std=4.2)
+  ours = np.asarray(frontends.log_mel(jnp.asarray(y[None]), settings))[0]
+  mel = librosa.feature.melspectrogram(
+      y=y.astype(np.float64), sr=32000, n_fft=800, win_length=800, hop_length=320,
+      window="hann", center=True, pad_mode="reflect", power=2.0, n_mels=80, fmin=50.0,
+      fmax=16000.0, htk=False, norm="slaney")
+  ref = (np.log(mel + np.finfo(np.float32).eps) + 7.1) / 4.2
+  assert ours.shape == ref.shape == (80, 1001)
+  np.testing.assert_allclose(ours, ref, atol=1e-4)
+  assert frontends.settings_from_config({"preset": "m2d"}) == frontends.M2D
+  with pytest.raises(ValueError, match="std must be > 0"):
+    frontends.m2d(std=0.0)

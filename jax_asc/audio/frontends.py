@@ -98,7 +98,25 @@ PASST = dataclasses.replace(DCASE23, n_fft=1024, win_length=800, hop_length=320,
                             fmax=15000.0)
 # CP-ResNet teachers (d23): the DCASE23 frontend with hop 750 (43 frames per second).
 CP_RESNET = dataclasses.replace(DCASE23, hop_length=750)
-PRESETS = {"dcase23": DCASE23, "dcase25": DCASE25, "passt": PASST, "cp_resnet": CP_RESNET}
+# M2D at 32 kHz (nttcslab/m2d `portable_m2d.py`: nnAudio's MelSpectrogram with its defaults, a
+# periodic Hann, centred reflect padding, Slaney mels with area normalisation; then
+# `log(mel + float32 eps)`): 80 mels, n_fft = window 800, hop 320, 50–16000 Hz; a 10-s clip gives
+# 1001 frames. Normalised by the checkpoint's `norm_stats` (mean, std): `m2d(mean, std)`.
+M2D = MelSettings(sample_rate=32000, n_fft=800, win_length=800, hop_length=320,
+                  window="hann_periodic", center=True, pad_mode="reflect", n_mels=80, fmin=50.0,
+                  fmax=16000.0, mel_scale="slaney", mel_norm="slaney",
+                  log_eps=float(np.finfo(np.float32).eps))
+
+
+def m2d(mean: float = 0.0, std: float = 1.0) -> MelSettings:
+  """The M2D frontend normalised as `(log_mel − mean) / std` (a checkpoint's `norm_stats`)."""
+  if std <= 0:
+    raise ValueError(f"M2D norm_stats std must be > 0, got {std}")
+  return dataclasses.replace(M2D, norm_shift=-float(mean), norm_scale=float(std))
+
+
+PRESETS = {"dcase23": DCASE23, "dcase25": DCASE25, "passt": PASST, "cp_resnet": CP_RESNET,
+           "m2d": M2D}
 
 
 def settings_from_config(cfg) -> MelSettings:
