@@ -1,6 +1,8 @@
 """Classification losses: pure functions of logits and targets, computed in float32."""
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
@@ -27,6 +29,12 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: floa
   if label_smoothing:
     targets = (1.0 - label_smoothing) * targets + label_smoothing / n_classes
   per_example = -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+  return masked_mean(per_example, mask)
+
+
+def masked_mean(per_example: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+  """The mean of (B,) per-example losses over the examples where `mask` (B,) is True (all when
+  None; padded evaluation rows are False): every loss of the library reduces with it."""
   if mask is None:
     return jnp.mean(per_example)
   weights = mask.astype(jnp.float32)

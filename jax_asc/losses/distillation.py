@@ -22,10 +22,7 @@ def _reduce(per_example: jax.Array, n_classes: int, reduction: str,
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
   if reduction == "elementwise_mean":
     per_example = per_example / n_classes
-  if mask is None:
-    return jnp.mean(per_example)
-  weights = mask.astype(jnp.float32)
-  return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  return classification.masked_mean(per_example, mask)
 
 
 def kd_from_log_probs(student_logits: jax.Array, teacher_log_probs: jax.Array,

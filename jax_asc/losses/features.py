@@ -10,6 +10,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from jax_asc.losses import classification
+
 
 def resize_to(x: jax.Array, height: int, width: int) -> jax.Array:
   """Bilinear resize of (B, H, W, C) to (B, height, width, C); identity when shapes match."""
@@ -17,13 +19,6 @@ def resize_to(x: jax.Array, height: int, width: int) -> jax.Array:
     return x
   return jax.image.resize(x.astype(jnp.float32), (x.shape[0], height, width, x.shape[3]),
                           method="linear", antialias=False)
-
-
-def _masked_mean(per_example, mask):
-  if mask is None:
-    return jnp.mean(per_example)
-  weights = mask.astype(jnp.float32)
-  return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def dfm_loss(student: jax.Array, adapted_teacher: jax.Array, *,
@@ -38,7 +33,7 @@ def dfm_loss(student: jax.Array, adapted_teacher: jax.Array, *,
                      f"teacher {adapted_teacher.shape}")
   teacher = resize_to(adapted_teacher, student.shape[1], student.shape[2])
   diff = student.astype(jnp.float32) - teacher.astype(jnp.float32)
-  return _masked_mean(jnp.mean(jnp.square(diff), axis=(1, 2, 3)), mask)
+  return classification.masked_mean(jnp.mean(jnp.square(diff), axis=(1, 2, 3)), mask)
 
 
 def self_similarity(features: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -60,4 +55,4 @@ def ssfm_loss(student: jax.Array, teacher: jax.Array, *,
   """
   teacher = resize_to(teacher, student.shape[1], student.shape[2])
   diff = self_similarity(student) - self_similarity(teacher)
-  return _masked_mean(jnp.mean(jnp.square(diff), axis=(1, 2)), mask)
+  return classification.masked_mean(jnp.mean(jnp.square(diff), axis=(1, 2)), mask)

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_asc.losses import classification
+
 
 def permutations(k: int) -> np.ndarray:
   """All k! permutations of range(k), (k!, k), in lexicographic order."""
@@ -50,7 +52,7 @@ def pit_cross_entropy(logits: jax.Array, targets: jax.Array, *,
   probs = _targets_as_probs(targets, logits.shape[-1])                    # (B, K, C)
   pairwise = -jnp.einsum("bic,bjc->bij", probs, log_p)
   per_example, best = min_over_permutations(pairwise)
-  return masked_mean(per_example, mask), best
+  return classification.masked_mean(per_example, mask), best
 
 
 def pairwise_kd(student_logits: jax.Array, teacher_logits: jax.Array,
@@ -71,7 +73,7 @@ def pi_kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, *,
   `stop_gradient` when it shares the step. Returns (loss, best permutation (B,))."""
   per_example, best = min_over_permutations(
       pairwise_kd(student_logits, teacher_logits, temperature))
-  return masked_mean(per_example, mask), best
+  return classification.masked_mean(per_example, mask), best
 
 
 def self_distillation_objective(main: jax.Array, aux: Sequence[jax.Array], kd: jax.Array,
@@ -90,11 +92,3 @@ def ema_update(ema_params, params, momentum: float):
   """Report 004 eq. 1: θ_ema ← m·θ_ema + (1 − m)·θ_student (m = 0.999 typical)."""
   return jax.tree.map(lambda e, p: momentum * e + (1.0 - momentum) * p.astype(e.dtype),
                       ema_params, params)
-
-
-def masked_mean(per_example: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
-  """The mean of (B,) values over the examples where `mask` (B,) is True (all when None)."""
-  if mask is None:
-    return jnp.mean(per_example)
-  weights = mask.astype(jnp.float32)
-  return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -20,7 +20,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jax_asc.losses import pit
+from jax_asc.losses import classification, pit
 
 INVALID = 1e9   # the cost of an estimate matched to a reference of another label
 
@@ -61,4 +61,4 @@ def class_aware_pit_snr(estimates: jax.Array, references: jax.Array, labels: jax
   an index into `pit.permutations(K)`)."""
   per_example, best = pit.min_over_permutations(
       class_aware_pairwise_cost(estimates, references, labels, silence))
-  return pit.masked_mean(per_example, mask), best
+  return classification.masked_mean(per_example, mask), best
