@@ -14,6 +14,9 @@ For the CP-Mobile DCASE25 (61,148 parameters, 256 mel × 65 frames) and DCASE23 
 * the two data sources (`data.source`): host batches per second from the files cache and from
   the TFDS records of the same synthetic scenes.
 * memory: the train state's bytes on the device and the process's peak resident memory.
+* report 004's M2D tagger (ViT-B/16, 10-s 4-channel mixtures, masked SD: auxiliary heads, EMA
+  teacher, spatial-token masking in 4c): training mixtures/s of the 1c and 4c models at batch
+  `--s5-batch` (random weights and mixtures; `--no-s5` skips it).
 
 The two sides run in alternating rounds (jax_asc, then PyTorch, `--rounds` times, each the median
 of `--repeats` steps): this machine's speed drifts by ±25 % within minutes, so a ratio is taken
@@ -243,12 +246,51 @@ def _default_marches() -> str:
   return "native,x86-64-v3" if avx512 else "native"
 
 
+def s5_tagger(channels: int, batch: int, steps: int = 3) -> float:
+  """Training mixtures/s of report 004's masked-SD M2D tagger at full size (ViT-B/16 over
+  80 × 1001 log-mels, 1c or 4c) on random 10-s mixtures: frontend + student and EMA-teacher
+  forward + backward + update, after one warm-up step."""
+  from configs import report004_s5
+  from jax_asc.data import s5_dcase
+  from jax_asc.tasks import tagging
+  role = "tagger_4c_sd" if channels == 4 else "tagger_1c_sd"
+  config = report004_s5.get_config(f"{role},smoke")
+  config.model = report004_s5.m2d_tagger(channels, aux_blocks=(9, 10),
+                                         spatial_mask_rate=0.3 if channels == 4 else 0.0)
+  config.batch_size = batch
+  rng = np.random.default_rng(0)
+  samples = 10 * SAMPLES
+  columns = dict(waveform=(rng.standard_normal((batch, 4, samples)) * 0.01).astype(np.float32),
+                 labels=rng.integers(0, 19, (batch, 3)).astype(np.int32),
+                 filename=np.array([f"m{i}" for i in range(batch)]),
+                 index=np.arange(batch, dtype=np.int32))
+  split = Split(name="train", columns=columns, classes=s5_dcase.CLASSES, devices=(),
+                sample_rate=SAMPLES, dataset="bench")
+  task = tagging.build(config, split)
+  mesh = mesh_lib.make_mesh(jax.devices()[:1])
+  batch_arrays = mesh_lib.global_batch(
+      {"waveform": columns["waveform"], "labels": columns["labels"],
+       "mask": np.ones(batch, bool)}, mesh)
+  setup = loop.setup(task, config, loop.TrainData(1, lambda start: iter([batch_arrays])),
+                     mesh=mesh)
+  state = setup.state
+  state, metrics = setup.trainer.train_step(state, batch_arrays)   # compile + first step
+  jax.block_until_ready(metrics)
+  begin = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = setup.trainer.train_step(state, batch_arrays)
+  jax.block_until_ready(metrics)
+  return steps * batch / (time.perf_counter() - begin)
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=6)
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--no-torch", action="store_true")
+  parser.add_argument("--s5-batch", type=int, default=2)
+  parser.add_argument("--no-s5", action="store_true")
   parser.add_argument("--march", default=None,
                       help="comma-separated -march builds of the native kernels to time")
   args = parser.parse_args()
@@ -258,7 +300,8 @@ def main():
     for march in marches:
       print(f"\n===== native kernels built with -march={march} =====", flush=True)
       argv = [f"--batch={args.batch}", f"--repeats={args.repeats}", f"--rounds={args.rounds}",
-              f"--march={march}", *(["--no-torch"] if args.no_torch else [])]
+              f"--march={march}", f"--s5-batch={args.s5_batch}",
+              *(["--no-torch"] if args.no_torch else []), *(["--no-s5"] if args.no_s5 else [])]
       code |= subprocess.call([sys.executable, os.path.abspath(__file__), *argv])
     sys.exit(code)
   os.environ["JAX_ASC_KERNEL_MARCH"] = marches[0]   # read when the kernels are first resolved
@@ -283,6 +326,7 @@ def main():
                           (torch["frontend"],) if torch else (), repeats * 3, rounds)
   rates = jax_input_paths("dcase25", batch)
   sources = input_sources(batch)
+  s5 = {} if args.no_s5 else {c: s5_tagger(c, args.s5_batch) for c in (1, 4)}
 
   print(f"\nTrain step, batch {batch}, float32 (frontend + forward + backward + update), medians "
         f"of {rounds} alternating rounds:")
@@ -306,6 +350,9 @@ def main():
   print(f"Data sources (host batches of {batch} 1-s int16 clips, no step): files (cache in memory) "
         f"{sources['files']:.0f} clips/s, tfds (ArrayRecord, read by row) {sources['tfds']:.0f} "
         f"clips/s")
+  for channels, rate in s5.items():
+    print(f"Report 004 M2D tagger ({channels}c, ViT-B/16, masked SD), 10-s mixtures, batch "
+          f"{args.s5_batch}: {rate:.2f} training mixtures/s")
   for variant, state in states.items():
     print(f"Train state on the device ({variant}: params, batch stats, optimizer): "
           f"{state_lib.memory_bytes(state()) / 2**20:.2f} MB")

@@ -203,21 +203,23 @@ def ema_teacher(decay: float = 0.999) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(source="ema", decay=decay))
 
 
-def parse_arg(arg, roles, defaults=None) -> dict:
-  """"role[,smoke][,root=PATH][,dirs=PATH][,seed=N]" → {"role", "smoke", "root", "dirs", "seed"}.
+def parse_arg(arg, roles, defaults=None, extra_keys=()) -> dict:
+  """"role[,smoke][,root=PATH][,dirs=PATH][,seed=N]" → {"role", "smoke", "root", "dirs", "seed"}
+  (and each of `extra_keys`, e.g. report 004's checkpoints m2d=PATH, resunetk=PATH).
 
   Used by the report configs: `configs/report000_dafa.py:teacher_ce,root=/data/TAU` trains that
   report's CE teacher on the real dataset; `…:teacher_ce,smoke` the tiny synthetic version.
   """
-  options = dict(role=None, smoke=False, root="", dirs="", seed=0)
+  options = dict(role=None, smoke=False, root="", dirs="", seed=0, **{k: "" for k in extra_keys})
   options.update(defaults or {})
+  keys = ("root", "dirs", "seed") + tuple(extra_keys)
   for token in [t.strip() for t in (arg or "").split(",") if t.strip()]:
     if token == "smoke":
       options["smoke"] = True
     elif "=" in token:
       key, value = token.split("=", 1)
-      if key not in ("root", "dirs", "seed"):
-        raise ValueError(f"config option {key!r} unknown; valid: root, dirs, seed, smoke")
+      if key not in keys:
+        raise ValueError(f"config option {key!r} unknown; valid: {', '.join(keys)}, smoke")
       options[key] = int(value) if key == "seed" else value
     elif options["role"] is None:
       options["role"] = token

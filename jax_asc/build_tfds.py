@@ -34,7 +34,8 @@ def build(data_config, data_dir: str, *, whole_clips: bool = False, overwrite: b
   if not data_dir:
     raise ValueError("no --data_dir and data.tfds_dir is empty: say where to write")
   root = data_config.root or None
-  if data_config.name != "synthetic" and (not root or not os.path.isdir(root)):   # rendered
+  rendered = data_config.name in ("synthetic", "s5_synthetic")
+  if not rendered and (not root or not os.path.isdir(root)):
     raise FileNotFoundError(f"data.root {root!r} is not a folder: point it at the "
                             f"{data_config.name} dataset (the builder's manual_dir)")
   configs = tfds_source.builder_configs(data_config)

@@ -1,7 +1,8 @@
 """The one plan runner: a report's chain of runs, re-run exactly where its config changed.
 
     python -m jax_asc.plans configs/report000_dafa.py [--smoke] [--workdir DIR] [--dirs MICIRP]
-                            [--passt-checkpoint FILE] [--jobs N] [DATASET_ROOT]
+                            [--passt-checkpoint FILE] [--m2d FILE] [--resunetk FILE]
+                            [--option KEY=VALUE …] [--jobs N] [DATASET_ROOT]
 
 A report's config module declares its plan next to its configs: `get_plan()` returns a `Plan`
 (the runs, each a workdir under the chain's workdir, the config role, its stages, its overrides,
@@ -85,6 +86,13 @@ class Plan:
   config: str
   runs: Tuple[Run, ...]
   tables: str = ""
+  # Official checkpoints the real (not smoke) chain starts from, by option name: each is given
+  # as `--<name> FILE` and handed to every run's config as `<name>=FILE` (report 004: m2d,
+  # resunetk).
+  checkpoints: Tuple[str, ...] = ()
+  # The smoke chain compiles with XLA's backend optimisations off (tiny models: compiling
+  # dominates); a plan whose smoke runs are compute-bound (report 004's U-Net) keeps them.
+  smoke_fast_compile: bool = True
 
   def __post_init__(self):
     seen = set()
@@ -111,11 +119,16 @@ def _import(path: str):
   return module
 
 
-def load_plan(config_path: str) -> Plan:
-  """The `Plan` a config module declares (`get_plan()`)."""
+def load_plan(config_path: str, smoke: bool = False) -> Plan:
+  """The `Plan` a config module declares (`get_plan()`, or `get_plan(smoke)` where the smoke
+  chain has other runs, e.g. report 004 trains its separator instead of loading the released
+  one)."""
+  import inspect
   module = _import(config_path)
   if not hasattr(module, "get_plan"):
     raise ValueError(f"{config_path} declares no plan (a get_plan() function)")
+  if "smoke" in inspect.signature(module.get_plan).parameters:
+    return module.get_plan(smoke=smoke)
   return module.get_plan()
 
 
@@ -301,7 +314,9 @@ def dependencies(plan: Plan) -> List[List[int]]:
 
 
 def run_plan(plan: Plan, workdir: str, *, smoke: bool, root: str = "", dirs: str = "",
-             passt_checkpoint: str = "", jobs: int = 1) -> str:
+             passt_checkpoint: str = "", jobs: int = 1,
+             checkpoints: Optional[Mapping[str, str]] = None,
+             options: Sequence[str] = ()) -> str:
   """Runs the plan under `workdir`; returns the tables' Markdown ("" without tables).
 
   `jobs` > 1 runs independent runs (teachers, students of finished teachers) in that many
@@ -311,6 +326,16 @@ def run_plan(plan: Plan, workdir: str, *, smoke: bool, root: str = "", dirs: str
   base = "smoke" if smoke else f"root={os.path.abspath(root)}"
   if dirs:
     base += f",dirs={os.path.abspath(dirs)}"
+  for name, path in sorted((checkpoints or {}).items()):
+    if name not in plan.checkpoints:
+      raise ValueError(f"plan {plan.name} takes no --{name} checkpoint (it takes "
+                       f"{list(plan.checkpoints) or 'none'})")
+    if path:
+      base += f",{name}={os.path.abspath(path)}"
+  for option in options:   # KEY=VALUE config options every run's config takes (checked there)
+    if "=" not in option or "," in option:
+      raise ValueError(f"--option {option!r}: expected KEY=VALUE (no commas)")
+    base += f",{option}"
   args = (workdir, base, smoke, passt_checkpoint)
   if jobs <= 1:
     for index in range(len(plan.runs)):
@@ -352,9 +377,19 @@ def main_cli(argv: Optional[Sequence[str]] = None) -> None:
                       help="runs at once (independent teachers and students), in worker processes")
   parser.add_argument("--passt-checkpoint", default="",
                       help="AudioSet PaSST-S weights (passt-s-f128-p16-s10-ap.476-swa.pt)")
+  parser.add_argument("--m2d", default="", help="report 004: the AS-fine-tuned M2D checkpoint "
+                      "(m2d_as_vit_base-80x1001p16x16p32k-…/weights_ep69it3124-0.47998.pth)")
+  parser.add_argument("--resunetk", default="",
+                      help="report 004: the released ResUNetK separator checkpoint")
+  parser.add_argument("--option", action="append", default=[],
+                      help="KEY=VALUE handed to every run's config argument, e.g. report 004's "
+                           "m2d_norm=-7.1:4.2 (the M2D checkpoint's norm_stats)")
   args = parser.parse_args(argv)
-  plan = load_plan(args.config)
-  if args.smoke and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  plan = load_plan(args.config, smoke=args.smoke)
+  checkpoints = {name: getattr(args, name) for name in ("m2d", "resunetk")
+                 if getattr(args, name)}
+  if (args.smoke and plan.smoke_fast_compile
+      and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")):
     # Tiny models: compiling dominates a smoke chain, and LLVM's optimisations do not pay off.
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_backend_optimization_level=0").strip()
@@ -367,10 +402,17 @@ def main_cli(argv: Optional[Sequence[str]] = None) -> None:
       parser.error(f"dataset folder {args.root!r} does not exist")
     if any(r.passt for r in plan.runs) and not os.path.isfile(args.passt_checkpoint):
       parser.error("the PaSST teachers start from --passt-checkpoint FILE (AudioSet PaSST-S)")
+    for name in plan.checkpoints:
+      if not os.path.isfile(getattr(args, name)):
+        parser.error(f"plan {plan.name} starts from --{name} FILE (got {getattr(args, name)!r})")
     dirs = args.dirs
+  for name in checkpoints:
+    if name not in plan.checkpoints:
+      parser.error(f"plan {plan.name} takes no --{name}")
   workdir = args.workdir or os.path.join("workdirs", plan.name + ("_smoke" if args.smoke else ""))
   print(run_plan(plan, workdir, smoke=args.smoke, root=args.root, dirs=dirs,
-                 passt_checkpoint=args.passt_checkpoint, jobs=args.jobs))
+                 passt_checkpoint=args.passt_checkpoint, jobs=args.jobs,
+                 checkpoints=checkpoints, options=args.option))
 
 
 if __name__ == "__main__":

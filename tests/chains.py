@@ -1,4 +1,4 @@
-"""Starts the three report chains' --smoke runs (launch/report00*_*.sh) in the background.
+"""Starts the report chains' --smoke runs (launch/report00*_*.sh) in the background.
 
 conftest.py starts them as soon as the session has collected tests/test_launch.py and runs that
 file last, so the chains (mostly single-threaded compiling) overlap with the rest of the suite;
@@ -11,10 +11,10 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"report000": "report000_dafa.sh", "report001": "report001_joint_kd.sh",
-           "report002": "report002_teachers.sh"}
+           "report002": "report002_teachers.sh", "report004": "report004_s5.sh"}
 # Worker processes per chain. The chains share two cores with the rest of the suite, so extra
 # workers mostly add start-up (each imports TF and JAX); report 000 keeps two to test `--jobs`.
-JOBS = {"report000": 2, "report001": 1, "report002": 1}
+JOBS = {"report000": 2, "report001": 1, "report002": 1, "report004": 1}
 
 
 def environment(root: str) -> dict:
@@ -23,7 +23,7 @@ def environment(root: str) -> dict:
 
 
 def start(root: str) -> dict:
-  """{report: (process, log file)} of the three chains, started now."""
+  """{report: (process, log file)} of the chains, started now."""
   env = environment(root)
   procs = {}
   for report, script in SCRIPTS.items():

@@ -57,7 +57,7 @@ def test_pit_terms_are_permutation_invariant():
   targets = jnp.asarray(rng.integers(0, 6, (4, 3)), jnp.int32)
   perm = jnp.array([2, 0, 1])
   settings = registry.default_settings()
-  base = {"track_logits": logits, "track_targets": targets,
+  base = {"track_logits": logits, "track_targets": targets, "step": jnp.asarray(0),
           "teachers": {"ema": {"track_logits": logits * 0.5}}}
   swapped = dict(base, track_targets=targets[:, perm],
                  teachers={"ema": {"track_logits": logits[:, perm] * 0.5}})

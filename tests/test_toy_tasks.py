@@ -44,7 +44,7 @@ class Tagger(nn.Module):
 def _task(weights):
   model = Tagger()
   settings = registry.default_settings()
-  registry.check_inputs(weights, settings, {"track_logits", "track_targets"},
+  registry.check_inputs(weights, settings, {"track_logits", "track_targets", "step"},
                         {"ema": ("track_logits",)}, "toy_tagging")
 
   def teacher(frozen, batch):
@@ -52,7 +52,7 @@ def _task(weights):
 
   def loss(track_logits, batch, ctx):
     inputs = {"track_logits": track_logits, "track_targets": batch["tracks"],
-              "teachers": ctx.teachers}
+              "teachers": ctx.teachers, "step": ctx.step}
     value, metrics, _ = registry.total(weights, settings, inputs)
     return value, metrics, ctx.loss_state
 

@@ -9,6 +9,10 @@ Datasets (`cfg.name`) and their split names:
   icme24         all (unlabelled rows kept with label −1), labelled, unlabelled
   esc50          fold1 … fold5, or several folds as folds1234
   fsdd           train (takes 5–49), test (takes 0–4)
+  s5_synthetic   train, validation, test: 4-channel S5 mixtures (report 004), built on first use
+                 (`cfg.s5`, s5_synthetic.py)
+  dcase26t4      train (mixed on the fly), valid (metadata/valid.json), test (synthesized),
+                 eval: the DCASE 2026 Task 4 data folder (`cfg.s5`, s5_dcase.py)
 Real datasets are read from `cfg.root`, resampled to `cfg.sample_rate` once with `cfg.resampler`
 (`audio_io.RESAMPLERS`) and cached as `cfg.cache_dtype` under `cfg.cache_dir` (default
 `$JAX_ASC_DATA_DIR` or `~/.cache/jax_asc`); `cfg.keep_channels` keeps the dataset's channels
@@ -37,7 +41,9 @@ from typing import Dict, Sequence
 from jax_asc.data import audio_io, derived, formats, loading
 from jax_asc.data.dataset import Split, default_cache_dir
 
-DATASETS = ("synthetic", "tau22", "tau20", "dcase25_eval", "tut17", "icme24", "esc50", "fsdd")
+DATASETS = ("synthetic", "tau22", "tau20", "dcase25_eval", "tut17", "icme24", "esc50", "fsdd",
+            "s5_synthetic", "dcase26t4")
+S5_DATASETS = ("s5_synthetic", "dcase26t4")
 SELECTION_SPLITS = ("validation", "test")
 HOLDOUT = derived.HOLDOUT
 # base_config()'s values of the keys a hand-built `cfg` (tests, benchmarks) may lack.
@@ -152,8 +158,31 @@ def read_split(cfg, name: str) -> Split:
   return _load_plain(cfg, [name])[name]
 
 
+def _s5_settings(cfg):
+  if getattr(cfg, "s5", None) is None:
+    raise ValueError(f"data.name {cfg.name!r} needs the section data.s5 (configs/report004_s5.py "
+                     f"declares it)")
+  if cfg.sample_rate != 32000:
+    raise ValueError(f"data.sample_rate is {cfg.sample_rate}; the S5 mixtures are 32000 Hz")
+  return cfg.s5
+
+
 def _load_plain(cfg, names: Sequence[str]) -> Dict[str, Split]:
   """{split name: Split} as the dataset gives them (no segments, no holdout)."""
+  if cfg.name == "s5_synthetic":
+    from jax_asc.data import s5_synthetic
+    splits = s5_synthetic.load(_s5_settings(cfg), cfg.cache_dir)
+    missing = sorted(set(names) - set(splits))
+    if missing:
+      raise KeyError(f"s5_synthetic splits are {sorted(splits)}; config names {missing}")
+    return {n: splits[n] for n in names}
+  if cfg.name == "dcase26t4":
+    from jax_asc.data import s5_dcase
+    if not cfg.root or not os.path.isdir(cfg.root):
+      raise FileNotFoundError(f"data.root {cfg.root!r} must be the DCASE 2026 Task 4 data "
+                              f"folder (holding dev_set/, eval_set/)")
+    s5 = _s5_settings(cfg)
+    return {n: s5_dcase.load(cfg.root, n, s5) for n in dict.fromkeys(names)}
   if cfg.name == "synthetic":
     from jax_asc.data import synthetic
     if cfg.sample_rate != synthetic.SAMPLE_RATE:

@@ -146,6 +146,10 @@ class Split:
     (`recording_device` indexes them).
   sample_rate: Hz of every audio column; waveform_scale: factor of int16 PCM audio columns.
   skipped: (filename, problem) of bad files left out; dataset: the dataset's name.
+  per_epoch: for a training split whose examples are drawn anew every epoch (report 004's
+    mixtures, rendered on the fly): epoch → the split of that epoch (same length and columns;
+    epoch 0 is this split). The training pipeline reads epoch e's batches from `per_epoch(e)`;
+    every other reader sees this split. `take` drops it (a subset has no later epochs).
   """
   name: str
   columns: Dict[str, Any]
@@ -155,6 +159,7 @@ class Split:
   waveform_scale: float = 1.0
   skipped: Sequence[tuple] = ()
   dataset: str = ""
+  per_epoch: Optional[Any] = dataclasses.field(default=None, repr=False, compare=False)
   # Input pipelines built for this split (data/pipeline.py reuses them across evaluations);
   # not an init field, so `dataclasses.replace` gives a new split an empty one.
   pipelines: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
@@ -234,7 +239,7 @@ class Split:
     """The examples at `rows`, in that order (memory-mapped columns stay unread)."""
     rows = np.asarray(rows)
     return dataclasses.replace(
-        self, name=self.name if name is None else name,
+        self, name=self.name if name is None else name, per_epoch=None,
         columns={k: take_rows(v, rows) for k, v in self.columns.items()})
 
   def with_columns(self, columns: Mapping[str, Any]) -> "Split":

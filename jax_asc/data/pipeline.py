@@ -3,7 +3,9 @@
 Training: the order of an epoch is a permutation drawn from (seed, epoch) alone, so a resumed run
 continues the same order from the batch it stopped at. Each host takes its own contiguous slice
 of every global batch. An epoch has `len(split) // global_batch` steps; the few examples left
-over differ from epoch to epoch (they are reshuffled), so none is excluded for good.
+over differ from epoch to epoch (they are reshuffled), so none is excluded for good. A split
+drawn anew every epoch (`Split.per_epoch`: report 004's mixtures rendered on the fly) gives
+epoch e's batches from its epoch-e split, so a resumed run reads the same mixtures too.
 
 Evaluation: every example exactly once, in order, padded to whole global batches; padded rows
 carry `mask = False` (big_vision's `_mask`), so metrics count each example once on any number of
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import threading
 import weakref
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
@@ -87,12 +90,17 @@ def _gather_rows(split: Split, rows, names, specs) -> Dict[str, np.ndarray]:
 
 def _gather_dataset(split: Split, rows: tf.data.Dataset, per_host_batch: int,
                     columns: Optional[Sequence[str]] = None):
-  """tf.data over (row index, mask) pairs already in order: batched, gathering each batch."""
+  """tf.data over (row index, mask) pairs already in order: batched, gathering each batch.
+
+  For a split drawn anew every epoch (`Split.per_epoch`) a row index is epoch · N + row (a
+  batch never spans two epochs) and the batch is gathered from that epoch's split."""
   names = batch_columns(split, columns)
   specs = [column_spec(split, n) for n in names]
+  epochs = _EpochSplits(split)
 
   def gather_numpy(batch_rows):
-    batch = _gather_rows(split, batch_rows, names, specs)
+    source, batch_rows = epochs.of(batch_rows)
+    batch = _gather_rows(source, batch_rows, names, specs)
     return tuple(batch[name] for name in names)
 
   def gather(batch_rows, batch_mask):
@@ -105,6 +113,27 @@ def _gather_dataset(split: Split, rows: tf.data.Dataset, per_host_batch: int,
   ds = rows.batch(per_host_batch, drop_remainder=True)
   ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(2)
+
+
+class _EpochSplits:
+  """The split of each epoch of a `per_epoch` split (the last two kept), from encoded rows."""
+
+  def __init__(self, split: Split):
+    self.split, self.n = split, len(split)
+    self._kept: Dict[int, Split] = {}
+    self._lock = threading.Lock()
+
+  def of(self, rows: np.ndarray) -> Tuple[Split, np.ndarray]:
+    if self.split.per_epoch is None:
+      return self.split, rows
+    epoch = int(rows[0]) // self.n
+    with self._lock:
+      if epoch not in self._kept:
+        while len(self._kept) >= 2:
+          self._kept.pop(min(self._kept))
+        self._kept[epoch] = self.split.per_epoch(epoch)
+      source = self._kept[epoch]
+    return source, rows - epoch * self.n
 
 
 _LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
@@ -156,11 +185,14 @@ def train_batches(split: Split, *, global_batch: int, seed: int, start_step: int
   steps = steps_per_epoch(len(split), global_batch)
   first_epoch, skip = divmod(start_step, steps)
 
+  offset = len(split) if split.per_epoch is not None else 0   # rows carry their epoch
+
   def epoch_rows(epoch):
     epoch = int(epoch)
     order = epoch_permutation(len(split), seed, epoch)[: steps * global_batch]
     order = order.reshape(steps, process_count, per_host)[:, process_index]
-    return order[skip if epoch == first_epoch else 0:].reshape(-1).astype(np.int64)
+    return (order[skip if epoch == first_epoch else 0:].reshape(-1).astype(np.int64)
+            + epoch * offset)
 
   last_epoch = np.iinfo(np.int64).max if num_epochs is None else num_epochs
   rows = tf.data.Dataset.range(first_epoch, last_epoch).map(

@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jax_asc import data as data_lib
-from jax_asc.data import derived, formats, synthetic
+from jax_asc.data import derived, formats, s5_dcase, s5_synthetic, synthetic
 from jax_asc.data.dataset import Split
 
 PREFIX = "jax_asc_"   # TFDS names: jax_asc_<data.name>
@@ -161,15 +161,21 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
     return tfds.features.Tensor(shape=(channels, self._clip_samples), dtype=np.dtype(cfg.dtype),
                                 encoding=tfds.features.Encoding.BYTES)
 
+  # The columns: the small ones travel in the metadata too (a split's labels without its
+  # audio); the audio ones only in the records, as raw bytes.
+  SMALL: Tuple[str, ...] = ("label", "recording_device", "identifier", "filename", "index")
+  AUDIO: Tuple[str, ...] = ("waveform",)
+
+  def _features(self) -> dict:
+    return {"waveform": self._waveform_feature(),
+            "label": tfds.features.ClassLabel(names=list(self.CLASSES)),
+            "recording_device": tfds.features.ClassLabel(names=list(self.DEVICES)),
+            "identifier": tfds.features.Text(),
+            "filename": tfds.features.Text(),
+            "index": np.int32}
+
   def _info(self) -> tfds.core.DatasetInfo:
-    features = tfds.features.FeaturesDict({
-        "waveform": self._waveform_feature(),
-        "label": tfds.features.ClassLabel(names=list(self.CLASSES)),
-        "recording_device": tfds.features.ClassLabel(names=list(self.DEVICES)),
-        "identifier": tfds.features.Text(),
-        "filename": tfds.features.Text(),
-        "index": np.int32,
-    })
+    features = tfds.features.FeaturesDict(self._features())
     return tfds.core.DatasetInfo(
         builder=self, description=(type(self).__doc__ or "").strip(), features=features,
         metadata=tfds.core.MetadataDict(), disable_shuffling=True,
@@ -212,24 +218,25 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, root: str, split_name: str):
     split, pieces = self._split(root, split_name)
-    columns = _small_columns(split)
-    yield from _examples(split, columns)
+    columns = _small_columns(split, self.SMALL)
+    yield from _examples(split, columns, self.AUDIO)
     # Written with the dataset's info once every split is generated.
     self.info.metadata.setdefault("splits", {})[split_name] = dict(
         {k: v.tolist() for k, v in columns.items()}, name=split.name, segments=pieces,
         skipped=[list(item) for item in split.skipped], **self._list_positions(root, split_name))
     self.info.metadata.update(dataset=split.dataset, classes=list(split.classes),
                               devices=list(split.devices), sample_rate=int(split.sample_rate),
-                              waveform_scale=float(split.waveform_scale))
+                              waveform_scale=float(split.waveform_scale),
+                              columns={"small": list(self.SMALL), "audio": list(self.AUDIO)})
 
   def _split(self, root: str, split_name: str) -> Tuple[Split, int]:
     """(the split as records will hold it, the segments per clip)."""
     split = self._read(root, split_name)
     clip = split.num_samples
-    seconds = self.builder_config.segment_seconds
+    seconds = getattr(self.builder_config, "segment_seconds", 0.0)
     if seconds:
       split = derived.segment(split, seconds, key=f"{self.name} config segment_seconds")
-    unknown = sorted(set(split.columns) - set(SMALL_COLUMNS) - {"waveform"})
+    unknown = sorted(set(split.columns) - set(self.SMALL) - set(self.AUDIO))
     if unknown:   # never drop a column silently
       raise ValueError(f"{self.name}/{split_name}: columns {unknown} have no feature")
     return split, clip // split.num_samples
@@ -243,22 +250,27 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
 SMALL_COLUMNS = ("label", "recording_device", "identifier", "filename", "index")
 
 
-def _small_columns(split: Split) -> Dict[str, np.ndarray]:
-  """The split's `SMALL_COLUMNS` (N,) (label −1 and device 0 where the reader has none)."""
+def _small_columns(split: Split, names: Sequence[str] = SMALL_COLUMNS) -> Dict[str, np.ndarray]:
+  """The split's small columns `names` (label −1 and device 0 where the reader has none)."""
   n = len(split)
   defaults = dict(label=np.full(n, -1, np.int32), recording_device=np.zeros(n, np.int32),
                   identifier=np.full(n, ""))
-  return {k: np.asarray(split.get(k, defaults.get(k))) for k in SMALL_COLUMNS}
+  missing = [k for k in names if k not in split and k not in defaults]
+  if missing:
+    raise ValueError(f"split {split.name!r} has no column(s) {missing} to write")
+  return {k: np.asarray(split.get(k, defaults.get(k))) for k in names}
 
 
-def _examples(split: Split, columns: Dict[str, np.ndarray], chunk: int = 256):
-  """(row, example) of every row in order, the audio read `chunk` rows at a time."""
+def _examples(split: Split, columns: Dict[str, np.ndarray], audio: Sequence[str] = ("waveform",),
+              chunk: int = 256):
+  """(row, example) of every row in order, the audio columns read `chunk` rows at a time."""
   for start in range(0, len(split), chunk):
     rows = np.arange(start, min(start + chunk, len(split)))
-    waves = np.asarray(split["waveform"][rows])
+    waves = {name: np.asarray(split[name][rows]) for name in audio}
     for k, row in enumerate(rows):
-      example = {name: column[row].item() for name, column in columns.items()}
-      yield int(row), dict(example, waveform=waves[k])
+      example = {name: (column[row].tolist() if column.ndim > 1 else column[row].item())
+                 for name, column in columns.items()}
+      yield int(row), dict(example, **{name: wave[k] for name, wave in waves.items()})
 
 
 def _exists(root: str, *parts: str) -> bool:
@@ -431,8 +443,129 @@ class Synthetic(_Builder):
     return synthetic.load(spec, self.cache_dir)[split]
 
 
+def s5_config_name(seed: int, num_train: int, num_validation: int, num_test: int,
+                   duration_s: float, min_events: int = 0, clips_per_class: int = 0,
+                   rooms: int = 0) -> str:
+  """The name of an S5 config, e.g. `seed0_1536_64_96_2s` (synthetic: `_12clips_4rooms`;
+  separator training mixtures: `_min1`)."""
+  name = (f"seed{int(seed)}_{int(num_train)}_{int(num_validation)}_{int(num_test)}_"
+          f"{float(duration_s):g}s").replace(".", "p")
+  if clips_per_class or rooms:
+    name += f"_{int(clips_per_class)}clips_{int(rooms)}rooms"
+  return name + (f"_min{int(min_events)}" if min_events else "")
+
+
+@dataclasses.dataclass(eq=False)
+class S5Config(tfds.core.BuilderConfig):
+  """Report 004's mixtures (`data.s5` keys of the same names): the seed and number of the
+  training mixtures drawn (and, synthetic, of validation and test), their duration, the least
+  events of a training mixture; the synthetic set's pools."""
+  seed: int = 0
+  num_train: int = 1536
+  num_validation: int = 0
+  num_test: int = 0
+  duration_s: float = 10.0
+  min_events: int = 0
+  clips_per_class: int = 0
+  rooms: int = 0
+
+  def __post_init__(self):
+    _settle_name(self, s5_config_name(self.seed, self.num_train, self.num_validation,
+                                      self.num_test, self.duration_s, self.min_events,
+                                      self.clips_per_class, self.rooms))
+
+  def settings(self) -> types.SimpleNamespace:
+    """The `data.s5` section these records were written with."""
+    values = {f.name: getattr(self, f.name) for f in dataclasses.fields(S5Config)
+              if f.name in ("seed", "num_train", "num_validation", "num_test", "duration_s",
+                            "min_events", "clips_per_class", "rooms")}
+    return types.SimpleNamespace(on_the_fly_train=False, get=lambda k, d=None: values.get(k, d),
+                                 **values)
+
+
+class _S5Builder(_Builder):
+  """Spatial mixtures with K tracks (report 004): the 4-channel mixture, the dry target of each
+  track, its labels (the classes plus silence) and the mixture's JSON metadata."""
+  SMALL = ("labels", "metadata", "filename", "index")
+  AUDIO = ("waveform", "sources")
+  CHANNELS, TRACKS = 4, 3
+  DTYPE = np.float32
+
+  @property
+  def _clip_samples(self) -> int:
+    return int(round(self.builder_config.duration_s * 32000))
+
+  def _features(self) -> dict:
+    audio = lambda rows: tfds.features.Tensor(shape=(rows, self._clip_samples), dtype=self.DTYPE,
+                                              encoding=tfds.features.Encoding.BYTES)
+    return {"waveform": audio(self.CHANNELS), "sources": audio(self.TRACKS),
+            "labels": tfds.features.Sequence(
+                tfds.features.ClassLabel(names=list(self.CLASSES) + ["silence"]),
+                length=self.TRACKS),
+            "metadata": tfds.features.Text(), "filename": tfds.features.Text(),
+            "index": np.int32}
+
+  def _reader_config(self, root: str, **overrides):
+    return types.SimpleNamespace(name=self.DATASET, root=root, split_dir="", sample_rate=32000,
+                                 resampler="sinc_hann", cache_dtype="float32",
+                                 skip_bad_files=False, cache_dir=self.cache_dir,
+                                 s5=self.builder_config.settings())
+
+
+class S5Synthetic(_S5Builder):
+  """jax_asc's synthetic S5 mixtures (`data.s5`, jax_asc/data/s5_synthetic.py; float16):
+  rendered, not read, so no manual folder."""
+  name = PREFIX + "s5_synthetic"
+  DATASET = "s5_synthetic"
+  CLASSES = s5_synthetic.CLASSES
+  DTYPE = np.float16
+  BUILDER_CONFIGS = [
+      S5Config(name="", num_train=1536, num_validation=64, num_test=96, duration_s=2.0,
+               clips_per_class=12, rooms=4, description="the report 004 tagger smoke chain"),
+      S5Config(name="", num_train=128, num_validation=64, num_test=96, duration_s=2.0,
+               min_events=1, clips_per_class=12, rooms=4,
+               description="the report 004 separator smoke run")]
+
+  def _root(self, dl_manager) -> str:
+    return ""
+
+  def _splits(self, root):
+    return ["train", "validation", "test"]
+
+  def _read(self, root, split):
+    return s5_synthetic.load(self.builder_config.settings(), self.cache_dir)[split]
+
+
+class Dcase26T4(_S5Builder):
+  """DCASE 2026 Task 4 (S5) development set: `train`, the first `num_train` training mixtures
+  the files source draws on the fly (the same rows: row i comes from (seed, i)), `valid` (the
+  mixtures metadata/valid.json lists) and `test` (the synthesized soundscapes with their oracle
+  targets). The evaluation soundscapes (no targets) are read from their folder
+  (`data.source=files`, split `eval`)."""
+  name = PREFIX + "dcase26t4"
+  DATASET = "dcase26t4"
+  CLASSES = s5_dcase.CLASSES
+  BUILDER_CONFIGS = [S5Config(name="", num_train=25088, duration_s=10.0,
+                              description="the T4 baseline's 25,088 tagger mixtures"),
+                     S5Config(name="", num_train=25088, duration_s=10.0, min_events=1,
+                              description="separator training mixtures (1-3 events)")]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Download the DCASE 2026 Task 4 development set (Zenodo 19328046) and prepare it with the "
+      "baseline's scripts (nttcslab/dcase2026_task4_baseline: add_data.sh) into its data/ "
+      "folder (dev_set/sound_event, interference, noise, room_ir, metadata/valid.json, "
+      "synthesized/test). Pass that data/ folder as --manual_dir.")
+
+  def _splits(self, root):
+    dev = os.path.join(root, "dev_set")
+    return ((["train"] if os.path.isdir(os.path.join(dev, "sound_event", "train")) else [])
+            + (["valid"] if _exists(dev, "metadata", "valid.json") else [])
+            + (["test"] if os.path.isdir(os.path.join(dev, "synthesized", "test",
+                                                        "oracle_target")) else []))
+
+
 BUILDERS: Dict[str, type] = {cls.DATASET: cls for cls in (Synthetic, Tau22, Tau20, Dcase25Eval,
-                                                           Tut17, Icme24, Esc50, Fsdd)}
+                                                           Tut17, Icme24, Esc50, Fsdd,
+                                                           S5Synthetic, Dcase26T4)}
 
 
 def make_builder(dataset: str, config, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:

@@ -2,8 +2,9 @@
 `data.tfds_dir` (any path TF reads, a bucket included) instead of the dataset's wav files.
 
 A split comes back as the files source gives it (same columns, classes, devices, skipped files):
-the small columns from the dataset's metadata, the waveform as a `RecordColumn` that reads the
-rows a batch asks for by random access (ArrayRecord). The pipelines are the same: every host
+the small columns from the dataset's metadata, each audio column (the waveform; S5 also the dry
+`sources`) as a `RecordColumn` that reads the rows a batch asks for by random access
+(ArrayRecord). The pipelines are the same: every host
 draws the one global order of an epoch from (seed, epoch), takes its own slice of every global
 batch and reads only those records, so the hosts read disjoint shards, a run resumes mid-epoch
 exactly like one on files, and a run gives the same batches from either source on any number of
@@ -11,7 +12,7 @@ hosts (`tfds.split_for_jax_process`'s contiguous shards would tie the order to t
 
 Which config: the one whose settings are the run's (`tfds_builders.config_name` of
 data.sample_rate, resampler, cache_dtype, keep_channels, skip_bad_files; the synthetic scenes by
-data.synthetic). With data.segment_seconds > 0, a config stored as segments of that length is
+data.synthetic, the S5 mixtures by data.s5). With data.segment_seconds > 0, a config stored as segments of that length is
 read when built, else the whole clips, cut as the files source cuts them: the same examples.
 """
 from __future__ import annotations
@@ -85,6 +86,11 @@ class RecordColumn:
     return out if dtype is None else out.astype(dtype)
 
 
+# The small columns of records written before the metadata named them; string columns.
+CLASSIC_SMALL = ("label", "recording_device", "identifier", "filename", "index")
+HOST_COLUMNS = ("identifier", "filename", "metadata")
+
+
 def tfds_splits(cfg, split: str) -> Tuple[List[str], Optional[str]]:
   """(the TFDS split(s) that make the run's split `split` of `cfg.name`, the split's name when
   they are several: the files source's list name)."""
@@ -105,6 +111,16 @@ def tfds_splits(cfg, split: str) -> Tuple[List[str], Optional[str]]:
 def builder_configs(cfg) -> List[object]:
   """The builder configs holding the run's data, the preferred first."""
   seconds = float(getattr(cfg, "segment_seconds", 0.0) or 0.0)
+  if cfg.name in ("s5_synthetic", "dcase26t4"):
+    s = cfg.s5
+    synthetic = cfg.name == "s5_synthetic"
+    return [tfds_builders.S5Config(
+        name="", seed=int(s.seed), num_train=int(s.num_train),
+        num_validation=int(s.num_validation) if synthetic else 0,
+        num_test=int(s.num_test) if synthetic else 0, duration_s=float(s.duration_s),
+        min_events=int(s.get("min_events", 0)),
+        clips_per_class=int(s.clips_per_class) if synthetic else 0,
+        rooms=int(s.rooms) if synthetic else 0)]
   if cfg.name == "synthetic":
     s = cfg.synthetic
     make = lambda seg: tfds_builders.SyntheticConfig(
@@ -176,7 +192,6 @@ def load(cfg, names: Sequence[str]) -> Dict[str, Split]:
   if int(meta["sample_rate"]) != int(cfg.sample_rate):
     raise ValueError(f"data.sample_rate is {cfg.sample_rate}; {builder.data_dir} holds "
                      f"{meta['sample_rate']} Hz audio")
-  waveform = info.features["waveform"]
   out = {}
   for name in dict.fromkeys(names):
     parts, joined_name = tfds_splits(cfg, name)
@@ -184,25 +199,24 @@ def load(cfg, names: Sequence[str]) -> Dict[str, Split]:
     if missing:
       raise KeyError(f"{builder.data_dir} has splits {sorted(info.splits)}; split {name!r} needs "
                      f"{missing}")
+    kinds = meta.get("columns", {"small": list(CLASSIC_SMALL), "audio": ["waveform"]})
     if len(parts) == 1:
       stored = meta["splits"][parts[0]]
-      columns = {k: np.asarray(stored[k]) for k in ("label", "recording_device", "identifier",
-                                                    "filename", "index")}
+      columns = {k: np.asarray(stored[k]) for k in kinds["small"]}
       records = None
     else:
       columns, records = _joined(meta, parts)
-    arrays = dict(label=columns["label"].astype(np.int32),
-                  recording_device=columns["recording_device"].astype(np.int32),
-                  identifier=columns["identifier"].astype(str),
-                  filename=columns["filename"].astype(str),
-                  index=columns["index"].astype(np.int32))
+    arrays = {k: v.astype(str) if k in HOST_COLUMNS else v.astype(np.int32)
+              for k, v in columns.items()}
     source = builder.as_data_source("+".join(parts),
                                     deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     if len(source) != len(arrays["filename"]):
       raise ValueError(f"{builder.data_dir}/{name}: {len(source)} records but the metadata lists "
                        f"{len(arrays['filename'])}: rebuild the dataset")
-    arrays["waveform"] = RecordColumn(source, "waveform", waveform.shape, waveform.np_dtype,
-                                      arrays["filename"], f"{builder.data_dir}/{name}", records)
+    for audio in kinds["audio"]:
+      feature = info.features[audio]
+      arrays[audio] = RecordColumn(source, audio, feature.shape, feature.np_dtype,
+                                   arrays["filename"], f"{builder.data_dir}/{name}", records)
     skipped = [tuple(item) for p in parts for item in meta["splits"][p]["skipped"]]
     out[name] = Split(name=joined_name or meta["splits"][parts[0]]["name"], columns=arrays,
                       classes=tuple(meta["classes"]), devices=tuple(meta["devices"]),

@@ -9,6 +9,7 @@ and returns their paths:
   report002  student against teacher accuracy, one point per teacher (size and device
              generalisation method; ensembles as students only); student accuracy against
              teacher parameters, a line per architecture, the student without KD as a line
+  report004  the system's CAPI-SDRi (dB) per tagger, 1c and 4c, beside the report's
 Accuracies are in percent; ours are as measured (a smoke run's on synthetic data).
 """
 from __future__ import annotations
@@ -23,7 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _bars(ax, labels: List[str], series: Dict[str, List], title: str) -> None:
+def _bars(ax, labels: List[str], series: Dict[str, List], title: str,
+          ylabel: str = "accuracy (%)") -> None:
   """Grouped bars: one group per label, one bar per series (None = missing)."""
   width = 0.8 / max(1, len(series))
   x = np.arange(len(labels))
@@ -31,7 +33,7 @@ def _bars(ax, labels: List[str], series: Dict[str, List], title: str) -> None:
     heights = [np.nan if v is None else v for v in values]
     ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
   ax.set_xticks(x, labels, rotation=30, ha="right")
-  ax.set_ylabel("accuracy (%)")
+  ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.legend(fontsize=8)
 
@@ -120,7 +122,24 @@ def report002(data: Dict) -> Dict[str, plt.Figure]:
   return figures
 
 
-FIGURES = {"report000": report000, "report001": report001, "report002": report002}
+def report004(data: Dict) -> Dict[str, "plt.Figure"]:
+  ours, reported = data.get("ours", {}), data.get("reported", {})
+  tracks = [t for t in ("1c", "4c") if t in ours]
+  if not tracks:
+    return {}
+  fig, axes = plt.subplots(1, len(tracks), figsize=(5 * len(tracks), 4), squeeze=False)
+  for ax, track in zip(axes[0], tracks):
+    systems = list(dict.fromkeys(list(reported.get(track, {})) + list(ours[track])))
+    _bars(ax, systems, {
+        "ours": [ours[track].get(s, {}).get("capi_sdri") for s in systems],
+        "report": [reported.get(track, {}).get(s, {}).get("capi_sdri") for s in systems]},
+        f"CAPI-SDRi, {track}", ylabel="CAPI-SDRi (dB)")
+  fig.tight_layout()
+  return {"capi_sdri": fig}
+
+
+FIGURES = {"report000": report000, "report001": report001, "report002": report002,
+           "report004": report004}
 
 
 def write(report: str, data: Dict, folder: str) -> List[str]:

@@ -85,12 +85,13 @@ def _all_runs(workdir: str) -> List[str]:
 
 
 def _split_of(workdir: str) -> str:
-  for group in ("students", "teachers"):
+  for group in ("students", "teachers", "taggers"):
     for run in _runs(os.path.join(workdir, group)):
       config = _load(os.path.join(workdir, group, run, "config.json"))
       if config:
         return config["evaluate"]["split"]
-  raise FileNotFoundError(f"no run with a config.json under {workdir}/students or /teachers")
+  raise FileNotFoundError(f"no run with a config.json under {workdir}/students, /teachers or "
+                          f"/taggers")
 
 
 def _configuration_result(workdir: str, name: str, split: str) -> tuple:
@@ -296,7 +297,19 @@ def report002(workdir: str, split: str, ours: str) -> tuple:
   return "\n".join(lines) + "\n", data
 
 
-REPORTS = {"report000": report000, "report001": report001, "report002": report002}
+def report004(workdir: str, split: str, ours: str) -> tuple:
+  """Tables 1 and 2 as the system evaluation wrote them (`system/reports/system_eval.*`)."""
+  folder = os.path.join(workdir, "system", "reports")
+  data = _load(os.path.join(folder, "system_eval.json"))
+  if data is None:
+    return "The system evaluation has not run yet (system/system_eval.done.json).\n", {}
+  with open(os.path.join(folder, "system_eval.md")) as f:
+    markdown = f.read().split("\n", 2)[2]   # without its title
+  return markdown, data
+
+
+REPORTS = {"report000": report000, "report001": report001, "report002": report002,
+           "report004": report004}
 
 
 def write(report: str, workdir: str, smoke: bool = False) -> str:

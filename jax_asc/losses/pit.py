@@ -76,6 +76,27 @@ def pi_kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, *,
   return classification.masked_mean(per_example, mask), best
 
 
+def self_distillation(main_logits: jax.Array, aux_logits, temperature: float = 1.5) -> jax.Array:
+  """L_self of report 004 eq. 3, which the report names but does not define. Ours: the main
+  head teaches the auxiliary heads (deep self-distillation, as in "Be Your Own Teacher", Zhang
+  et al. 2019): the mean over the auxiliary heads of the permutation-invariant KD
+  min_π T²·KL(σ(sg(z_main)^π/T) ‖ σ(z_aux/T)). Gradients reach only the auxiliary heads and the
+  blocks below them. `aux_logits`: {block: (B, K, C)} or a sequence; main_logits (B, K, C)."""
+  heads = list(aux_logits.values()) if hasattr(aux_logits, "values") else list(aux_logits)
+  if not heads:
+    raise ValueError("self-distillation needs at least one auxiliary head")
+  teacher = jax.lax.stop_gradient(main_logits)
+  return sum(pi_kd_loss(h, teacher, temperature=temperature)[0] for h in heads) / len(heads)
+
+
+def linear_ramp(step: jax.Array, warmup_steps: int) -> jax.Array:
+  """min(1, step / warmup_steps) (1 when warmup_steps ≤ 0): a weight ramped up from 0, e.g.
+  the EMA-teacher KD of report 004, whose teacher is the student itself early on."""
+  if warmup_steps <= 0:
+    return jnp.ones((), jnp.float32)
+  return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / float(warmup_steps))
+
+
 def self_distillation_objective(main: jax.Array, aux: Sequence[jax.Array], kd: jax.Array,
                                 self_loss: jax.Array, *, aux_weight: float, kd_weight: float,
                                 self_weight: float):

@@ -11,7 +11,11 @@ Inputs a term may read (shapes; B = batch):
   embedding (B, D); device (B,) int with setting-free `num_devices`; index (B,) int;
   features {stage: (B, H, W, C)} student maps; adapted {stage: map} DFM adapters' outputs;
   track_logits (B, K, C) and track_targets (B, K) (permutation-invariant tagging);
+  aux_track_logits {block: (B, K, C)} the auxiliary heads' (deep supervision); step () int32,
+  the optimizer steps done (ramps);
   projected (B, D) a student projection head's output (CRD);
+  separated (B, K, S) a separator's waveforms, sources (B, K, S) the dry targets, silence the
+  silence class (label-queried separation);
   teachers {name: {log_probs (B, C) at the KD temperature, logits, embedding, features,
   track_logits, projected}}: a term with a `teacher` setting reads the teacher of that name.
 """
@@ -24,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_asc.losses import (classification, contrastive, dafa, distillation, features, pit,
-                            similarity)
+                            separation, similarity)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +70,16 @@ def get(name: str) -> Term:
 def default_settings() -> Dict[str, Dict[str, Any]]:
   """{term: its settings} with the registered defaults (configs/common.py's `config.loss`)."""
   return {name: dict(term.settings) for name, term in TERMS.items()}
+
+
+def settings_of(loss_config) -> Dict[str, Dict[str, Any]]:
+  """{term: settings}: the registered defaults updated by `config.loss.<term>` where a config
+  has that section (what every task family hands `total`)."""
+  settings = default_settings()
+  for name in settings:
+    if name in loss_config:
+      settings[name].update(loss_config[name].to_dict())
+  return settings
 
 
 def pairs(spec: str, term: str) -> Tuple[Tuple[str, str], ...]:
@@ -156,11 +170,38 @@ def _pit_ce(inputs, s):
   return pit.pit_cross_entropy(inputs["track_logits"], inputs["track_targets"])[0]
 
 
-@register("pi_kd", ("track_logits", "teacher.track_logits"), "PI-KD: report 004 eq. 2",
-          temperature=1.0, teacher="ema")
+@register("pi_kd", ("track_logits", "teacher.track_logits", "step"),
+          "PI-KD: report 004 eq. 2 (its weight ramped up over warmup_steps)",
+          temperature=1.0, teacher="ema", warmup_steps=0)
 def _pi_kd(inputs, s):
-  return pit.pi_kd_loss(inputs["track_logits"], _teacher(inputs, s, "track_logits"),
-                        temperature=s["temperature"])[0]
+  value = pit.pi_kd_loss(inputs["track_logits"], _teacher(inputs, s, "track_logits"),
+                         temperature=s["temperature"])[0]
+  return value * pit.linear_ramp(inputs["step"], s["warmup_steps"])
+
+
+@register("aux_pit_ce", ("aux_track_logits", "track_targets"),
+          "L_aux of report 004 eq. 3: PIT cross-entropy of each auxiliary head, averaged")
+def _aux_pit_ce(inputs, s):
+  heads = list(inputs["aux_track_logits"].values())
+  if not heads:
+    raise ValueError("loss term 'aux_pit_ce' is weighted but the model has no auxiliary heads "
+                     "(model.aux_blocks is empty)")
+  return sum(pit.pit_cross_entropy(h, inputs["track_targets"])[0] for h in heads) / len(heads)
+
+
+@register("self_kd", ("track_logits", "aux_track_logits"),
+          "L_self of report 004 eq. 3 (our definition: PI-KD from the main head to each "
+          "auxiliary head)", temperature=1.5)
+def _self_kd(inputs, s):
+  return pit.self_distillation(inputs["track_logits"], inputs["aux_track_logits"],
+                               temperature=s["temperature"])
+
+
+@register("ca_pit_snr", ("separated", "sources", "track_targets", "silence"),
+          "class-aware PIT −SNR of the label-queried separator: report 004 (T4 baseline)")
+def _ca_pit_snr(inputs, s):
+  return separation.class_aware_pit_snr(inputs["separated"], inputs["sources"],
+                                        inputs["track_targets"], silence=inputs["silence"])[0]
 
 
 def _crd_state(key, s, info):

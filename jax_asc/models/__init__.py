@@ -6,10 +6,13 @@ import dataclasses
 from jax_asc.models.cp_mobile import CPMobile
 from jax_asc.models.cp_resnet import CPResNet
 from jax_asc.models.crnn import CRNN
+from jax_asc.models.m2d import M2DEncoder, M2DTagger
 from jax_asc.models.passt import PaSST
+from jax_asc.models.resunetk import ResUNetK
 from jax_asc.models.vit import ViT
 
-MODELS = {"cp_mobile": CPMobile, "cp_resnet": CPResNet, "crnn": CRNN, "passt": PaSST, "vit": ViT}
+MODELS = {"cp_mobile": CPMobile, "cp_resnet": CPResNet, "crnn": CRNN, "m2d": M2DEncoder,
+          "m2d_tagger": M2DTagger, "passt": PaSST, "resunetk": ResUNetK, "vit": ViT}
 
 
 def build(cfg, **overrides):

@@ -11,10 +11,12 @@
 | evaluate | score a checkpoint on a split (and in float16) |
 | submit | the DCASE 2025 submission file for an evaluation set, routed by device |
 | export | LiteRT flatbuffers (float32, float16, int8), checked in the LiteRT interpreter |
+| system_eval | report 004: taggers' labels query the separator; CAPI-SDRi and label accuracies |
 """
 from jax_asc.stages import (ensemble, evaluate, export, finetune_device, predict, soup, submit,
-                            train)
+                            system_eval, train)
 
 STAGES = {"train": train.run, "distill": train.run_distill, "predict": predict.run,
           "ensemble": ensemble.run, "soup": soup.run, "finetune_device": finetune_device.run,
-          "evaluate": evaluate.run, "submit": submit.run, "export": export.run}
+          "evaluate": evaluate.run, "submit": submit.run, "export": export.run,
+          "system_eval": system_eval.run}

@@ -77,6 +77,10 @@ def train_data(config, split: Split, columns: Optional[Sequence[str]] = None) ->
     return dict(batch, mask=np.ones(per_host, bool))
   accelerator = None
   if config.data.pipeline == "accelerator":
+    if split.per_epoch is not None:
+      raise ValueError(f"data.pipeline='accelerator' holds a fixed split on the device, but "
+                       f"split {split.name!r} of {split.dataset} is drawn anew every epoch "
+                       f"(mixtures rendered on the fly): use data.pipeline='tf_data'")
     accelerator = on_accelerator.from_split(
         split, global_batch=config.batch_size, seed=config.seed,
         accelerator_dtype=config.data.accelerator_dtype,
@@ -115,6 +119,9 @@ def evaluate_split(trainer, state, split: Split, batch_size: int, prefix: str,
 
 def model_complexity(config, n_classes: int, num_samples: int) -> complexity.Complexity:
   """Complexity of the model for one clip of `num_samples` samples (frontend excluded)."""
+  family = tasks.family(config)
+  if hasattr(family, "complexity_input"):
+    return complexity.count(*family.complexity_input(config, n_classes, num_samples))
   settings = frontends.settings_from_config(config.frontend)
   model = models.build(config.model, n_classes=n_classes)
   return complexity.count(model, (1, settings.n_mels, settings.num_frames(num_samples)))
@@ -223,14 +230,16 @@ class Inference:
 
   dtype float16 casts the weights (and so the inputs inside the model) to half precision, as
   the DCASE25 baseline and report 001 evaluate; floating outputs come back as float32.
-  outputs: the named outputs to compute (the task family's `OUTPUTS`).
+  outputs: the named outputs to compute (the task family's `OUTPUTS`; None: its first).
   """
 
   def __init__(self, config, split: Split, variables, *, dtype=jnp.float32,
-               use_ema: bool = False, outputs: Sequence[str] = ("logits",)):
+               use_ema: bool = False, outputs: Optional[Sequence[str]] = None):
     import optax
     from jax_asc.train import mesh as mesh_lib
     from jax_asc.train.state import TrainState
+    if outputs is None:
+      outputs = tasks.family(config).OUTPUTS[:1]
     self.task = tasks.build(config, split, dtype=dtype, need_teachers=False,
                             outputs=tuple(outputs))
     params = variables.get("ema_params") if use_ema else variables["params"]

@@ -1,5 +1,6 @@
-"""Initial weights of a run (`config.model_init`): an official PaSST checkpoint or another
-run's checkpoint (a later phase of a recipe, a plan's `init_from`)."""
+"""Initial weights of a run (`config.model_init`): an official checkpoint (PaSST; report 004's
+M2D encoder and ResUNetK separator) or another run's checkpoint (a later phase of a recipe, a
+plan's `init_from`)."""
 from __future__ import annotations
 
 import jax
@@ -8,7 +9,7 @@ import numpy as np
 
 from jax_asc.teachers import online
 
-KINDS = ("passt_torch", "run")
+KINDS = ("passt_torch", "m2d_torch", "resunetk_torch", "run")
 
 
 def pretrained_initializer(config):
@@ -26,16 +27,32 @@ def pretrained_initializer(config):
                      f"'passt_torch' only, not {config.model_init.kind!r}")
 
   def initialize(state):
+    batch_stats = None
     if config.model_init.kind == "passt_torch":
       loaded = convert.passt_params(convert.load_torch_state_dict(
           source, prefix=config.model_init.prefix))
-      batch_stats = None
+    elif config.model_init.kind == "m2d_torch":   # the tagger's encoder (models.m2d.M2DTagger)
+      heads = config.model.get("num_heads")   # the weights cannot tell the head count
+      encoder, info = convert.load_m2d(source, num_heads=int(heads) if heads else None)
+      check_m2d_norm(config, info, source)
+      loaded = {"encoder": encoder}
+    elif config.model_init.kind == "resunetk_torch":   # tasks.separation.QueriedSeparator
+      variables = convert.resunetk_params(convert.load_torch_state_dict(source))
+      loaded = {"separator": variables["params"]}
+      batch_stats = {"separator": variables["batch_stats"]}
     else:
       _, variables = online.load_run(source, config.model_init.checkpoint,
                                      "model_init.checkpoint")
       loaded = variables["params"]
       batch_stats = None if config.model_init.params_only else variables["batch_stats"]
     params, skipped = merge(state.params, loaded)
+    if config.model_init.kind in ("m2d_torch", "resunetk_torch"):
+      # The official weights are the whole encoder / separator: none may stay fresh.
+      part = "/encoder" if config.model_init.kind == "m2d_torch" else "/separator"
+      fresh = [p for p in skipped if p.startswith(part)]
+      if fresh:
+        raise ValueError(f"{source}: {len(fresh)} parameter(s) of {part[1:]} do not fit the "
+                         f"checkpoint (absent or of another shape): {fresh[:5]}")
     if skipped:
       print(f"model_init: kept fresh (shape differs or absent): {skipped}", flush=True)
     new = state.replace(params=params, opt_state=state.opt_state)
@@ -45,6 +62,27 @@ def pretrained_initializer(config):
       new = new.replace(ema_params=jax.tree.map(jnp.copy, params))
     return new
   return initialize
+
+
+def check_m2d_norm(config, info, source) -> None:
+  """Raises when the run's frontend normalisation is not the M2D checkpoint's `norm_stats`
+  (the encoder would see inputs on another scale than it was trained on)."""
+  mean, std = (float(v) for v in info["norm_stats"])
+  shift, scale = float(config.frontend.norm_shift), float(config.frontend.norm_scale)
+  if abs(shift + mean) > 1e-4 * max(1.0, abs(mean)) or abs(scale - std) > 1e-4 * max(1.0, std):
+    raise ValueError(f"{source}: its norm_stats are (mean {mean}, std {std}) but the run's "
+                     f"frontend normalises with norm_shift={shift}, norm_scale={scale}: pass "
+                     f"m2d_norm={mean}:{std} (launch/report004_s5.sh --option "
+                     f"m2d_norm={mean}:{std}), or set frontend.norm_shift={-mean}, "
+                     f"frontend.norm_scale={std}")
+  model = config.model
+  for key in ("embed_dim", "depth", "num_heads", "patch_size", "flat_features"):
+    if key in model and info[key] != model[key]:
+      raise ValueError(f"{source}: the checkpoint's {key} is {info[key]}, config.model.{key} "
+                       f"is {model[key]}")
+  if "input_size" in model and tuple(info["input_size"]) != tuple(model.input_size):
+    raise ValueError(f"{source}: the checkpoint's input_size is {tuple(info['input_size'])}, "
+                     f"config.model.input_size is {tuple(model.input_size)}")
 
 
 def merge(target, source, path=""):

@@ -13,12 +13,17 @@ The trainer knows no family: a stage builds the task here and hands it to `train
 | family | what | outputs |
 |---|---|---|
 | classification | one label per clip (reports 000-003) | logits, embedding |
+| tagging | K event tracks of a spatial mixture (report 004) | track_logits, tokens |
+| separation | K dry sources of a spatial mixture queried by label (report 004) | waveforms |
+
+A family may also give `complexity_input(config, n_classes, num_samples)` → (model, input
+shape) when its model is not a classifier of (1, n_mels, frames) log-mels.
 """
 from __future__ import annotations
 
-from jax_asc.tasks import classification
+from jax_asc.tasks import classification, separation, tagging
 
-TASKS = {"classification": classification}
+TASKS = {"classification": classification, "tagging": tagging, "separation": separation}
 
 
 def family(config):

@@ -51,11 +51,7 @@ RNG_STREAMS = ("dropout", "patchout")
 
 def loss_settings(config) -> Dict[str, dict]:
   """{term: settings} from `config.loss.<term>` (registered defaults where a config has none)."""
-  settings = registry.default_settings()
-  for name in settings:
-    if name in config.loss:
-      settings[name].update(config.loss[name].to_dict())
-  return settings
+  return registry.settings_of(config.loss)
 
 
 def teachers_read(config, settings=None) -> Dict[str, List[str]]:

@@ -1,0 +1,146 @@
+"""K-track tagging of spatial mixtures (report 004, S5): the M2D tagger with permutation-invariant
+losses, auxiliary heads and an EMA teacher.
+
+The model (`config.model`, `models.m2d.M2DTagger`) reads the log-mels of the mixture's reference
+channel (`model.channels` = 1, "1c") or of its four FOA channels (4, "4c"), each through the
+configured frontend (`frontends.m2d(mean, std)`: the M2D checkpoint's normalisation), and
+predicts K = 3 tracks over the dataset's classes plus silence (the last class). Track order is
+arbitrary, so every loss is permutation-invariant (`losses/pit.py`).
+
+Loss terms (`config.loss.terms`; report 004 eq. 3 is {pit_ce: 1, aux_pit_ce: γ, pi_kd: α,
+self_kd: α_self}):
+  pit_ce      L_main: the T4 baseline's PIT cross-entropy against the `labels` column;
+  aux_pit_ce  L_aux: the same for each auxiliary head (blocks `model.aux_blocks`), averaged;
+  pi_kd       L_KD (eq. 2): PI-KD at `loss.pi_kd.temperature` from the EMA teacher
+              (`config.teachers.ema`, eq. 1, on the same input), its weight ramped linearly
+              over `loss.pi_kd.warmup_steps` (the report does not say how KD starts; the EMA
+              teacher is the student itself at first);
+  self_kd     L_self: the report names it without defining it; ours is the main head teaching
+              the auxiliary heads (`pit.self_distillation`).
+The 4c model masks 30 % of its spatial tokens in training (`model.spatial_mask_rate`).
+
+Outputs: `track_logits` (B, K, C + 1) and, asked for, `tokens` (B, N, C_in·D) (the encoder's,
+for the semantic distillation of report 004 §2.3). Evaluators: accuracy_mixture,
+accuracy_source (%) and pit_ce (the validation loss report 004 selects checkpoints on).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jax_asc import models, teachers as teachers_lib
+from jax_asc.audio import frontends
+from jax_asc.eval import evaluators
+from jax_asc.losses import registry
+from jax_asc.train import step as step_lib
+
+BATCH_INPUTS = ("track_logits", "track_targets", "aux_track_logits", "step")
+TEACHER_OUTPUTS = {"ema": ("track_logits",)}
+OUTPUTS = ("track_logits", "tokens")
+RNG_STREAMS = ("spatial_mask",)
+
+
+def loss_settings(config):
+  """{term: settings} from `config.loss.<term>` (registered defaults where a config has none)."""
+  return registry.settings_of(config.loss)
+
+
+def log_mels(waveform: jax.Array, channels: int, settings: frontends.MelSettings) -> jax.Array:
+  """(B, C_all, S) mixtures → (B, channels, n_mels, frames) log-mels of the first `channels`
+  channels (channel 0 is the reference)."""
+  x = waveform[:, :channels]
+  batch = x.shape[0]
+  mels = frontends.log_mel(x.reshape(batch * channels, x.shape[-1]), settings)
+  return mels.reshape(batch, channels, *mels.shape[1:])
+
+
+def build_model(config, num_classes: int, dtype=jnp.float32):
+  """The tagger of `config.model` for `num_classes` event classes (+ silence)."""
+  return models.build(config.model, num_classes=num_classes + 1, dtype=dtype)
+
+
+def complexity_input(config, n_classes: int, num_samples: int):
+  """(model, input shape) of one mixture, for `eval.complexity` (frontend excluded)."""
+  model = build_model(config, n_classes)
+  settings = frontends.settings_from_config(config.frontend)
+  return model, (1, model.channels, settings.n_mels, settings.num_frames(num_samples))
+
+
+def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
+          outputs: Sequence[str] = ("track_logits",), impulse_responses=None) -> step_lib.Task:
+  """The tagging task of this run's config for `split` (classes, channels, sample rate).
+
+  need_teachers=False: the same model for evaluation and prediction (no EMA teacher)."""
+  unknown = sorted(set(outputs) - set(OUTPUTS))
+  if unknown:
+    raise ValueError(f"the tagging task has no output(s) {unknown}; outputs: {list(OUTPUTS)}")
+  missing = [c for c in ("waveform",) if c not in split]
+  if need_teachers:
+    missing += [c for c in ("labels",) if c not in split]
+  if missing:
+    raise ValueError(f"the tagging task reads the column(s) {missing}, which split "
+                     f"{split.name!r} of {split.dataset or 'the dataset'} lacks; columns: "
+                     f"{sorted(split.columns)}")
+  settings_fe = frontends.settings_from_config(config.frontend)
+  if settings_fe.sample_rate != split.sample_rate:
+    raise ValueError(f"frontend.sample_rate {settings_fe.sample_rate} differs from the data's "
+                     f"{split.sample_rate} Hz")
+  num_classes = len(split.classes)
+  model = build_model(config, num_classes, dtype)
+  channels = int(model.channels)
+  if split.num_channels < channels:
+    raise ValueError(f"model.channels = {channels} but split {split.name!r} has "
+                     f"{split.num_channels} channel(s)")
+  if "labels" in split and int(split["labels"].shape[1]) != model.num_tracks:
+    raise ValueError(f"split {split.name!r} has {split['labels'].shape[1]} tracks, the model "
+                     f"{model.num_tracks} (model.num_tracks)")
+  weights = registry.active(config.loss.terms)
+  settings = loss_settings(config)
+  specs = teachers_lib.specs(config)
+  for name, spec in specs.items():
+    if spec.source != "ema":
+      raise ValueError(f"teachers.{name}: the tagging task has only an EMA teacher (source "
+                       f"'ema'), got {spec.source!r}")
+  registry.check_inputs(weights, settings, set(BATCH_INPUTS),
+                        {name: TEACHER_OUTPUTS["ema"] for name in specs}, "tagging")
+  use_ema = need_teachers and any(registry.TERMS[t].teacher_name(settings[t]) for t in weights)
+  ema_name = next(iter(specs), None)
+
+  def make_inputs(key, batch):
+    x = log_mels(batch["waveform"], channels, settings_fe)
+    if key is None:
+      return x
+    return step_lib.Prepared(x, {"ema_input": x} if use_ema else {})
+
+  def teacher(frozen, batch):
+    logits = model.apply(frozen[step_lib.EMA_KEY], batch["ema_input"], train=False)
+    return {ema_name: {"track_logits": logits.astype(jnp.float32)}}
+
+  def loss(output, batch, ctx):
+    inputs = {"track_logits": output["logits"], "aux_track_logits": output["aux_logits"],
+              "track_targets": batch["labels"], "step": ctx.step, "teachers": ctx.teachers}
+    value, metrics, _ = registry.total(weights, settings, inputs)
+    predicted = jnp.sort(output["logits"].argmax(-1), axis=1)
+    metrics["accuracy_mixture"] = jnp.all(predicted == jnp.sort(batch["labels"], axis=1),
+                                          axis=1).mean()
+    return value, metrics, ctx.loss_state
+
+  def named_outputs(output, batch):
+    named = {"track_logits": output["logits"]}
+    if "tokens" in outputs:
+      named["tokens"] = output["tokens"]
+    return named
+
+  return step_lib.Task(
+      model=model, make_inputs=make_inputs, loss=loss, outputs=named_outputs,
+      evaluators=(evaluators.tagging("track_logits"),), rng_streams=RNG_STREAMS,
+      apply_kwargs={"return_features": True}, teacher=teacher if use_ema else None,
+      ema_teacher=use_ema, ema_decay=teachers_lib.ema_decay(config) if use_ema else None,
+      columns=("waveform", "labels") if "labels" in split else ("waveform",))
+
+
+def join_cache_teachers(config, split, workdir: Optional[str]):
+  """The tagging task reads no cache teacher: `split` unchanged."""
+  return split
