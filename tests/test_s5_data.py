@@ -302,6 +302,11 @@ def test_t4_reader_names_bad_input(t4_root, tmp_path):
   with pytest.raises(audio_io.BadAudioError, match=r"soundscape_2.wav: 2 channel\(s\), expected 4"):
     s5_dcase.load(root, "test", _t4_cfg(root).s5)
   os.remove(os.path.join(soundscapes, "soundscape_2.wav"))
+  _write(os.path.join(soundscapes, "soundscape_3.wav"), np.zeros((4, 16000)), sr=16000)
+  with pytest.raises(audio_io.BadAudioError, match="soundscape_3.wav: sample rate 16000 Hz, "
+                                                   "expected 32000 Hz"):
+    s5_dcase.load(root, "test", _t4_cfg(root).s5)
+  os.remove(os.path.join(soundscapes, "soundscape_3.wav"))
   oracle = os.path.join(root, "dev_set", "synthesized", "test", "oracle_target")
   _write(os.path.join(oracle, "soundscape_1_0_Trumpet.wav"), np.zeros(SR))
   with pytest.raises(ValueError, match="soundscape_1_0_Trumpet.wav: unknown class 'Trumpet'"):
@@ -362,13 +367,20 @@ def test_s5_tfds_records_hold_what_the_files_source_reads(tmp_path, t4_root):
   _same_splits(synthetic, ["train", "test"])
   t4 = _t4_cfg(t4_root)
   t4.update(source="files", tfds_dir=str(tmp_path / "tfds"))
+  t4.s5.on_the_fly_train = False      # the records hold one epoch's training mixtures
   _same_splits(t4, ["train", "valid", "test"])
+  t4.update(source="tfds")
+  t4.s5.on_the_fly_train = True
+  with pytest.raises(ValueError, match="holds one epoch's: set data.s5.on_the_fly_train=False"):
+    data_lib.load_splits(t4, ["train"])
 
 
 def test_mixtures_drawn_on_the_fly_are_new_every_epoch_and_resume(tmp_path):
   from jax_asc.data import pipeline
   train = s5_synthetic.load(_s5_cfg(num_train=4, on_the_fly_train=True), str(tmp_path))["train"]
   assert train.per_epoch is not None and train.take([0, 1]).per_epoch is None
+  with pytest.raises(ValueError, match="drawn anew every epoch"):
+    train.with_columns({"extra": np.zeros(len(train))})
 
   def batches(start, count):
     iterator = pipeline.train_batches(train, global_batch=2, seed=3, start_step=start,

@@ -201,3 +201,21 @@ def test_class_aware_pit_snr_gradient_reaches_only_matched_estimates():
   grad = np.asarray(grad)
   assert np.all(np.isfinite(grad))
   assert np.abs(grad[0, :2]).sum() > 0 and np.abs(grad[0, 2]).sum() == 0   # silence: no loss
+
+
+def test_snr_matches_torchmetrics():
+  """The SNR of the T4 baseline is torchmetrics' `signal_noise_ratio` (eps on both sides, no
+  zero-mean): ours, NumPy and JAX, against it on random and near-silent signals."""
+  torch = pytest.importorskip("torch")
+  audio = pytest.importorskip("torchmetrics.functional.audio")
+  rng = np.random.default_rng(4)
+  reference = rng.normal(size=(5, T)).astype(np.float32)
+  estimate = (reference + rng.normal(0, 0.3, (5, T))).astype(np.float32)
+  estimate[1] = 0.0                                    # a silent estimate
+  reference[2] = 1e-4 * reference[2]                   # a near-silent reference
+  theirs = audio.signal_noise_ratio(torch.from_numpy(estimate), torch.from_numpy(reference),
+                                    zero_mean=False).numpy()
+  np.testing.assert_allclose(s5_metrics.snr_db(estimate, reference), theirs, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(separation.snr_db(jnp.asarray(estimate),
+                                                          jnp.asarray(reference))),
+                             theirs, atol=1e-4)

@@ -244,6 +244,10 @@ class Split:
 
   def with_columns(self, columns: Mapping[str, Any]) -> "Split":
     """This split with `columns` added (or replaced); each must have one row per example."""
+    if self.per_epoch is not None:
+      raise ValueError(f"split {self.name!r} of {self.dataset or 'the dataset'} is drawn anew "
+                       f"every epoch: columns {sorted(columns)} cannot be joined to it (later "
+                       f"epochs would lack them)")
     return dataclasses.replace(self, columns=dict(self.columns, **columns))
 
   def select(self, **equal) -> np.ndarray:

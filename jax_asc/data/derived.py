@@ -32,6 +32,9 @@ def segment(split: Split, seconds: float, key: str = "data.segment_seconds") -> 
   one segment or a segment that is not a whole number of samples. Segment k of clip i: filename
   `<filename_i>@<k>`, index `index_i · n_seg + k`, every other column of the clip.
   """
+  if split.per_epoch is not None:
+    raise ValueError(f"{key}={seconds}: split {split.name!r} of {split.dataset} is drawn anew "
+                     f"every epoch and cannot be cut into segments")
   rate = split.sample_rate
   samples = float(seconds) * rate
   seg = int(round(samples))

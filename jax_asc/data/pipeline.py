@@ -116,23 +116,41 @@ def _gather_dataset(split: Split, rows: tf.data.Dataset, per_host_batch: int,
 
 
 class _EpochSplits:
-  """The split of each epoch of a `per_epoch` split (the last two kept), from encoded rows."""
+  """The split of each epoch of a `per_epoch` split, from encoded rows: epoch 0 is the split
+  itself; when epoch e is first read, epoch e + 1 is drawn in a background thread (drawing a
+  real epoch's specs takes seconds), and the last two are kept."""
 
   def __init__(self, split: Split):
     self.split, self.n = split, len(split)
-    self._kept: Dict[int, Split] = {}
+    self._kept: Dict[int, object] = {}
     self._lock = threading.Lock()
+    self._pool = None
+
+  def _start(self, epoch: int):
+    import concurrent.futures
+    if epoch not in self._kept:
+      if self._pool is None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="next_epoch")
+      self._kept[epoch] = self._pool.submit(self.split.per_epoch, epoch)
 
   def of(self, rows: np.ndarray) -> Tuple[Split, np.ndarray]:
     if self.split.per_epoch is None:
       return self.split, rows
     epoch = int(rows[0]) // self.n
+    if epoch == 0:
+      with self._lock:
+        self._start(1)
+      return self.split, rows
     with self._lock:
-      if epoch not in self._kept:
-        while len(self._kept) >= 2:
-          self._kept.pop(min(self._kept))
-        self._kept[epoch] = self.split.per_epoch(epoch)
-      source = self._kept[epoch]
+      self._start(epoch)
+      future = self._kept[epoch]
+      self._start(epoch + 1)
+      for old in [e for e in self._kept if e < epoch]:
+        del self._kept[old]
+    source = future.result()
+    if len(source) != self.n:
+      raise ValueError(f"epoch {epoch} of split {self.split.name!r} has {len(source)} rows, "
+                       f"epoch 0 {self.n}")
     return source, rows - epoch * self.n
 
 

@@ -15,7 +15,8 @@ Splits:
   train   `num_train` mixtures per epoch drawn on the fly from the train folders
           (`s5_mixing.draw`; epoch e's row i is mixture e·num_train + i of (seed, "train"),
           `Split.per_epoch`: new mixtures every epoch, as the task's generator, and the same
-          ones when a run resumes), rendered when a batch reads them;
+          ones when a run resumes; `on_the_fly_train=False`: epoch 0's every epoch), rendered
+          when a batch reads them;
   valid   the mixtures `metadata/valid.json` lists, rendered from the valid folders the same way;
   test    the synthesized soundscapes with their oracle targets `{soundscape}_{k}_{Label}.wav`
           or `{soundscape}_{Label}.wav` (mono, the dry source of the reference channel);
@@ -32,7 +33,7 @@ import glob
 import json
 import os
 import re
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import soundfile
@@ -173,8 +174,13 @@ class FolderPools:
   def clip_group(self, label: int, clip: int) -> str:
     """The clip's first subfolder under its class folder (its source: SpAudSyn's
     `exclusion_folder_depth` 1), or the file itself when it lies in the class folder."""
+    return self._groups(label)[clip]
+
+  @functools.lru_cache(maxsize=None)
+  def _groups(self, label: int) -> Tuple[str, ...]:
     class_dir = os.path.join(self.events_dir, CLASSES[label])
-    return os.path.relpath(self.event_files[label][clip], class_dir).split(os.sep)[0]
+    return tuple(os.path.relpath(p, class_dir).split(os.sep)[0]
+                 for p in self.event_files[label])
 
   def interferer_groups(self) -> List[List[int]]:
     """Interferer clips by their label folder."""
@@ -389,12 +395,14 @@ def load(root: str, split: str, cfg) -> dataset_lib.Split:
                                                                         split))
     count = int(cfg.num_train)
 
+    fresh = bool(cfg.get("on_the_fly_train", True))
+
     def epoch_split(epoch: int) -> dataset_lib.Split:
       return dataset_lib.Split(
           name=split, columns=s5_mixing.drawn_columns(cfg.seed, "train", count, pools, rooms,
                                                       mix, epoch),
           classes=CLASSES, devices=(), sample_rate=SAMPLE_RATE, dataset="dcase26t4",
-          per_epoch=epoch_split)
+          per_epoch=epoch_split if fresh else None)
     return epoch_split(0)
   if split == "valid":
     pools, rooms = FolderPools(dev_root, split), SofaRooms(os.path.join(dev_root, "room_ir",

@@ -148,10 +148,13 @@ def _place(rng, length: int, settings: MixtureSettings) -> Tuple[int, int, int]:
   return clip_start, onset, used
 
 
-def _angle_ok(directions: np.ndarray, candidate: int, taken: Sequence[int], min_deg: float):
-  unit = directions / np.linalg.norm(directions, axis=-1, keepdims=True)
-  cos = np.clip(unit[taken] @ unit[candidate], -1.0, 1.0)
-  return bool(np.all(np.degrees(np.arccos(cos)) > min_deg))
+def _far_enough(unit: np.ndarray, taken: Sequence[int], min_deg: float) -> np.ndarray:
+  """(P,) True where a position's direction is more than `min_deg` from every `taken` one
+  (`unit`: (P, 3) unit vectors)."""
+  if not len(taken):
+    return np.ones(len(unit), bool)
+  cos = np.clip(unit @ unit[list(taken)].T, -1.0, 1.0)
+  return np.all(np.degrees(np.arccos(cos)) > min_deg, axis=1)
 
 
 def draw(rng: np.random.Generator, pools: Pools, rooms: Rooms,
@@ -160,6 +163,7 @@ def draw(rng: np.random.Generator, pools: Pools, rooms: Rooms,
   room = int(rng.integers(rooms.num_rooms()))
   directions = rooms.directions(room)
   num_positions = len(directions)
+  unit = directions / np.linalg.norm(directions, axis=-1, keepdims=True)
   n_events = int(rng.integers(settings.event_range[0], settings.event_range[1] + 1))
   n_dup = 0
   if n_events >= 2 and rng.random() < settings.duplicate_rate:
@@ -194,9 +198,8 @@ def draw(rng: np.random.Generator, pools: Pools, rooms: Rooms,
     free = free_clips(label)
     clip = int(free[int(rng.integers(len(free)))])
     taken = [e.position for e in events if e.label == label]
-    allowed = [p for p in range(num_positions)
-               if _angle_ok(directions, p, taken, settings.duplicate_min_angle_deg)]
-    if not allowed:
+    allowed = np.flatnonzero(_far_enough(unit, taken, settings.duplicate_min_angle_deg))
+    if not len(allowed):
       raise ValueError(f"room {room} has no position {settings.duplicate_min_angle_deg}° away "
                        f"from positions {taken}")
     events.append(_event(rng, label, clip, pools.clip_length(label, clip),
@@ -357,7 +360,7 @@ class Renderer:
   """Renders the mixtures `specs` on demand, keeping the last `keep` renders."""
 
   def __init__(self, specs: Sequence[MixtureSpec], pools: Pools, rooms: Rooms,
-               settings: MixtureSettings, keep: int = 256):
+               settings: MixtureSettings, keep: int = 64):
     self.specs, self.pools, self.rooms, self.settings = list(specs), pools, rooms, settings
     self.keep = keep
     self._cache: dict = {}

@@ -520,9 +520,9 @@ class S5Synthetic(_S5Builder):
   CLASSES = s5_synthetic.CLASSES
   DTYPE = np.float16
   BUILDER_CONFIGS = [
-      S5Config(name="", num_train=1536, num_validation=64, num_test=96, duration_s=2.0,
+      S5Config(name="", num_train=1536, num_validation=64, num_test=96, duration_s=1.0,
                clips_per_class=12, rooms=4, description="the report 004 tagger smoke chain"),
-      S5Config(name="", num_train=128, num_validation=64, num_test=96, duration_s=2.0,
+      S5Config(name="", num_train=128, num_validation=64, num_test=96, duration_s=1.0,
                min_events=1, clips_per_class=12, rooms=4,
                description="the report 004 separator smoke run")]
 

@@ -194,6 +194,12 @@ def load(cfg, names: Sequence[str]) -> Dict[str, Split]:
                      f"{meta['sample_rate']} Hz audio")
   out = {}
   for name in dict.fromkeys(names):
+    if (cfg.name in ("s5_synthetic", "dcase26t4") and name == "train"
+        and bool(cfg.s5.get("on_the_fly_train", cfg.name == "dcase26t4"))):
+      raise ValueError(f"data.s5.on_the_fly_train asks for new {cfg.name} training mixtures "
+                       f"every epoch, but {builder.data_dir} holds one epoch's: set "
+                       f"data.s5.on_the_fly_train=False to train on those, or data.source="
+                       f"'files' to draw them")
     parts, joined_name = tfds_splits(cfg, name)
     missing = [p for p in parts if p not in info.splits]
     if missing:

@@ -48,10 +48,16 @@ def pretrained_initializer(config):
     params, skipped = merge(state.params, loaded)
     if config.model_init.kind in ("m2d_torch", "resunetk_torch"):
       # The official weights are the whole encoder / separator: none may stay fresh.
-      part = "/encoder" if config.model_init.kind == "m2d_torch" else "/separator"
-      fresh = [p for p in skipped if p.startswith(part)]
+      part = "encoder" if config.model_init.kind == "m2d_torch" else "separator"
+      if part not in state.params:
+        raise ValueError(f"model_init.kind={config.model_init.kind!r} loads the model's "
+                         f"{part!r}, which config.model ({config.model.name}) does not have")
+      fresh = [p for p in skipped if p == f"/{part}" or p.startswith(f"/{part}/")]
+      if batch_stats:
+        fresh += [p for p in merge(state.batch_stats, batch_stats)[1]
+                  if p.startswith(f"/{part}/")]
       if fresh:
-        raise ValueError(f"{source}: {len(fresh)} parameter(s) of {part[1:]} do not fit the "
+        raise ValueError(f"{source}: {len(fresh)} variable(s) of {part} do not fit the "
                          f"checkpoint (absent or of another shape): {fresh[:5]}")
     if skipped:
       print(f"model_init: kept fresh (shape differs or absent): {skipped}", flush=True)
