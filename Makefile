@@ -17,14 +17,15 @@ install: $(VENV)/.installed
 	$(PY) -m jax_asc.native
 
 # PyTorch references for the parity tests (tests/test_passt.py; torchmetrics' SNR for report
-# 004's metrics) and the benchmark's PyTorch column; `make test` runs without them (those tests
-# skip). PyPI has no CPU torchaudio for torch
+# 004's metrics; transformers' WhisperFeatureExtractor and Qwen2AudioEncoder for report 004's
+# semantic teacher, tests/test_qwen_audio.py) and the benchmark's PyTorch column; `make test`
+# runs without them (those tests skip). PyPI has no CPU torchaudio for torch
 # 2.13.0: its 2.11.0 wheel is installed without dependencies and its compiled (CUDA-linked)
 # libraries removed, which torchaudio supports (pure-Python mode); hear21passt's frontend uses
 # only torchaudio's Python code (kaldi.get_mel_banks, the masking transforms).
 reference-deps: install
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet torchmetrics==1.9.0
+	$(PY) -m pip install --quiet torchmetrics==1.9.0 transformers==5.24.0
 	$(PY) -m pip install --quiet --no-deps torchaudio==2.11.0 hear21passt==0.0.26
 	rm -f $$($(PY) -c "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('torchaudio').origin))")/lib/*.so
 

@@ -42,11 +42,13 @@ allocator.retain_freed_memory()
 
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
+import json  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
+from typing import Optional  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -283,6 +285,73 @@ def s5_tagger(channels: int, batch: int, steps: int = 3) -> float:
   return steps * batch / (time.perf_counter() - begin)
 
 
+def qwen_teacher_cache(mixtures: int, batch: int) -> dict:
+  """Report 004 §2.3's teacher cache at full size: the Qwen2-Audio encoder (32 layers of width
+  1280, random weights) over `mixtures` random 10-s mixtures' summed sources (a 30-s Whisper
+  window, 500 of its 1500 positions run), built by `teachers.semantic.build` into a temporary
+  folder: its figures (mixtures/s after one compiled batch, bytes per 1,000 mixtures, peak
+  memory)."""
+  import tempfile
+  import ml_collections
+  from jax_asc import teachers as teachers_lib
+  from jax_asc.teachers import semantic
+  rng = np.random.default_rng(0)
+  samples = 10 * SAMPLES
+  columns = dict(waveform=np.zeros((mixtures, 4, samples), np.float16),
+                 sources=(rng.standard_normal((mixtures, 3, samples)) * 0.05).astype(np.float16),
+                 metadata=np.array([json.dumps({"mixture": i}) for i in range(mixtures)]),
+                 filename=np.array([f"m{i}" for i in range(mixtures)]),
+                 index=np.arange(mixtures, dtype=np.int32))
+  split = Split(name="train", columns=columns, classes=("a",), devices=(), sample_rate=SAMPLES,
+                dataset="bench")
+  spec = teachers_lib.specs(ml_collections.ConfigDict(
+      {"teachers": {"qwen": {"source": "qwen_audio", "batch_size": batch}}}))["qwen"]
+  teacher = semantic.load("qwen", spec)
+  run = semantic.token_function(teacher, SAMPLES, samples)
+  jax.block_until_ready(run(teacher.params, split.audio("sources", np.arange(batch) % mixtures)))
+  with tempfile.TemporaryDirectory() as folder:
+    meta = semantic.build(teacher, split, folder, batch, log=lambda _: None)
+  return meta["build"]
+
+
+def qwen_encoder_vs_torch(batch: int = 2, repeats: int = 2) -> Optional[dict]:
+  """Seconds per batch of the full-size Qwen2-Audio encoder on a 10-s clip's 30-s Whisper window:
+  `transformers`' `Qwen2AudioEncoder` (all 1500 positions, as it requires, with the valid-frame
+  mask) and ours on the same converted random weights, on all positions and with
+  keep_positions=500 (what the cache runs). None without torch and transformers."""
+  if any(importlib.util.find_spec(m) is None for m in ("torch", "transformers")):
+    return None
+  import torch
+  import transformers
+  from jax_asc.models import convert, qwen_audio
+  torch.manual_seed(0)
+  torch.set_num_threads(os.cpu_count() or 1)
+  config = transformers.Qwen2AudioEncoderConfig()
+  config._attn_implementation = "sdpa"
+  theirs = transformers.models.qwen2_audio.modeling_qwen2_audio.Qwen2AudioEncoder(config).eval()
+  ours = qwen_audio.QwenAudioEncoder()
+  params = convert.qwen_audio_params({k: v.numpy() for k, v in theirs.state_dict().items()},
+                                     ours)
+  features = np.random.default_rng(0).standard_normal((batch, 128, 3000)).astype(np.float32)
+  valid = np.full(batch, 1000, np.int32)                                   # 10 s of 30
+  len1, _ = qwen_audio.output_lengths(valid)
+  mask = np.where(np.arange(1500)[None, :] < len1[:, None], 0.0, -np.inf).astype(np.float32)
+  mask = torch.from_numpy(np.broadcast_to(mask[:, None, None, :], (batch, 1, 1500, 1500)).copy())
+  x = torch.from_numpy(features)
+
+  def run_theirs():
+    with torch.no_grad():
+      return theirs(x, attention_mask=mask).last_hidden_state
+  out = {"torch_s": _median_ms(run_theirs, repeats, warmup=1) / 1000}
+  del theirs
+  for name, keep in (("jax_full_s", None), ("jax_keep_s", 500)):
+    fn = jax.jit(lambda p, f, v, keep=keep: ours.apply({"params": p}, f, v, keep_positions=keep))
+    out[name] = _median_ms(lambda: jax.block_until_ready(fn(params, features, valid)), repeats,
+                           warmup=1) / 1000
+  out.update(batch=batch, torch=torch.__version__, transformers=transformers.__version__)
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=64)
@@ -291,6 +360,8 @@ def main():
   parser.add_argument("--no-torch", action="store_true")
   parser.add_argument("--s5-batch", type=int, default=2)
   parser.add_argument("--no-s5", action="store_true")
+  parser.add_argument("--qwen-mixtures", type=int, default=4,
+                      help="report 004's Qwen2-Audio teacher cache: mixtures to build (0: skip)")
   parser.add_argument("--march", default=None,
                       help="comma-separated -march builds of the native kernels to time")
   args = parser.parse_args()
@@ -301,6 +372,7 @@ def main():
       print(f"\n===== native kernels built with -march={march} =====", flush=True)
       argv = [f"--batch={args.batch}", f"--repeats={args.repeats}", f"--rounds={args.rounds}",
               f"--march={march}", f"--s5-batch={args.s5_batch}",
+              f"--qwen-mixtures={args.qwen_mixtures}",
               *(["--no-torch"] if args.no_torch else []), *(["--no-s5"] if args.no_s5 else [])]
       code |= subprocess.call([sys.executable, os.path.abspath(__file__), *argv])
     sys.exit(code)
@@ -327,6 +399,8 @@ def main():
   rates = jax_input_paths("dcase25", batch)
   sources = input_sources(batch)
   s5 = {} if args.no_s5 else {c: s5_tagger(c, args.s5_batch) for c in (1, 4)}
+  qwen = qwen_teacher_cache(args.qwen_mixtures, 2) if args.qwen_mixtures > 0 else None
+  qwen_torch = None if args.no_torch or not qwen else qwen_encoder_vs_torch()
 
   print(f"\nTrain step, batch {batch}, float32 (frontend + forward + backward + update), medians "
         f"of {rounds} alternating rounds:")
@@ -353,6 +427,19 @@ def main():
   for channels, rate in s5.items():
     print(f"Report 004 M2D tagger ({channels}c, ViT-B/16, masked SD), 10-s mixtures, batch "
           f"{args.s5_batch}: {rate:.2f} training mixtures/s")
+  if qwen:
+    print(f"Report 004 Qwen2-Audio teacher cache (32 × 1280 encoder, random weights), 10-s "
+          f"mixtures, batch 2: {qwen['mixtures_per_s']:.3f} mixtures/s, "
+          f"{qwen['disk_bytes_per_1000'] / 2**20:.1f} MiB per 1,000 mixtures on disk "
+          f"(tokens 32 × 1280 float16), peak host memory so far "
+          f"{qwen['peak_rss_bytes'] / 1e9:.2f} GB")
+  if qwen_torch:
+    t = qwen_torch
+    print(f"Qwen2-Audio encoder, batch {t['batch']} of 10-s clips in the 30-s window, s per "
+          f"batch: transformers {t['transformers']} (torch {t['torch']}, all 1500 positions) "
+          f"{t['torch_s']:.2f}; ours, all positions {t['jax_full_s']:.2f} "
+          f"(×{t['torch_s'] / t['jax_full_s']:.2f}); ours, keep_positions=500 "
+          f"{t['jax_keep_s']:.2f} (×{t['torch_s'] / t['jax_keep_s']:.2f})")
   for variant, state in states.items():
     print(f"Train state on the device ({variant}: params, batch stats, optimizer): "
           f"{state_lib.memory_bytes(state()) / 2**20:.2f} MB")

@@ -87,8 +87,8 @@ class Plan:
   runs: Tuple[Run, ...]
   tables: str = ""
   # Official checkpoints the real (not smoke) chain starts from, by option name: each is given
-  # as `--<name> FILE` and handed to every run's config as `<name>=FILE` (report 004: m2d,
-  # resunetk).
+  # as `--<name> PATH` and handed to every run's config as `<name>=PATH` (report 004: m2d,
+  # resunetk, qwen).
   checkpoints: Tuple[str, ...] = ()
   # The smoke chain compiles with XLA's backend optimisations off (tiny models: compiling
   # dominates); a plan whose smoke runs are compute-bound (report 004's U-Net) keeps them.
@@ -381,12 +381,16 @@ def main_cli(argv: Optional[Sequence[str]] = None) -> None:
                       "(m2d_as_vit_base-80x1001p16x16p32k-…/weights_ep69it3124-0.47998.pth)")
   parser.add_argument("--resunetk", default="",
                       help="report 004: the released ResUNetK separator checkpoint")
+  parser.add_argument("--qwen", default="",
+                      help="report 004: the Qwen2-Audio checkpoint (Qwen/Qwen2-Audio-7B's "
+                           "safetensors: the folder, its index json or one file); only the "
+                           "audio tower is read")
   parser.add_argument("--option", action="append", default=[],
                       help="KEY=VALUE handed to every run's config argument, e.g. report 004's "
                            "m2d_norm=-7.1:4.2 (the M2D checkpoint's norm_stats)")
   args = parser.parse_args(argv)
   plan = load_plan(args.config, smoke=args.smoke)
-  checkpoints = {name: getattr(args, name) for name in ("m2d", "resunetk")
+  checkpoints = {name: getattr(args, name) for name in ("m2d", "resunetk", "qwen")
                  if getattr(args, name)}
   if (args.smoke and plan.smoke_fast_compile
       and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")):
@@ -403,8 +407,8 @@ def main_cli(argv: Optional[Sequence[str]] = None) -> None:
     if any(r.passt for r in plan.runs) and not os.path.isfile(args.passt_checkpoint):
       parser.error("the PaSST teachers start from --passt-checkpoint FILE (AudioSet PaSST-S)")
     for name in plan.checkpoints:
-      if not os.path.isfile(getattr(args, name)):
-        parser.error(f"plan {plan.name} starts from --{name} FILE (got {getattr(args, name)!r})")
+      if not os.path.exists(getattr(args, name)):
+        parser.error(f"plan {plan.name} starts from --{name} PATH (got {getattr(args, name)!r})")
     dirs = args.dirs
   for name in checkpoints:
     if name not in plan.checkpoints:

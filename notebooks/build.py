@@ -83,15 +83,16 @@ REPORTS = {
         script="launch/report002_teachers.sh", dataset="TAU Urban Acoustic Scenes 2020 Mobile",
         extra="[]"),
     "report004_s5": dict(
-        title="Report 004 — S5: M2D tagging with masked self-distillation and the ResUNetK "
-              "separator",
-        text="Four M2D taggers of K = 3 event tracks (1c and 4c; the DCASE baseline and "
-             "report 004's permutation-invariant masked self-distillation with an EMA teacher), "
-             "whose labels query the label-conditioned ResUNetK separator; tables 1 and 2 "
-             "(CAPI-SDRi, mixture- and source-level label accuracy).",
+        title="Report 004 — S5: M2D tagging with masked self-distillation and Qwen2-Audio "
+              "semantic distillation, and the ResUNetK separator",
+        text="Six M2D taggers of K = 3 event tracks (1c and 4c; the DCASE baseline, "
+             "report 004's permutation-invariant masked self-distillation with an EMA teacher, "
+             "and its semantic distillation from a frozen Qwen2-Audio encoder, cached once, "
+             "with CKA and cosine terms), whose labels query the label-conditioned ResUNetK "
+             "separator; tables 1 and 2 (CAPI-SDRi, mixture- and source-level label accuracy).",
         script="launch/report004_s5.sh", dataset="DCASE 2026 Task 4 data (dev_set/, eval_set/)",
-        extra='["--m2d", "weights_ep69it3124-0.47998.pth", "--resunetk", "resunetk.ckpt"] with '
-              'the real data'),
+        extra='["--m2d", "weights_ep69it3124-0.47998.pth", "--resunetk", "resunetk.ckpt", '
+              '"--qwen", "Qwen2-Audio-7B"] with the real data'),
 }
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import chains as chain_runs
+from jax_asc.stages import inference_checkpoint
 
 REPO = chain_runs.REPO
 SCRIPTS = chain_runs.SCRIPTS
@@ -233,10 +234,25 @@ def test_report004_chain(chains, monkeypatch):
   ours = data["ours"]
   assert set(ours) == {"1c", "4c"}
   for track, rows in ours.items():
-    assert set(rows) == {"baseline", "masked_sd", "oracle"}, rows
-    for system in ("baseline", "masked_sd"):
+    assert set(rows) == {"baseline", "masked_sd", "semantic_kd", "oracle"}, rows
+    for system in ("baseline", "masked_sd", "semantic_kd"):
       assert rows[system]["accuracy_source"] > TAGGED, (track, system, rows[system])
       assert rows[system]["scored"] + rows[system]["excluded"] == 96
+  # Semantic KD (report 004 §2.3): the tiny random Qwen teacher's cache was built once, and
+  # CKA between the student's projected tokens and the teacher's rose during training.
+  cache = json.loads((root / "report004" / "qwen_cache" / "reports" / "teacher_cache.json")
+                     .read_text())["qwen/train"]
+  assert cache["mixtures"] == 1536 and cache["tokens"] == [32, 64], cache
+  for role in ("tagger_1c_qwen", "tagger_4c_qwen"):
+    run = root / "report004" / "taggers" / role
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    cka = [r["train/cka"] for r in logged if "train/cka" in r]
+    first, last = np.mean(cka[:3]), np.mean(cka[-3:])
+    assert last > first + 0.1, (role, cka)
+    manifest = json.loads((run / "inference_checkpoint" / "manifest.json").read_text())
+    assert list(manifest["dropped"]) == ["semantic_projector"], manifest
+    model, variables = inference_checkpoint.load(str(run))
+    assert model.semantic_dim == 0 and "semantic_projector" not in variables["params"]
   # The separator trained on the synthetic mixtures separates: positive CAPI-SDRi with the
   # reference labels (0 dB is the mixture itself), and the system's rows are scored.
   assert ours["1c"]["oracle"]["capi_sdri"] > 0, ours["1c"]["oracle"]

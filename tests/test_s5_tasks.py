@@ -149,7 +149,17 @@ def test_report004_plan_and_configs():
   smoke = plans.load_plan("configs/report004_s5.py", smoke=True)
   assert [r.path for r in real.runs][-1] == "system" and "separator" not in [
       r.path for r in real.runs]
-  assert "separator" in smoke.runs[-1].needs and real.checkpoints == ("m2d", "resunetk")
+  assert "separator" in smoke.runs[-1].needs
+  assert real.checkpoints == ("m2d", "resunetk", "qwen")
+  # The Qwen taggers read the cache run's folder and need it; the system table has their rows.
+  by_path = {r.path: r for r in real.runs}
+  for role in ("tagger_1c_qwen", "tagger_4c_qwen"):
+    run = by_path[f"taggers/{role}"]
+    assert run.needs == ("qwen_cache",) and run.stages[-1] == "inference_checkpoint"
+    assert run.overrides["teachers.qwen.folder"] == "{workdir}/qwen_cache/teacher_caches/qwen"
+  assert by_path["qwen_cache"].stages == ("teacher_cache",)
+  assert "1c/semantic_kd={workdir}/taggers/tagger_1c_qwen" in by_path["system"].overrides[
+      "system.taggers"]
   sd = report004_s5.get_config("tagger_4c_sd,root=/data,m2d=/ckpt/w.pth")
   assert sd.model_init.kind == "m2d_torch" and sd.model.spatial_mask_rate == 0.3
   assert dict(sd.loss.terms)["aux_pit_ce"] == 0.05 and sd.teachers.ema.decay == 0.999

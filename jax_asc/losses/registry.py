@@ -17,7 +17,10 @@ Inputs a term may read (shapes; B = batch):
   separated (B, K, S) a separator's waveforms, sources (B, K, S) the dry targets, silence the
   silence class (label-queried separation);
   teachers {name: {log_probs (B, C) at the KD temperature, logits, embedding, features,
-  track_logits, projected}}: a term with a `teacher` setting reads the teacher of that name.
+  track_logits, projected, tokens}}: a term with a `teacher` setting reads the teacher of that
+  name;
+  semantic (B, bins, D) the student's pooled tokens projected to a semantic teacher's width
+  (report 004 §2.3), the teacher's `tokens` alike.
 """
 from __future__ import annotations
 
@@ -163,6 +166,24 @@ def _cka(inputs, s):
           teacher="online")
 def _cosine(inputs, s):
   return similarity.cosine_distance(inputs["embedding"], _teacher(inputs, s, "embedding"))
+
+
+@register("semantic_cka", ("semantic", "teacher.tokens", "step"),
+          "1 − CKA(S, T) of the pooled, projected student tokens and the semantic teacher's: "
+          "report 004 eq. 4 (λ_CKA; its weight ramped up over warmup_steps)",
+          teacher="qwen", warmup_steps=0, debiased=False)
+def _semantic_cka(inputs, s):
+  cka, _ = similarity.semantic_similarities(inputs["semantic"], _teacher(inputs, s, "tokens"),
+                                            debiased=s["debiased"])
+  return (1.0 - cka) * pit.linear_ramp(inputs["step"], s["warmup_steps"])
+
+
+@register("semantic_cos", ("semantic", "teacher.tokens", "step"),
+          "1 − cos(S̄, T̄) of the clip means: report 004 eq. 4 (λ_cos; its weight ramped up over "
+          "warmup_steps)", teacher="qwen", warmup_steps=0)
+def _semantic_cos(inputs, s):
+  _, cos = similarity.semantic_similarities(inputs["semantic"], _teacher(inputs, s, "tokens"))
+  return (1.0 - cos) * pit.linear_ramp(inputs["step"], s["warmup_steps"])
 
 
 @register("pit_ce", ("track_logits", "track_targets"), "PIT cross-entropy: report 004")

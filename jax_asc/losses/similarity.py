@@ -9,7 +9,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -82,32 +81,29 @@ def cosine_distance(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Array:
   return jnp.mean(1.0 - cos)
 
 
-def adaptive_avg_pool_time(x: jax.Array, bins: int) -> jax.Array:
-  """(B, T, D) → (B, bins, D) like `F.adaptive_avg_pool1d`: bin i averages frames
-  [floor(i·T/bins), ceil((i+1)·T/bins))."""
-  t = x.shape[1]
-  weights = np.zeros((bins, t), np.float32)
-  for i in range(bins):
-    start, end = (i * t) // bins, -(-((i + 1) * t) // bins)
-    weights[i, start:end] = 1.0 / (end - start)
-  return jnp.einsum("kt,btd->bkd", weights, x.astype(jnp.float32), precision=_HIGHEST)
+def semantic_similarities(student: jax.Array, teacher: jax.Array, *, debiased: bool = False):
+  """(CKA(S, T), mean cos(S̄, T̄)) of report 004 eq. 4 on pooled sequences.
 
-
-def semantic_distillation(task_loss: jax.Array, student_tokens: jax.Array,
-                          teacher_tokens: jax.Array, *, cka_weight: float = 0.05,
-                          cos_weight: float = 0.02, bins: int = 32, debiased: bool = False):
-  """Report 004 eq. 4: L_task + λ_CKA·(1 − CKA(S, T)) + λ_cos·(1 − cos(S̄, T̄)).
-
-  student_tokens: (B, Ts, D) student tokens already projected to the teacher's width D (the
-  projector is a trainable module, e.g. `nn.Dense`); teacher_tokens: (B, Tt, D). Both are pooled to
-  `bins` time bins; CKA treats the B·bins pooled tokens as examples (with the report's batch sizes
-  of 4–64 clips, clip-level CKA would see too few rows); S̄, T̄ are the clip means of the pooled
-  sequences. Weights (0.05, 0.02) for 1c, (0.02, 0.01) for 4c in the report.
-  Returns (loss, {"task", "cka", "cos"}).
+  student, teacher: (B, bins, D) token sequences already pooled to the same time bins (report
+  004: 32) and, for the student, projected to the teacher's width D. CKA treats the B·bins
+  pooled tokens as examples (with the report's batches of 4–64 clips, clip-level CKA would see
+  too few rows); S̄, T̄ are the clip means over the bins.
   """
-  s = adaptive_avg_pool_time(student_tokens, bins)
-  t = adaptive_avg_pool_time(teacher_tokens, bins)
-  cka = linear_cka(s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1]), debiased=debiased)
-  cos = 1.0 - cosine_distance(s.mean(axis=1), t.mean(axis=1))
+  if student.shape != teacher.shape:
+    raise ValueError(f"semantic distillation needs equal (B, bins, D) shapes: student "
+                     f"{student.shape}, teacher {teacher.shape}")
+  width = student.shape[-1]
+  cka = linear_cka(student.reshape(-1, width), teacher.reshape(-1, width), debiased=debiased)
+  cos = 1.0 - cosine_distance(student.mean(axis=1), teacher.mean(axis=1))
+  return cka, cos
+
+
+def semantic_distillation(task_loss: jax.Array, student: jax.Array, teacher: jax.Array, *,
+                          cka_weight: float = 0.05, cos_weight: float = 0.02,
+                          debiased: bool = False):
+  """Report 004 eq. 4: L_task + λ_CKA·(1 − CKA(S, T)) + λ_cos·(1 − cos(S̄, T̄)) on pooled
+  (B, bins, D) sequences (`semantic_similarities`). Weights (0.05, 0.02) for 1c, (0.02, 0.01)
+  for 4c in the report. Returns (loss, {"task", "cka", "cos"})."""
+  cka, cos = semantic_similarities(student, teacher, debiased=debiased)
   loss = task_loss + cka_weight * (1.0 - cka) + cos_weight * (1.0 - cos)
   return loss, {"task": task_loss, "cka": cka, "cos": cos}

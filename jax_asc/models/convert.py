@@ -8,12 +8,21 @@ released `passt-s-f128-p16-s10-ap.476-swa.pt` — into the `params` of `models.p
 Lightning checkpoint or bare state dict) into the variables of `models.resunetk.ResUNetK`.
 `load_torch_state_dict(path)` reads a `.pt`/`.ckpt` file (needs PyTorch) or an `.npz` written by
 `save_npz`, so a machine without PyTorch can use a checkpoint converted elsewhere.
+`read_safetensors(path, prefixes)` reads chosen tensors of a `.safetensors` file or sharded
+folder without PyTorch; `qwen_audio_state_dict(path)` takes Qwen2-Audio's audio tower from it,
+`qwen_audio_params` converts that into the `params` of `models.qwen_audio.QwenAudioEncoder`.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
-from typing import Dict, Mapping, Optional, Tuple
+from typing import (TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
+
+if TYPE_CHECKING:
+  from jax_asc.models.qwen_audio import QwenAudioEncoder
 
 import numpy as np
 
@@ -376,3 +385,288 @@ def resunetk_params(state_dict: Mapping[str, np.ndarray], model=None) -> Dict:
   if problems:
     raise ValueError("ResUNetK state dict does not fit the model: " + " | ".join(problems))
   return variables
+
+
+# ----------------------------------------------------------------------------- safetensors
+# The format (huggingface/safetensors): an 8-byte little-endian unsigned header length n, a JSON
+# header of n bytes {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": …},
+# then the raw little-endian tensor bytes, offsets counted from the end of the header. A sharded
+# checkpoint is a folder with `model.safetensors.index.json`, {"weight_map": {name: shard file}}.
+# Files are memory-mapped: only the bytes of the tensors asked for are read from disk.
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_FILE = "model.safetensors"
+_SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+_SAFETENSORS_MAX_HEADER = 100 << 20   # bytes; a larger header means a corrupt or foreign file
+_HASH_CHUNK = 64 << 20                # bytes hashed at a time
+
+
+def _safetensors_header(file: str) -> Tuple[Dict[str, Dict], int]:
+  """({name: {dtype, shape, data_offsets}}, byte offset of the data) of one `.safetensors`."""
+  size = os.path.getsize(file)
+  with open(file, "rb") as f:
+    head = f.read(8)
+    if len(head) < 8:
+      raise ValueError(f"{file} is not a safetensors file: {size} bytes, no header length")
+    n = int.from_bytes(head, "little")
+    if n > min(size - 8, _SAFETENSORS_MAX_HEADER):
+      raise ValueError(f"{file} is not a safetensors file: header length {n} in a file of "
+                       f"{size} bytes")
+    try:
+      header = json.loads(f.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise ValueError(f"{file}: the safetensors header is not JSON ({e})") from None
+  if not isinstance(header, dict):
+    raise ValueError(f"{file}: the safetensors header is a {type(header).__name__}, not a dict")
+  header.pop("__metadata__", None)
+  return header, 8 + n
+
+
+def _safetensors_locations(path: str) -> Tuple[str, Dict[str, str]]:
+  """(the file or index read, {tensor name: file holding it}) for a `.safetensors` file, an index
+  json, or a folder holding `model.safetensors.index.json` or `model.safetensors`."""
+  if os.path.isdir(path):
+    index, single = os.path.join(path, SAFETENSORS_INDEX), os.path.join(path, SAFETENSORS_FILE)
+    if os.path.exists(index):
+      path = index
+    elif os.path.exists(single):
+      path = single
+    else:
+      raise FileNotFoundError(f"{path} holds neither {SAFETENSORS_INDEX} nor {SAFETENSORS_FILE}")
+  elif not os.path.exists(path):
+    raise FileNotFoundError(f"safetensors checkpoint {path} does not exist")
+  if path.endswith(".json"):
+    with open(path) as f:
+      try:
+        index = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a JSON safetensors index ({e})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+      raise ValueError(f"{path} has no 'weight_map' {{tensor name: shard file}}")
+    folder = os.path.dirname(os.path.abspath(path))
+    return path, {name: os.path.join(folder, shard) for name, shard in weight_map.items()}
+  header, _ = _safetensors_header(path)
+  return path, {name: path for name in header}
+
+
+def _prefix_tuple(prefixes: Union[None, str, Iterable[str]]) -> Optional[Tuple[str, ...]]:
+  if prefixes is None:
+    return None
+  return (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)
+
+
+def _tensor_views(path: str, prefixes=None) -> Tuple[str, Dict[str, Tuple], List[str]]:
+  """(source, {name: (dtype, shape, raw uint8 memmap view, file)}, all names) of the tensors whose
+  names start with one of `prefixes` (None: all). Views are lazy: nothing is read yet."""
+  source, locations = _safetensors_locations(path)
+  prefixes = _prefix_tuple(prefixes)
+  by_file: Dict[str, List[str]] = {}
+  for name, file in locations.items():
+    if prefixes is None or name.startswith(prefixes):
+      by_file.setdefault(file, []).append(name)
+  views = {}
+  for file, names in by_file.items():
+    if not os.path.exists(file):
+      raise FileNotFoundError(f"{source} puts {names[0]!r} in {file}, which does not exist")
+    header, start = _safetensors_header(file)
+    size = os.path.getsize(file) - start
+    data = (np.memmap(file, dtype=np.uint8, mode="r", offset=start, shape=(size,)) if size
+            else np.zeros(0, np.uint8))
+    for name in names:
+      info = header.get(name)
+      if not isinstance(info, dict):
+        raise ValueError(f"{source} puts {name!r} in {file}, whose header has no such tensor")
+      dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+      if dtype not in _SAFETENSORS_DTYPES:
+        raise ValueError(f"{file}: tensor {name!r} has dtype {dtype}; only "
+                         f"{sorted(_SAFETENSORS_DTYPES)} are read")
+      if not isinstance(shape, list) or not isinstance(offsets, list) or len(offsets) != 2:
+        raise ValueError(f"{file}: tensor {name!r} has a malformed header entry {info}")
+      shape = tuple(int(s) for s in shape)
+      begin, end = (int(o) for o in offsets)
+      nbytes = int(np.prod(shape, dtype=np.int64)) * _SAFETENSORS_DTYPES[dtype].itemsize
+      if not 0 <= begin <= end <= size or end - begin != nbytes:
+        raise ValueError(f"{file}: tensor {name!r} ({dtype} {list(shape)}, {nbytes} bytes) has "
+                         f"data_offsets [{begin}, {end}] in a data section of {size} bytes")
+      views[name] = (dtype, shape, data[begin:end], file)
+  return source, views, list(locations)
+
+
+def _as_float32(dtype: str, shape: Tuple[int, ...], raw: np.ndarray) -> np.ndarray:
+  """A float32 copy of a tensor's raw little-endian bytes (bf16: its bits are float32's top 16)."""
+  values = raw.view(_SAFETENSORS_DTYPES[dtype])
+  if dtype == "BF16":
+    values = (values.astype(np.uint32) << 16).view(np.float32)
+  return values.astype(np.float32).reshape(shape)
+
+
+def read_safetensors(path: str, prefixes: Union[None, str, Sequence[str]] = None
+                     ) -> Dict[str, np.ndarray]:
+  """{name: float32 array} of the tensors of a safetensors checkpoint (no PyTorch needed).
+
+  Args:
+    path: a `.safetensors` file, a folder holding `model.safetensors.index.json` (its
+      `weight_map` names the shard of each tensor) or `model.safetensors`, or the index json.
+    prefixes: read only the tensors whose names start with one of these (a string or a
+      sequence); None: all. Shards holding none of them are never opened, and within a file only
+      the chosen tensors' bytes are read (memory-mapped).
+
+  F32, F16 and BF16 tensors are read (as float32); any other dtype raises ValueError naming the
+  tensor and the file, as do a malformed header and offsets outside the file.
+  """
+  _, views, _ = _tensor_views(path, prefixes)
+  return {name: _as_float32(dtype, shape, raw) for name, (dtype, shape, raw, _) in views.items()}
+
+
+# ----------------------------------------------------------------------------- Qwen2-Audio
+# The audio tower of a Qwen2-Audio checkpoint (Qwen/Qwen2-Audio-7B[-Instruct]: safetensors shards
+# in bf16; the tower is "audio_tower.*", "model.audio_tower.*" in transformers 5's layout).
+# Only the tower's tensors are read: the language model's shards are never opened.
+
+QWEN_AUDIO_PREFIXES = ("audio_tower.", "model.audio_tower.")
+
+
+def _audio_tower_views(path: str) -> Dict[str, Tuple]:
+  """{name without the prefix: (dtype, shape, raw view, file)} of the audio tower's tensors."""
+  source, views, names = _tensor_views(path, QWEN_AUDIO_PREFIXES)
+  if not views:
+    raise ValueError(f"{source} holds no Qwen2-Audio audio tower: no tensor name starts with "
+                     f"{' or '.join(map(repr, QWEN_AUDIO_PREFIXES))} (it has {len(names)} "
+                     f"tensors, e.g. {sorted(names)[:5]})")
+  return _unprefixed(views.items(), source)[0]
+
+
+def _strip_audio_prefix(name: str) -> str:
+  for prefix in QWEN_AUDIO_PREFIXES:
+    if name.startswith(prefix):
+      return name[len(prefix):]
+  return name
+
+
+def _unprefixed(items, where: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
+  """({name without its audio-tower prefix: value}, {that name: the name as given}); a name
+  present under two prefixes is an error naming both."""
+  out, origin = {}, {}
+  for key, value in items:
+    name = _strip_audio_prefix(key)
+    if name in out:
+      raise ValueError(f"{where} holds the audio tower's {name!r} twice: as {origin[name]!r} "
+                       f"and {key!r}")
+    out[name], origin[name] = value, key
+  return out, origin
+
+
+def qwen_audio_state_dict(path: str) -> Dict[str, np.ndarray]:
+  """{name: float32 array} of the audio tower in a Qwen2-Audio safetensors checkpoint (a file, a
+  sharded folder or its index json), with the prefix `audio_tower.` or `model.audio_tower.`
+  stripped (`conv1.weight`, `layers.0.fc1.weight`, …). Raises ValueError naming the file, the
+  prefixes looked for and a few of the names found when it has no audio tower."""
+  return {name: _as_float32(dtype, shape, raw)
+          for name, (dtype, shape, raw, _) in _audio_tower_views(path).items()}
+
+
+def qwen_audio_fingerprint(path: str) -> str:
+  """First 16 hex digits of the sha256 over the audio tower's tensors, sorted by name (prefix
+  stripped): each one's name, dtype, shape and raw bytes, streamed from the memory-mapped file.
+  Changes with any weight; the language model's tensors do not enter it."""
+  digest = hashlib.sha256()
+  for name, (dtype, shape, raw, _) in sorted(_audio_tower_views(path).items()):
+    digest.update(f"{name}\0{dtype}\0{list(shape)}\0".encode())
+    for i in range(0, raw.size, _HASH_CHUNK):
+      digest.update(raw[i:i + _HASH_CHUNK])
+  return digest.hexdigest()[:16]
+
+
+def qwen_audio_params(state_dict: Mapping[str, np.ndarray], encoder: "QwenAudioEncoder") -> Dict:
+  """Flax `params` of `models.qwen_audio.QwenAudioEncoder` from the audio tower's state dict.
+
+  Args:
+    state_dict: HF `Qwen2AudioEncoder` names (`conv1.weight`, `embed_positions.weight`,
+      `layers.{i}.self_attn.q_proj.weight`, …), bare or with a prefix of `QWEN_AUDIO_PREFIXES`
+      (`qwen_audio_state_dict`'s output, or a torch module's `state_dict()`).
+    encoder: the module the params are for; its settings give the expected shapes.
+
+  Layouts: Conv1d (out, in, k) → (k, in, out); Linear (out, in) → (in, out); LayerNorm
+  weight → scale; `embed_positions.weight` (P, d) → `embed_positions/embedding`.
+  Raises ValueError naming each setting (d_model, num_mel_bins, max_source_positions, ffn_dim,
+  num_layers) on which the checkpoint and the encoder differ, or else listing the missing
+  tensors, the unused ones and those of the wrong shape.
+  """
+  state, origin = _unprefixed(((k, _np(v)) for k, v in state_dict.items()),
+                              "the Qwen2-Audio state dict")
+
+  # The settings the checkpoint implies, so a mismatch names the setting, not a tensor.
+  implied = {}
+  for setting, key, axis in (("d_model", "conv1.weight", 0), ("num_mel_bins", "conv1.weight", 1),
+                             ("max_source_positions", "embed_positions.weight", 0),
+                             ("ffn_dim", "layers.0.fc1.weight", 0)):
+    if key in state and state[key].ndim > axis:
+      implied[setting] = state[key].shape[axis]
+  layer_ids = [int(m.group(1)) for k in state for m in [re.match(r"layers\.(\d+)\.", k)] if m]
+  if layer_ids:
+    implied["num_layers"] = max(layer_ids) + 1
+  differ = [f"{s}: checkpoint {v}, encoder {getattr(encoder, s)}" for s, v in implied.items()
+            if v != getattr(encoder, s)]
+  if differ:
+    raise ValueError(f"Qwen2-Audio audio tower does not fit QwenAudioEncoder ({'; '.join(differ)})"
+                     ": build the encoder with the checkpoint's settings")
+
+  d, ffn = encoder.d_model, encoder.ffn_dim
+  used, missing, wrong = set(), [], []
+
+  def take(name, shape):
+    if name not in state:
+      missing.append(name)
+      return np.zeros(shape, np.float32)
+    used.add(name)
+    if state[name].shape != tuple(shape):
+      wrong.append(f"{origin[name]}: checkpoint {state[name].shape}, encoder {tuple(shape)}")
+      return np.zeros(shape, np.float32)
+    return state[name]
+
+  def linear(name, d_out, d_in, bias=True):
+    out = {"kernel": np.ascontiguousarray(take(f"{name}.weight", (d_out, d_in)).T)}
+    if bias:
+      out["bias"] = take(f"{name}.bias", (d_out,))
+    return out
+
+  def conv(name, d_out, d_in):
+    return {"kernel": np.ascontiguousarray(take(f"{name}.weight", (d_out, d_in, 3))
+                                           .transpose(2, 1, 0)),
+            "bias": take(f"{name}.bias", (d_out,))}
+
+  def norm(name):
+    return {"scale": take(f"{name}.weight", (d,)), "bias": take(f"{name}.bias", (d,))}
+
+  params = {
+      "conv1": conv("conv1", d, encoder.num_mel_bins),
+      "conv2": conv("conv2", d, d),
+      "embed_positions": {"embedding": take("embed_positions.weight",
+                                            (encoder.max_source_positions, d))},
+      "layer_norm": norm("layer_norm"),
+  }
+  for i in range(encoder.num_layers):
+    b = f"layers.{i}"
+    params[f"layers_{i}"] = {
+        "self_attn_layer_norm": norm(f"{b}.self_attn_layer_norm"),
+        "self_attn": {"q_proj": linear(f"{b}.self_attn.q_proj", d, d),
+                      "k_proj": linear(f"{b}.self_attn.k_proj", d, d, bias=False),
+                      "v_proj": linear(f"{b}.self_attn.v_proj", d, d),
+                      "out_proj": linear(f"{b}.self_attn.out_proj", d, d)},
+        "final_layer_norm": norm(f"{b}.final_layer_norm"),
+        "fc1": linear(f"{b}.fc1", ffn, d),
+        "fc2": linear(f"{b}.fc2", d, ffn),
+    }
+  unused = sorted(origin[k] for k in state if k not in used)
+
+  def listed(names):
+    return f"{names[:10]}" + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
+  problems = ([f"missing {listed(missing)}"] if missing else []) + (
+      [f"unused {listed(unused)}"] if unused else []) + (
+      [f"wrong shape: {'; '.join(wrong[:10])}"] if wrong else [])
+  if problems:
+    raise ValueError("Qwen2-Audio audio tower does not fit QwenAudioEncoder: "
+                     + " | ".join(problems))
+  return params

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+import numpy as np
+
 from jax_asc.models import fast_ops
 
 # PyTorch `kaiming_normal_(mode="fan_out")`: gain √2, untruncated normal, fan_out = out·kh·kw.
@@ -272,3 +274,15 @@ def avg_pool_shortcut(x, strides: Sequence[int]):
   depthwise convolution with every tap 1/9 (XLA's CPU reduce-window gradient is slow)."""
   kernel = jnp.full((3, 3, 1, x.shape[-1]), 1.0 / 9.0, x.dtype)
   return fast_ops.depthwise_conv(x, kernel, tuple(strides))
+
+
+def adaptive_avg_pool_time(x: jax.Array, bins: int) -> jax.Array:
+  """(B, T, D) → (B, bins, D) float32 like `F.adaptive_avg_pool1d`: bin i averages frames
+  [floor(i·T/bins), ceil((i+1)·T/bins)) (T < bins repeats frames)."""
+  t = x.shape[1]
+  weights = np.zeros((bins, t), np.float32)
+  for i in range(bins):
+    start, end = (i * t) // bins, -(-((i + 1) * t) // bins)
+    weights[i, start:end] = 1.0 / (end - start)
+  return jnp.einsum("kt,btd->bkd", weights, x.astype(jnp.float32),
+                    precision=lax.Precision.HIGHEST)

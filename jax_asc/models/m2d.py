@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax_asc.models.layers import adaptive_avg_pool_time
 from jax_asc.models.passt import Block, torch_conv_default, trunc_normal_02
 from jax_asc.models.track_head import TrackHead, concatenate_channels, mask_spatial_tokens
 
@@ -176,10 +177,17 @@ class M2DTagger(nn.Module):
   L_aux; blocks 9 and 10). Their tokens are the block outputs without the final norm (the head's
   BatchNorm normalises them).
 
+  `semantic_dim` > 0 (report 004 §2.3, semantic distillation): the reference channel's tokens,
+  before spatial masking, average-pooled to `semantic_bins` time bins and projected to the
+  teacher's width by `semantic_projector` (a Dense: projecting then pooling is the same affine
+  map, pooling first is cheaper). A training-only part: stage inference_checkpoint drops it.
+
   Output: logits (B, num_tracks, num_classes) float32; with `return_features=True` a dict
-  {"logits", "aux_logits": {block: (B, K, classes)}, "tokens": (B, N, C·feature_dim)}.
+  {"logits", "aux_logits": {block: (B, K, classes)}, "tokens": (B, N, C·feature_dim)[,
+  "semantic": (B, semantic_bins, semantic_dim)]}.
   Variables: params {"encoder" (M2DEncoder, loadable from `convert.m2d_params`), "head",
-  "aux_head_{k}"}, batch_stats of the heads' BatchNorm (updated when train=True).
+  "aux_head_{k}"[, "semantic_projector"]}, batch_stats of the heads' BatchNorm (updated when
+  train=True).
   """
   channels: int = 1
   embed_dim: int = 768
@@ -195,6 +203,8 @@ class M2DTagger(nn.Module):
   track_hidden_dim: Optional[int] = 512
   aux_blocks: Tuple[int, ...] = (9, 10)
   spatial_mask_rate: float = 0.0
+  semantic_dim: int = 0
+  semantic_bins: int = 32
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -224,6 +234,12 @@ class M2DTagger(nn.Module):
       return TrackHead(self.num_tracks, self.num_classes, self.track_input_dim,
                        self.track_hidden_dim, name=name)
 
+    semantic = None
+    if self.semantic_dim > 0:
+      reference = tokens.reshape(batch, channels, *tokens.shape[1:])[:, 0]
+      pooled = adaptive_avg_pool_time(reference, self.semantic_bins)
+      semantic = nn.Dense(self.semantic_dim, dtype=self.dtype,
+                          name="semantic_projector")(pooled).astype(jnp.float32)
     tokens = join(tokens)
     logits = head("head")(tokens, train=train)
     # The auxiliary heads always run, so init makes their variables and training updates their
@@ -231,4 +247,7 @@ class M2DTagger(nn.Module):
     aux = {k: head(f"aux_head_{k}")(join(hidden[k]), train=train) for k in self.aux_blocks}
     if not return_features:
       return logits
-    return {"logits": logits, "aux_logits": aux, "tokens": tokens}
+    out = {"logits": logits, "aux_logits": aux, "tokens": tokens}
+    if semantic is not None:
+      out["semantic"] = semantic
+    return out

@@ -16,11 +16,18 @@ self_kd: α_self}):
               over `loss.pi_kd.warmup_steps` (the report does not say how KD starts; the EMA
               teacher is the student itself at first);
   self_kd     L_self: the report names it without defining it; ours is the main head teaching
-              the auxiliary heads (`pit.self_distillation`).
+              the auxiliary heads (`pit.self_distillation`);
+  semantic_cka, semantic_cos   report 004 eq. 4 (§2.3): λ_CKA·(1 − CKA(S, T)) and
+              λ_cos·(1 − cos(S̄, T̄)) between the model's `semantic` output (the reference
+              channel's tokens pooled to the teacher's time bins and projected to its width,
+              `model.semantic_dim`) and a Qwen2-Audio teacher's cached tokens of the clean
+              sources (`config.teachers.<name>`, source "qwen_audio", `teachers/semantic.py`;
+              joined to the training split as `teacher/<name>/tokens`), each ramped up over
+              its `warmup_steps`. The run logs the raw `cka` and `cos` beside them.
 The 4c model masks 30 % of its spatial tokens in training (`model.spatial_mask_rate`).
 
-Outputs: `track_logits` (B, K, C + 1) and, asked for, `tokens` (B, N, C_in·D) (the encoder's,
-for the semantic distillation of report 004 §2.3). Evaluators: accuracy_mixture,
+Outputs: `track_logits` (B, K, C + 1) and, asked for, `tokens` (B, N, C_in·D) (the encoder's).
+`TRAIN_ONLY_PARAMS`: what stage inference_checkpoint drops (the semantic projector). Evaluators: accuracy_mixture,
 accuracy_source (%) and pit_ce (the validation loss report 004 selects checkpoints on).
 """
 from __future__ import annotations
@@ -33,13 +40,24 @@ import jax.numpy as jnp
 from jax_asc import models, teachers as teachers_lib
 from jax_asc.audio import frontends
 from jax_asc.eval import evaluators
-from jax_asc.losses import registry
+from jax_asc.losses import registry, similarity
+from jax_asc.teachers import semantic as semantic_lib
 from jax_asc.train import step as step_lib
 
-BATCH_INPUTS = ("track_logits", "track_targets", "aux_track_logits", "step")
-TEACHER_OUTPUTS = {"ema": ("track_logits",)}
+BATCH_INPUTS = ("track_logits", "track_targets", "aux_track_logits", "step", "semantic")
+TEACHER_OUTPUTS = {"ema": ("track_logits",), semantic_lib.SOURCE: (semantic_lib.OUTPUT,)}
+SEMANTIC_TERMS = ("semantic_cka", "semantic_cos")
 OUTPUTS = ("track_logits", "tokens")
 RNG_STREAMS = ("spatial_mask",)
+TRAIN_ONLY_PARAMS = ("semantic_projector",)
+
+
+def inference_model_config(config):
+  """`config.model` of the inference model: without the training-only semantic projector."""
+  model = config.model.copy_and_resolve_references()
+  if "semantic_dim" in model:
+    model.semantic_dim = 0
+  return model
 
 
 def loss_settings(config):
@@ -100,13 +118,35 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
   settings = loss_settings(config)
   specs = teachers_lib.specs(config)
   for name, spec in specs.items():
-    if spec.source != "ema":
-      raise ValueError(f"teachers.{name}: the tagging task has only an EMA teacher (source "
-                       f"'ema'), got {spec.source!r}")
+    if spec.source not in TEACHER_OUTPUTS:
+      raise ValueError(f"teachers.{name}: the tagging task's teachers are of sources "
+                       f"{sorted(TEACHER_OUTPUTS)}, got {spec.source!r}")
   registry.check_inputs(weights, settings, set(BATCH_INPUTS),
-                        {name: TEACHER_OUTPUTS["ema"] for name in specs}, "tagging")
-  use_ema = need_teachers and any(registry.TERMS[t].teacher_name(settings[t]) for t in weights)
-  ema_name = next(iter(specs), None)
+                        {name: TEACHER_OUTPUTS[spec.source] for name, spec in specs.items()},
+                        "tagging")
+  read = {registry.TERMS[t].teacher_name(settings[t]) for t in weights} - {None}
+  use_ema = need_teachers and any(specs[n].source == "ema" for n in read)
+  ema_name = next((n for n in read if specs[n].source == "ema"), None)
+  semantic_columns = {}
+  for name in sorted(n for n in read if specs[n].source == semantic_lib.SOURCE):
+    if not need_teachers:     # evaluation: the inference model may lack the projector
+      continue
+    if int(model.semantic_dim) <= 0:
+      raise ValueError(f"loss terms {[t for t in SEMANTIC_TERMS if t in weights]} read teacher "
+                       f"{name!r}, but the model has no semantic projector: set "
+                       f"model.semantic_dim to the teacher's width")
+    column = semantic_lib.column_name(name)
+    if column not in split:
+      raise ValueError(f"teacher {name!r} ({semantic_lib.SOURCE}) needs the column {column!r} "
+                       f"joined to split {split.name!r} (the stages join it from its cache); "
+                       f"columns: {sorted(split.columns)}")
+    expected = (int(model.semantic_bins), int(model.semantic_dim))
+    if tuple(split[column].shape[1:]) != expected:
+      raise ValueError(f"teacher {name!r}: cached tokens are {tuple(split[column].shape[1:])} "
+                       f"(bins, width), the model's semantic output {expected} "
+                       f"(model.semantic_bins, model.semantic_dim)")
+    semantic_columns[name] = column
+  watch_semantic = next(iter(semantic_columns), None)
 
   def make_inputs(key, batch):
     x = log_mels(batch["waveform"], channels, settings_fe)
@@ -115,16 +155,24 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
     return step_lib.Prepared(x, {"ema_input": x} if use_ema else {})
 
   def teacher(frozen, batch):
-    logits = model.apply(frozen[step_lib.EMA_KEY], batch["ema_input"], train=False)
-    return {ema_name: {"track_logits": logits.astype(jnp.float32)}}
+    out = {name: {semantic_lib.OUTPUT: batch[column].astype(jnp.float32)}
+           for name, column in semantic_columns.items()}
+    if use_ema:
+      logits = model.apply(frozen[step_lib.EMA_KEY], batch["ema_input"], train=False)
+      out[ema_name] = {"track_logits": logits.astype(jnp.float32)}
+    return out
 
   def loss(output, batch, ctx):
     inputs = {"track_logits": output["logits"], "aux_track_logits": output["aux_logits"],
-              "track_targets": batch["labels"], "step": ctx.step, "teachers": ctx.teachers}
+              "track_targets": batch["labels"], "step": ctx.step, "teachers": ctx.teachers,
+              "semantic": output.get("semantic")}
     value, metrics, _ = registry.total(weights, settings, inputs)
     predicted = jnp.sort(output["logits"].argmax(-1), axis=1)
     metrics["accuracy_mixture"] = jnp.all(predicted == jnp.sort(batch["labels"], axis=1),
                                           axis=1).mean()
+    if watch_semantic is not None:   # the similarities themselves, not ramped
+      metrics["cka"], metrics["cos"] = similarity.semantic_similarities(
+          output["semantic"], ctx.teachers[watch_semantic][semantic_lib.OUTPUT])
     return value, metrics, ctx.loss_state
 
   def named_outputs(output, batch):
@@ -136,11 +184,23 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
   return step_lib.Task(
       model=model, make_inputs=make_inputs, loss=loss, outputs=named_outputs,
       evaluators=(evaluators.tagging("track_logits"),), rng_streams=RNG_STREAMS,
-      apply_kwargs={"return_features": True}, teacher=teacher if use_ema else None,
+      apply_kwargs={"return_features": True},
+      teacher=teacher if use_ema or semantic_columns else None,
       ema_teacher=use_ema, ema_decay=teachers_lib.ema_decay(config) if use_ema else None,
-      columns=("waveform", "labels") if "labels" in split else ("waveform",))
+      columns=(("waveform", "labels") if "labels" in split else ("waveform",))
+      + tuple(semantic_columns.values()))
 
 
 def join_cache_teachers(config, split, workdir: Optional[str]):
-  """The tagging task reads no cache teacher: `split` unchanged."""
-  return split
+  """`split` with the cached tokens of every semantic teacher a weighted loss term reads
+  (`teacher/<name>/tokens`, memory-mapped; the cache must match the teacher and every
+  mixture, `teachers.semantic.cached_tokens`)."""
+  settings = loss_settings(config)
+  specs = teachers_lib.specs(config)
+  read = {registry.TERMS[t].teacher_name(settings[t])
+          for t in registry.active(config.loss.terms)} - {None}
+  columns = {semantic_lib.column_name(name): semantic_lib.cached_tokens(name, specs[name],
+                                                                        split, workdir)
+             for name in sorted(read) if name in specs
+             and specs[name].source == semantic_lib.SOURCE}
+  return split.with_columns(columns) if columns else split

@@ -1,7 +1,7 @@
 """Named teachers: `config.teachers = {name: {source: cache | online | ema, …}}`.
 
 Inside the step a task sees `ctx.teachers[name]`: that teacher's outputs on this step's batch,
-computed once. Three sources:
+computed once. Four sources:
 
   cache   per-example outputs other runs predicted (their `predict` stage), gathered by filename
           and joined to the split as the column `teacher/<name>/<output>` (N, K, …), K members;
@@ -15,6 +15,10 @@ computed once. Three sources:
   ema     the exponential moving average of the student's parameters, as it was before this
           step's update, on the student's input (a mean teacher); settings: decay (report 004:
           0.999), which is the run's EMA momentum.
+  qwen_audio  report 004's semantic teacher: a frozen Qwen2-Audio encoder's tokens of each
+          mixture's clean sources, computed once by stage `teacher_cache` and joined as the
+          column `teacher/<name>/tokens` (N, bins, d); settings: checkpoint, init_seed, encoder,
+          bins, folder, splits, batch_size, dtype. See `semantic.py`.
 
 A loss term names the teacher it reads (`config.loss.<term>.teacher`). Evaluating, predicting
 with or exporting a student never loads its teachers.
@@ -28,6 +32,9 @@ SOURCES: Dict[str, Dict[str, object]] = {
     "cache": dict(runs="", output="logits", combine="logits"),
     "online": dict(run="", checkpoint="best", dtype="float32", sharding="replicated"),
     "ema": dict(decay=0.999),
+    # A frozen Qwen2-Audio encoder's tokens of the clean sources, cached (semantic.py).
+    "qwen_audio": dict(checkpoint="", init_seed=0, encoder={}, bins=32, folder="",
+                       splits="train", batch_size=4, dtype="float32"),
 }
 
 
