@@ -29,7 +29,8 @@ Roles (`configs/report004_s5.py:<role>[,root=DATA][,m2d=CKPT][,m2d_norm=MEAN:STD
                    training mixtures are one fixed draw of `num_train` (the cache holds them);
                    stage inference_checkpoint writes the model without its projector
 `accum=N` (taggers) splits each batch into N micro-batches with gradient accumulation (the same
-effective batch; the report accumulates where memory requires).
+effective batch; the report accumulates where memory requires). CKA is not additive: with
+accumulation each micro-batch's CKA sees its own (B/N)·32 pooled tokens.
 Data: `root` is the DCASE 2026 Task 4 `data` folder (dev_set/, eval_set/): training mixtures
 drawn on the fly (`data.s5.num_train` per epoch, the baseline's 25,088), validation from
 metadata/valid.json (checkpoint selection by the validation PIT cross-entropy, as the report),
@@ -39,7 +40,8 @@ its `.npz`), required for the taggers on real data; the frontend normalises with
 the weights load; the error names the values to pass). `qwen` is the Qwen2-Audio checkpoint
 (safetensors: a file, the model folder or its index json), required for `qwen_cache` on real
 data. `smoke`: the synthetic S5 set (jax_asc/data/s5_synthetic.py), a tiny random M2D and a tiny
-random Qwen-architecture teacher (2 layers of width 64 over a 1-s window).
+random Qwen-architecture teacher (2 layers of width 64 over a 1-s window; its taggers train 8
+epochs, the others 12).
 """
 from configs import common
 from jax_asc import plans
@@ -258,6 +260,7 @@ def _smoke(config, role: str) -> None:
   config.log_every_steps = 16
   config.evaluate.batch_size = 32
   if role.endswith("_qwen"):
+    config.num_epochs = 8       # CKA rises within a few epochs; the suite's time is short
     _semantic_warmup(config, 2)
     config.optimizer.param_groups = (("semantic_projector/.*", {"schedule": "warmup_cosine"}),)
 

@@ -178,7 +178,7 @@ def test_teacher_config_errors_name_the_key_and_the_choices():
   config.teachers.t = configs_common.online_teacher()
   config.teachers.t.source = "onlin"
   with pytest.raises(ValueError, match=r"teachers.t.source must be one of \['cache', 'ema', "
-                                       r"'online'\], got 'onlin'"):
+                                       r"'online', 'qwen_audio'\], got 'onlin'"):
     teachers.specs(config)
   config.teachers.t = configs_common.cache_teacher()
   config.teachers.t.run = "x"   # cache teachers take `runs`

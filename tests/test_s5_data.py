@@ -293,6 +293,24 @@ def test_t4_reader_splits(t4_root):
   assert "labels" not in splits["eval"] and len(splits["eval"]) == 1
 
 
+def test_t4_metadata_names_the_files_behind_the_indices(t4_root, tmp_path):
+  """A mixture's metadata carries the digest of the files its indices point at: a clip added
+  to a folder (which shifts the indices after it) changes every mixture's metadata, and so the
+  fingerprints a semantic teacher's cache keys them by."""
+  import shutil
+  root = str(tmp_path / "data")
+  shutil.copytree(t4_root, root)
+  before = s5_dcase.load(root, "train", _t4_cfg(root).s5)
+  digest = json.loads(before["metadata"][0])["sources"]
+  assert all(json.loads(m)["sources"] == digest for m in before["metadata"])
+  assert s5_mixing.MixtureSpec.from_json(before["metadata"][0]).room == json.loads(
+      before["metadata"][0])["room"]
+  _write(os.path.join(root, "dev_set", "sound_event", "train", "Dishes", "Dishes0a.wav"),
+         0.1 * np.ones(SR // 4))
+  after = s5_dcase.load(root, "train", _t4_cfg(root).s5)
+  assert json.loads(after["metadata"][0])["sources"] != digest
+
+
 def test_t4_reader_names_bad_input(t4_root, tmp_path):
   import shutil
   root = str(tmp_path / "data")

@@ -176,8 +176,8 @@ def test_semantic_output_reads_the_reference_channel_before_masking():
   x = jax.random.normal(jax.random.key(0), (2, 4, 80, 101))
   variables = model.init(jax.random.key(1), x)
   out = model.apply(variables, x, return_features=True)
-  per_channel = out["tokens"].shape[-1] // 4
-  assert variables["params"]["semantic_projector"]["kernel"].shape == (per_channel, 24)
+  # One token per time column: its 5 frequency patches (of width 32) side by side.
+  assert variables["params"]["semantic_projector"]["kernel"].shape == (5 * 32, 24)
   assert out["semantic"].shape == (2, 8, 24)
   # Other channels, or the spatial mask of training, leave it unchanged.
   other = x.at[:, 1:].set(0.0)
@@ -189,6 +189,28 @@ def test_semantic_output_reads_the_reference_channel_before_masking():
   assert "semantic" not in m2d.M2DTagger(**{**_fields(model), "semantic_dim": 0}).apply(
       {"params": {k: v for k, v in variables["params"].items() if k != "semantic_projector"},
        "batch_stats": variables["batch_stats"]}, x, return_features=True)
+
+
+def test_time_major_orders_tokens_by_time_column():
+  """Flat M2D tokens (each chunk f-major, chunks one after another) → one token per time
+  column in time order, for two full chunks and a remainder."""
+  encoder = m2d.M2DEncoder(embed_dim=2, depth=1, num_heads=1, patch_size=16,
+                           input_size=(32, 64))               # grid 2 × 4 per chunk
+  frames = 150                                               # 2 chunks + 22 frames: 2 columns
+  assert encoder.num_tokens(frames) == (4 + 4 + 2) * 2
+  tokens = []
+  for first, columns in ((0, 4), (4, 4), (8, 2)):
+    for f in range(2):
+      tokens += [[first + t, f] for t in range(columns)]
+  ordered = np.asarray(encoder.time_major(jnp.asarray([tokens], jnp.float32), frames))
+  assert ordered.shape == (1, 10, 4)
+  np.testing.assert_array_equal(ordered[0, :, 0], np.arange(10))     # f = 0's time column
+  np.testing.assert_array_equal(ordered[0, :, 2], np.arange(10))     # f = 1's
+  np.testing.assert_array_equal(ordered[0, :, 1::2], [[0, 1]] * 10)
+  flat = m2d.M2DEncoder(embed_dim=2, depth=1, num_heads=1, patch_size=16, input_size=(32, 64),
+                        flat_features=False)
+  same = jnp.ones((1, 10, 4))
+  assert flat.time_major(same, frames) is same
 
 
 def _fields(model):

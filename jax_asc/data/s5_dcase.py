@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import hashlib
 import json
 import os
 import re
@@ -100,6 +101,13 @@ def read_sofa(path: str):
   return positions, irs, rate
 
 
+def _files_digest(paths: Sequence[str], root: str) -> str:
+  h = hashlib.sha256()
+  for path in paths:
+    h.update(f"{os.path.relpath(path, root)}|{os.path.getsize(path)}\n".encode())
+  return h.hexdigest()[:16]
+
+
 class SofaRooms:
   """The `room_ir/<part>/*.sofa` rooms (sorted by name); impulse responses read per position
   and resampled to 32 kHz when the file's rate differs."""
@@ -113,6 +121,10 @@ class SofaRooms:
 
   def num_rooms(self) -> int:
     return len(self.paths)
+
+  def fingerprint(self) -> str:
+    """The SOFA files' names and sizes, in index order."""
+    return _files_digest(self.paths, os.path.dirname(self.paths[0]))
 
   @functools.lru_cache(maxsize=None)
   def _open(self, room: int):
@@ -170,6 +182,13 @@ class FolderPools:
 
   def num_clips(self, label: int) -> int:
     return len(self.event_files[label])
+
+  def fingerprint(self) -> str:
+    """Every clip's path (below dev_set/) and size, in index order: a file added, removed or
+    changed in size shifts or changes what a mixture's indices point at."""
+    files = [p for group in self.event_files for p in group]
+    return _files_digest(files + self.interferer_files + self.background_files,
+                         os.path.dirname(os.path.dirname(self.events_dir)))
 
   def clip_group(self, label: int, clip: int) -> str:
     """The clip's first subfolder under its class folder (its source: SpAudSyn's

@@ -90,8 +90,12 @@ class MixtureSpec:
   room: int
   background_start: int = 0      # first sample of the background clip used
 
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), sort_keys=True)
+  def to_json(self, sources: str = "") -> str:
+    """The spec as JSON; `sources` (`sources_digest`) adds what its indices point at."""
+    raw = dataclasses.asdict(self)
+    if sources:
+      raw["sources"] = sources
+    return json.dumps(raw, sort_keys=True)
 
   @classmethod
   def from_json(cls, text: str) -> "MixtureSpec":
@@ -120,6 +124,8 @@ class Pools(Protocol):
   # drawn first, then a clip of it, as SpAudSyn does).
   def background(self, room: int, clip: int, start: int, num_samples: int,
                  channels: int) -> np.ndarray: ...
+  # Optional (Pools and Rooms): fingerprint() → what the indices point at (the files' names and
+  # sizes, or a generator's settings), recorded in each mixture's metadata (`sources_digest`).
 
 
 class Rooms(Protocol):
@@ -356,6 +362,16 @@ class RenderedColumn:
     return out if dtype is None else out.astype(dtype)
 
 
+def sources_digest(pools: Pools, rooms: Rooms) -> str:
+  """A digest of the pools' and rooms' `fingerprint()`s ("" when they give none): a spec's
+  clip, background and room indices mean the same audio only under the same digest (a file added
+  to a folder shifts the indices after it)."""
+  parts = [getattr(source, "fingerprint", lambda: "")() for source in (pools, rooms)]
+  if not any(parts):
+    return ""
+  return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 class Renderer:
   """Renders the mixtures `specs` on demand, keeping the last `keep` renders."""
 
@@ -378,15 +394,17 @@ class Renderer:
     return rendered
 
   def columns(self) -> dict:
-    """{"waveform", "sources": lazy columns; "labels": (N, K) int32; "metadata": (N,) JSON}."""
+    """{"waveform", "sources": lazy columns; "labels": (N, K) int32; "metadata": (N,) JSON of
+    each spec with the pools' and rooms' `sources_digest`}."""
     k, silence = self.settings.num_tracks, self.pools.num_classes
+    sources = sources_digest(self.pools, self.rooms)
     labels = np.full((len(self.specs), k), silence, np.int32)
     for i, spec in enumerate(self.specs):
       for track, event in enumerate(spec.events):
         labels[i, track] = event.label
     return {"waveform": RenderedColumn(self, "waveform"),
             "sources": RenderedColumn(self, "sources"), "labels": labels,
-            "metadata": np.array([s.to_json() for s in self.specs])}
+            "metadata": np.array([s.to_json(sources) for s in self.specs])}
 
 
 def draw_many(seed: int, split: str, count: int, pools: Pools, rooms: Rooms,

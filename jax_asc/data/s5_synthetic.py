@@ -49,7 +49,7 @@ import numpy as np
 from jax_asc.data import dataset as dataset_lib
 from jax_asc.data import s5_mixing
 
-VERSION = 1
+VERSION = 2   # 2: metadata carries the sources digest (s5_mixing.sources_digest)
 SAMPLE_RATE = 32000
 CLASSES = ("beeps", "bell", "whir", "buzz", "claps", "cough", "knocks", "clinks", "chime",
            "steps", "hiss", "fan", "keys", "drum", "pour", "babble", "typing", "roar")
@@ -208,6 +208,11 @@ class SyntheticPools:
     self.clip = functools.lru_cache(maxsize=512)(self._clip)
     self.interferer = functools.lru_cache(maxsize=64)(self._interferer)
 
+  def fingerprint(self) -> str:
+    """Generated clips: the generator's version and settings identify them."""
+    return (f"synthetic-pools:{VERSION}:{self.seed}:{self.group}:{self.clips_per_class}:"
+            f"{self.interferer_clips}:{self.backgrounds_per_room}")
+
   def num_clips(self, label: int) -> int:
     return self.clips_per_class
 
@@ -252,6 +257,9 @@ class SyntheticRooms:
   def __init__(self, seed: int, group: str, rooms: int, positions: int = 36):
     self.seed, self.group, self.rooms, self.positions = int(seed), group, int(rooms), positions
     self.impulse_response = functools.lru_cache(maxsize=1024)(self._impulse_response)
+
+  def fingerprint(self) -> str:
+    return f"synthetic-rooms:{VERSION}:{self.seed}:{self.group}:{self.rooms}:{self.positions}"
 
   def num_rooms(self) -> int:
     return self.rooms
@@ -329,7 +337,8 @@ def _build(folder: str, cfg, split: str, size: int) -> None:
   for store in stores.values():
     store.flush()
   np.save(os.path.join(tmp, "labels.npy"), labels)
-  np.save(os.path.join(tmp, "metadata.npy"), np.array([s.to_json() for s in specs]))
+  sources = s5_mixing.sources_digest(pools, rooms)
+  np.save(os.path.join(tmp, "metadata.npy"), np.array([s.to_json(sources) for s in specs]))
   final = os.path.join(folder, _folder_name(cfg, split))
   try:
     os.replace(tmp, final)   # atomic: a killed build leaves no split

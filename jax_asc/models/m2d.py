@@ -84,6 +84,23 @@ class M2DEncoder(nn.Module):
     columns = full * (unit // p) + min(-(-rest // p), unit // p)   # remainder: padded, then cut
     return columns * (self.grid_size[0] if self.flat_features else 1)
 
+  def time_major(self, tokens: jax.Array, frames: int) -> jax.Array:
+    """(B, num_tokens(frames), feature_dim) output tokens → (B, T', F'·D): one token per time
+    column, in time order, its F' patch embeddings side by side (frequency-major, as
+    `flat_features=False` lays them out; returned as is then). T' counts the columns of every
+    chunk."""
+    if not self.flat_features:
+      return tokens
+    grid_f, unit_columns = self.grid_size
+    batch, dim = tokens.shape[0], tokens.shape[-1]
+    remaining, start, pieces = self.num_tokens(frames) // grid_f, 0, []
+    while remaining > 0:      # full chunks first, then the remainder's (fewer) columns
+      columns = min(unit_columns, remaining)
+      chunk = tokens[:, start:start + grid_f * columns].reshape(batch, grid_f, columns, dim)
+      pieces.append(chunk.transpose(0, 2, 1, 3).reshape(batch, columns, grid_f * dim))
+      start, remaining = start + grid_f * columns, remaining - columns
+    return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, return_hidden: Sequence[int] = ()):
     del train   # no dropout or drop-path in the reference encoder
@@ -178,9 +195,11 @@ class M2DTagger(nn.Module):
   BatchNorm normalises them).
 
   `semantic_dim` > 0 (report 004 §2.3, semantic distillation): the reference channel's tokens,
-  before spatial masking, average-pooled to `semantic_bins` time bins and projected to the
-  teacher's width by `semantic_projector` (a Dense: projecting then pooling is the same affine
-  map, pooling first is cheaper). A training-only part: stage inference_checkpoint drops it.
+  before spatial masking, in time order (one per time column: its F' patch embeddings side by
+  side, `M2DEncoder.time_major`), average-pooled to `semantic_bins` time bins and projected to
+  the teacher's width by `semantic_projector` (a Dense over F'·D: projecting then pooling is the
+  same affine map, pooling first is cheaper). A training-only part: stage inference_checkpoint
+  drops it.
 
   Output: logits (B, num_tracks, num_classes) float32; with `return_features=True` a dict
   {"logits", "aux_logits": {block: (B, K, classes)}, "tokens": (B, N, C·feature_dim)[,
@@ -237,7 +256,8 @@ class M2DTagger(nn.Module):
     semantic = None
     if self.semantic_dim > 0:
       reference = tokens.reshape(batch, channels, *tokens.shape[1:])[:, 0]
-      pooled = adaptive_avg_pool_time(reference, self.semantic_bins)
+      columns = encoder.time_major(reference, x.shape[-1])         # (B, T', F'·D)
+      pooled = adaptive_avg_pool_time(columns, self.semantic_bins)
       semantic = nn.Dense(self.semantic_dim, dtype=self.dtype,
                           name="semantic_projector")(pooled).astype(jnp.float32)
     tokens = join(tokens)

@@ -13,7 +13,7 @@ checkpoint: frozen online teachers live outside the train state, cached ones are
 
 Before writing, the inference model built from `model.json` and given only the kept variables
 predicts the first `evaluate.batch_size` examples of `evaluate.split`, and must give the
-training model's outputs exactly. `load(workdir)` reads the folder back.
+training model's outputs (to float rounding: 1e-5 relative, 1e-6 absolute). `load(workdir)` reads the folder back.
 """
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def run(config, workdir: str) -> dict:
   full = common.Inference(config, split, variables, use_ema=use_ema).outputs(part)
   lean = common.Inference(lean_config, split, kept).outputs(part)
   for name, value in full.items():
-    if not np.array_equal(np.asarray(value), np.asarray(lean[name])):
+    # Two programs compiled apart: equal up to float rounding (a GPU may pick other kernels).
+    if not np.allclose(np.asarray(value), np.asarray(lean[name]), rtol=1e-5, atol=1e-6):
       raise AssertionError(f"the inference model's {name!r} differs from the trained model's "
                            f"(max |Δ| {np.abs(np.asarray(value) - lean[name]).max():.3g}): "
                            f"dropping {sorted(dropped)} changed the function")

@@ -84,17 +84,6 @@ def _digest(*parts) -> str:
   return h.hexdigest()[:16]
 
 
-def params_fingerprint(params) -> str:
-  """sha256 (16 hex) of a parameter tree's paths, shapes, dtypes and bytes."""
-  h = hashlib.sha256()
-  for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(params),
-                           key=lambda item: jax.tree_util.keystr(item[0])):
-    leaf = np.asarray(leaf)
-    h.update(f"{jax.tree_util.keystr(path)}|{leaf.dtype}|{leaf.shape}|".encode())
-    h.update(np.ascontiguousarray(leaf).tobytes())
-  return h.hexdigest()[:16]
-
-
 def row_fingerprints(split) -> np.ndarray:
   """(N,) fingerprint of each mixture's `metadata` JSON (what it is made of)."""
   if "metadata" not in split:
@@ -123,9 +112,7 @@ class Teacher:
 
   def fingerprint(self) -> Dict[str, Any]:
     """Everything that decides the cached tokens of a mixture, besides the mixture."""
-    return {"weights": self.weights, "encoder": encoder_fields(self.encoder),
-            "whisper": self.whisper.to_dict(), "bins": self.bins, "dtype": self.dtype,
-            "input": INPUT}
+    return fingerprint_of(self.weights, encoder_fields(self.encoder), self.bins, self.dtype)
 
 
 def encoder_fields(encoder) -> Dict[str, int]:
@@ -152,15 +139,38 @@ def check_spec(name: str, spec) -> None:
     raise ValueError(f"teachers.{name}.batch_size must be ≥ 1, got {spec.batch_size}")
 
 
+def _random_weights(settings: Dict[str, int], seed: int) -> str:
+  """A random teacher's identity: its seed and sizes (not its float bytes, which another
+  backend's sampler may round differently)."""
+  return "random-" + _digest(seed, json.dumps(settings, sort_keys=True))
+
+
 def weights_fingerprint(name: str, spec) -> str:
   """The fingerprint of the teacher's weights without building it: the checkpoint's audio-tower
-  tensors, or the random initialisation's parameters."""
+  tensors, or the random initialisation's seed and sizes."""
   from jax_asc.models import convert
   check_spec(name, spec)
   if spec.checkpoint:
     return convert.qwen_audio_fingerprint(spec.checkpoint)
-  encoder = _build_encoder(encoder_settings(spec, name), "float32")
-  return "random-" + params_fingerprint(_random_params(encoder, int(spec.init_seed)))
+  return _random_weights(encoder_settings(spec, name), int(spec.init_seed))
+
+
+def _window(settings: Dict[str, int]) -> whisper.WhisperSettings:
+  """The Whisper features of the encoder's window: 2·max_source_positions frames."""
+  return whisper.WhisperSettings(n_mels=settings["num_mel_bins"],
+                                 chunk_frames=2 * settings["max_source_positions"])
+
+
+def fingerprint_of(weights: str, settings: Dict[str, int], bins: int, dtype: str) -> Dict:
+  """Everything that decides a mixture's cached tokens, besides the mixture."""
+  return {"weights": weights, "encoder": dict(settings), "whisper": _window(settings).to_dict(),
+          "bins": int(bins), "dtype": dtype, "input": INPUT}
+
+
+def expected_fingerprint(name: str, spec) -> Dict:
+  """The configured teacher's fingerprint (`fingerprint_of`), without building it."""
+  return fingerprint_of(weights_fingerprint(name, spec), encoder_settings(spec, name),
+                        spec.bins, spec.dtype)
 
 
 def load(name: str, spec) -> Teacher:
@@ -177,11 +187,9 @@ def load(name: str, spec) -> Teacher:
     weights = convert.qwen_audio_fingerprint(spec.checkpoint)
   else:
     params = _random_params(_build_encoder(settings, "float32"), int(spec.init_seed))
-    weights = "random-" + params_fingerprint(params)
+    weights = _random_weights(settings, int(spec.init_seed))
   params = jax.tree.map(lambda v: jnp.asarray(v, DTYPES[spec.dtype]), params)
-  window = whisper.WhisperSettings(n_mels=settings["num_mel_bins"],
-                                   chunk_frames=2 * settings["max_source_positions"])
-  return Teacher(name, encoder, params, window, int(spec.bins), spec.dtype, weights,
+  return Teacher(name, encoder, params, _window(settings), int(spec.bins), spec.dtype, weights,
                  str(spec.checkpoint))
 
 
@@ -250,7 +258,10 @@ def build(teacher: Teacher, split, folder: str, batch_size: int,
   expected = {"teacher": teacher.fingerprint(), **_split_record(split)}
   rows = row_fingerprints(split)
   if os.path.exists(os.path.join(final, "metadata.json")):
-    problems = check(final, teacher.fingerprint(), split, rows)
+    try:
+      problems = check(final, teacher.fingerprint(), split, rows)
+    except CacheMismatchError as missing:     # mixtures the cache lacks
+      problems = [str(missing).split(": run stage")[0]]
     if problems:
       raise CacheMismatchError(f"{final} holds another teacher cache: " + "; ".join(problems)
                                + f". Delete it or point teachers.{teacher.name}.folder elsewhere")
@@ -293,19 +304,22 @@ def build(teacher: Teacher, split, folder: str, batch_size: int,
         f"{computed / max(time.time() - started, 1e-9):.2f} mixtures/s")
   del store
   seconds = time.time() - started
-  os.remove(progress_path)
-  disk = _disk_bytes(partial)
+  disk = _disk_bytes(partial) - os.path.getsize(progress_path)
   figures = {"seconds": round(seconds, 2), "mixtures_computed": computed,
              "mixtures_per_s": round(computed / max(seconds, 1e-9), 3),
              "disk_bytes": disk, "disk_bytes_per_1000": int(round(disk * 1000 / len(split))),
              "tokens_bytes_per_1000": int(np.prod(shape[1:])) * 2 * 1000,
              "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
              "device": jax.devices()[0].device_kind, "batch_size": batch_size}
+  stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
+  if stats and "peak_bytes_in_use" in stats:
+    figures["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
   metadata = dict(expected, outputs={OUTPUT: {"shape": list(shape[1:]), "dtype": "float16"}},
                   build=figures)
   with open(os.path.join(partial, "metadata.json"), "w") as f:
     json.dump(metadata, f, indent=1, sort_keys=True)
-  os.replace(partial, final)
+  os.replace(partial, final)      # complete: the progress record goes only now
+  os.remove(os.path.join(final, "progress.json"))
   return metadata
 
 
@@ -359,14 +373,7 @@ def cached_tokens(name: str, spec, split, workdir: Optional[str]) -> np.ndarray:
     raise FileNotFoundError(f"{final} holds no cache of teacher {name!r} for split "
                             f"{split.name!r}: run stage teacher_cache first (teachers.{name}."
                             f"splits names the splits it caches)")
-  expected = {"weights": weights_fingerprint(name, spec),
-              "encoder": encoder_settings(spec, name),
-              "whisper": whisper.WhisperSettings(
-                  n_mels=encoder_settings(spec, name)["num_mel_bins"],
-                  chunk_frames=2 * encoder_settings(spec, name)["max_source_positions"]
-              ).to_dict(),
-              "bins": int(spec.bins), "dtype": spec.dtype, "input": INPUT}
-  problems = check(final, expected, split)
+  problems = check(final, expected_fingerprint(name, spec), split)
   if problems:
     raise CacheMismatchError(f"{final} was not made for this run: " + "; ".join(problems)
                              + ". Re-run stage teacher_cache (delete the folder first)")
