@@ -219,3 +219,34 @@ def test_snr_matches_torchmetrics():
   np.testing.assert_allclose(np.asarray(separation.snr_db(jnp.asarray(estimate),
                                                           jnp.asarray(reference))),
                              theirs, atol=1e-4)
+
+
+def test_split_mixtures_reads_a_chunk_at_a_time():
+  from jax_asc.data.dataset import Split
+  rng = np.random.default_rng(3)
+  n, samples = 5, 400
+  labels = np.array([[0, 1, 2], [1, 2, 2], [2, 2, 2], [0, 0, 2], [1, 0, 2]], np.int32)
+  columns = dict(waveform=rng.standard_normal((n, 4, samples)).astype(np.float32),
+                 sources=rng.standard_normal((n, 3, samples)).astype(np.float32),
+                 labels=labels, filename=np.array([f"m{i}" for i in range(n)]),
+                 index=np.arange(n, dtype=np.int32))
+  split = Split(name="test", columns=columns, classes=("a", "b"), devices=(),
+                sample_rate=32000)
+  estimates = rng.standard_normal((n, 3, samples)).astype(np.float32)
+  guesses = labels[::-1].copy()
+  asked = []
+
+  def estimates_of(rows):
+    asked.append(rows.tolist())
+    return estimates[rows]
+  got = list(s5_metrics.split_mixtures(split, guesses, estimates_of, chunk=2))
+  assert asked == [[0, 1], [2, 3], [4]]
+  for i, row in enumerate(got):
+    assert row[0] == guesses[i].tolist() and row[2] == labels[i].tolist() and row[5] == 2
+    np.testing.assert_array_equal(row[1], estimates[i])
+    np.testing.assert_array_equal(row[3], columns["sources"][i])
+    np.testing.assert_array_equal(row[4], columns["waveform"][i, 0])
+  expected = s5_metrics.capi_sdri(
+      [(guesses[i].tolist(), estimates[i], labels[i].tolist(), columns["sources"][i],
+        columns["waveform"][i, 0], 2) for i in range(n)])
+  assert s5_metrics.capi_sdri(iter(got)) == expected

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import collections
 import itertools
-from typing import Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
+from typing import (Callable, Dict, Hashable, Iterable, Iterator, List, Optional, Sequence,
+                    Tuple)
 
 import numpy as np
 
@@ -92,6 +93,24 @@ def capi_sdri(mixtures: Iterable[Tuple]) -> Dict[str, float]:
                      f"undefined")
   return {"capi_sdri": float(np.mean(scored)), "scored": len(scored),
           "excluded": len(scores) - len(scored)}
+
+
+def split_mixtures(split, estimated_labels: np.ndarray, estimates_of: Callable, chunk: int
+                   ) -> Iterator[Tuple]:
+  """`capi_sdri`'s tuples for every mixture of an S5 split, read `chunk` rows at a time: the
+  rows' estimates (`estimates_of(rows)` → (n, K, S), in the order of `estimated_labels` (N, K)),
+  the split's reference labels and dry `sources`, its mixtures' reference channel and silence
+  (the last class). A generator: only one chunk's audio is held at once."""
+  reference = np.asarray(split["labels"])
+  silence = len(split.classes)
+  for start in range(0, len(split), chunk):
+    rows = np.arange(start, min(start + chunk, len(split)))
+    estimates = np.asarray(estimates_of(rows))
+    mixture = split.audio("waveform", rows)[:, 0]
+    sources = split.audio("sources", rows)
+    for k, i in enumerate(rows):
+      yield (np.asarray(estimated_labels[i]).tolist(), estimates[k], reference[i].tolist(),
+             sources[k], mixture[k], silence)
 
 
 def label_counts(estimated_labels: Sequence[Hashable], reference_labels: Sequence[Hashable],

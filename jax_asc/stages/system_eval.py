@@ -98,17 +98,10 @@ def score(inference, split, labels: np.ndarray, chunk: int) -> Dict[str, float]:
   """CAPI-SDRi and label accuracies of the separator queried with `labels` (N, K)."""
   silence = len(split.classes)
   reference = np.asarray(split["labels"])
-  rows = []
-  for start in range(0, len(split), chunk):
-    idx = np.arange(start, min(start + chunk, len(split)))
-    part = split.take(idx).with_columns({"labels": labels[idx]})
-    estimates = inference.outputs(part)["waveforms"]
-    mixture = part.audio("waveform")[:, 0]
-    sources = part.audio("sources")
-    for k, i in enumerate(idx):
-      rows.append((labels[i].tolist(), estimates[k], reference[i].tolist(), sources[k],
-                   mixture[k], silence))
-  result = s5_metrics.capi_sdri(rows)
+
+  def separated(rows):     # the separator queried with the tagger's labels
+    return inference.outputs(split.take(rows).with_columns({"labels": labels[rows]}))["waveforms"]
+  result = s5_metrics.capi_sdri(s5_metrics.split_mixtures(split, labels, separated, chunk))
   result.update(s5_metrics.label_accuracies(
       ((labels[i].tolist(), reference[i].tolist()) for i in range(len(split))), silence))
   return result

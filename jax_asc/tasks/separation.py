@@ -76,18 +76,9 @@ def capi_evaluator(output: str = "waveforms", chunk: int = 32):
   """CAPI-SDRi (dB) of output `output` (N, K, S) queried with the oracle labels, against the
   split's `sources` and its mixtures' reference channel (read `chunk` rows at a time)."""
   def evaluate(outputs, split):
-    estimates = np.asarray(outputs[output])
-    labels = np.asarray(split["labels"])
-    silence = len(split.classes)
-    rows = []
-    for start in range(0, len(split), chunk):
-      idx = np.arange(start, min(start + chunk, len(split)))
-      mixture = split.audio("waveform", idx)[:, 0]
-      sources = split.audio("sources", idx)
-      for k, i in enumerate(idx):
-        rows.append((labels[i].tolist(), estimates[i], labels[i].tolist(), sources[k],
-                     mixture[k], silence))
-    result = s5_metrics.capi_sdri(rows)
+    estimates = outputs[output]
+    result = s5_metrics.capi_sdri(s5_metrics.split_mixtures(
+        split, np.asarray(split["labels"]), lambda rows: estimates[rows], chunk))
     yield "capi_sdri", result["capi_sdri"]
   return evaluate
 
