@@ -122,9 +122,13 @@ class SofaRooms:
   def num_rooms(self) -> int:
     return len(self.paths)
 
-  def fingerprint(self) -> str:
-    """The SOFA files' names and sizes, in index order."""
+  @functools.cached_property
+  def _digest(self) -> str:
     return _files_digest(self.paths, os.path.dirname(self.paths[0]))
+
+  def fingerprint(self) -> str:
+    """The SOFA files' names and sizes, in index order (read once)."""
+    return self._digest
 
   @functools.lru_cache(maxsize=None)
   def _open(self, room: int):
@@ -183,12 +187,17 @@ class FolderPools:
   def num_clips(self, label: int) -> int:
     return len(self.event_files[label])
 
-  def fingerprint(self) -> str:
-    """Every clip's path (below dev_set/) and size, in index order: a file added, removed or
-    changed in size shifts or changes what a mixture's indices point at."""
+  @functools.cached_property
+  def _digest(self) -> str:
     files = [p for group in self.event_files for p in group]
     return _files_digest(files + self.interferer_files + self.background_files,
                          os.path.dirname(os.path.dirname(self.events_dir)))
+
+  def fingerprint(self) -> str:
+    """Every clip's path (below dev_set/) and size, in index order: a file added, removed or
+    changed in size shifts or changes what a mixture's indices point at. Read once (every
+    epoch's mixtures carry it)."""
+    return self._digest
 
   def clip_group(self, label: int, clip: int) -> str:
     """The clip's first subfolder under its class folder (its source: SpAudSyn's

@@ -241,6 +241,17 @@ def _crd(inputs, s, state):
                               momentum=s["momentum"])
 
 
+def teachers_read(weights: Mapping[str, float], settings: Mapping[str, Mapping]
+                  ) -> Dict[str, list]:
+  """{teacher name: the weighted terms reading it} (each term's `teacher` setting)."""
+  read: Dict[str, list] = {}
+  for term in active(weights):
+    name = TERMS[term].teacher_name(settings[term])
+    if name:
+      read.setdefault(name, []).append(term)
+  return read
+
+
 def active(weights: Mapping[str, float]) -> Dict[str, float]:
   """The weighted terms ({name: weight ≠ 0}); an unregistered name is an error listing them."""
   unknown = sorted(set(weights) - set(TERMS))

@@ -57,12 +57,7 @@ def loss_settings(config) -> Dict[str, dict]:
 def teachers_read(config, settings=None) -> Dict[str, List[str]]:
   """{teacher name: the weighted loss terms reading it} (`config.loss.<term>.teacher`)."""
   settings = loss_settings(config) if settings is None else settings
-  read: Dict[str, List[str]] = {}
-  for term in registry.active(config.loss.terms):
-    name = registry.TERMS[term].teacher_name(settings[term])
-    if name:
-      read.setdefault(name, []).append(term)
-  return read
+  return registry.teachers_read(config.loss.terms, settings)
 
 
 def mono(waveform: jax.Array) -> jax.Array:

@@ -124,7 +124,7 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
   registry.check_inputs(weights, settings, set(BATCH_INPUTS),
                         {name: TEACHER_OUTPUTS[spec.source] for name, spec in specs.items()},
                         "tagging")
-  read = {registry.TERMS[t].teacher_name(settings[t]) for t in weights} - {None}
+  read = registry.teachers_read(weights, settings)
   use_ema = need_teachers and any(specs[n].source == "ema" for n in read)
   ema_name = next((n for n in read if specs[n].source == "ema"), None)
   semantic_columns = {}
@@ -195,10 +195,8 @@ def join_cache_teachers(config, split, workdir: Optional[str]):
   """`split` with the cached tokens of every semantic teacher a weighted loss term reads
   (`teacher/<name>/tokens`, memory-mapped; the cache must match the teacher and every
   mixture, `teachers.semantic.cached_tokens`)."""
-  settings = loss_settings(config)
   specs = teachers_lib.specs(config)
-  read = {registry.TERMS[t].teacher_name(settings[t])
-          for t in registry.active(config.loss.terms)} - {None}
+  read = registry.teachers_read(config.loss.terms, loss_settings(config))
   columns = {semantic_lib.column_name(name): semantic_lib.cached_tokens(name, specs[name],
                                                                         split, workdir)
              for name in sorted(read) if name in specs
