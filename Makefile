@@ -22,11 +22,13 @@ install: $(VENV)/.installed
 # runs without them (those tests skip). PyPI has no CPU torchaudio for torch
 # 2.13.0: its 2.11.0 wheel is installed without dependencies and its compiled (CUDA-linked)
 # libraries removed, which torchaudio supports (pure-Python mode); hear21passt's frontend uses
-# only torchaudio's Python code (kaldi.get_mel_banks, the masking transforms).
+# only torchaudio's Python code (kaldi.get_mel_banks, the masking transforms), as does the
+# BEATs fbank reference (kaldi.fbank). openbeats is an independent PyTorch BEATs encoder
+# (tests/test_beats.py), installed without its dependencies (it needs only torch, torchaudio).
 reference-deps: install
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet torchmetrics==1.9.0 transformers==5.24.0
-	$(PY) -m pip install --quiet --no-deps torchaudio==2.11.0 hear21passt==0.0.26
+	$(PY) -m pip install --quiet --no-deps torchaudio==2.11.0 hear21passt==0.0.26 openbeats==0.1.1
 	rm -f $$($(PY) -c "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('torchaudio').origin))")/lib/*.so
 
 # glibc malloc with transparent huge pages for the heap (jax_asc/native/allocator.py): fewer TLB
@@ -38,7 +40,7 @@ demo: install
 	$(HUGE_PAGES) $(PY) -m jax_asc.main --config configs/quickstart.py --workdir workdirs/quickstart
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
 
 # The suite's parts alone (markers set in tests/conftest.py).
 test-unit test-integration test-chains: test-%: install

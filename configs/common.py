@@ -13,7 +13,8 @@ from jax_asc.losses import registry
 
 
 def frontend(preset: str = "dcase25", **overrides) -> ml_collections.ConfigDict:
-  """All fields of a frontend preset (audio/frontends.py), so each can be overridden by flag."""
+  """All fields of a frontend preset (audio/frontends.py PRESETS: dcase23, dcase25, dcase25_16k
+  (report 003's 16 kHz students), passt, cp_resnet, m2d, …), so each can be overridden by flag."""
   settings = dataclasses.replace(frontends.PRESETS[preset], **overrides)
   fields = dataclasses.asdict(settings)
   cfg = ml_collections.ConfigDict()
@@ -36,6 +37,48 @@ def cp_mobile(variant: str = "dcase25") -> ml_collections.ConfigDict:
     cfg.strides = ((1, 1), (2, 2), (1, 1), (2, 1), (1, 1), (1, 1))
   elif variant != "dcase25":
     raise ValueError(f"CP-Mobile variant must be dcase25 or dcase23, got {variant!r}")
+  return cfg
+
+
+# Report 003 §3, figure 2: five CP-Mobile students "(6K-126K parameters)" trained "following the
+# hyperparameters set in CP-Mobile" with peak learning rates {0.04, 0.04, 0.03, 0.02, 0.01}
+# (smallest to largest). Neither the report nor fschmid56/cpjku_dcase23 (README, run_training.py,
+# models/cp_mobile_clean.py: only the 126K default) states the smaller variants' widths, so
+# these are our choice: the d23 CP-Mobile (GRN, strides b2 (2, 2), b4 (2, 1), depth (3, 2, 1))
+# scaled in width only, base_channels / channels_multiplier / expansion_rate picked from the
+# d23 values so that the sizes step by about ×2.1 from 6K to 126K. size: (base_channels,
+# channels_multiplier, expansion_rate, peak learning rate). Parameters and MACs with the
+# norm_cosine head at 256 mels × 65 frames (the dcase25_16k frontend on 1 s), pinned in
+# tests/test_report003_students.py: 6,130 / 14,002 / 27,400 / 60,702 / 127,268 parameters.
+CP_MOBILE_REPORT003 = {
+    "6k": (8, 2.0, 2.0, 0.04),
+    "14k": (8, 2.3, 3.0, 0.04),
+    "27k": (16, 2.3, 2.0, 0.03),
+    "61k": (24, 2.0, 3.0, 0.02),
+    "126k": (32, 2.3, 3.0, 0.01),   # the d23 CP-Mobile's own widths
+}
+
+
+def cp_mobile_report003(size: str = "126k", norm: str = "layer", head_norm: str = "",
+                        cosine_scale: float = 56.0) -> ml_collections.ConfigDict:
+  """A report 003 student: d23 CP-Mobile of `size` (CP_MOBILE_REPORT003) with `norm` in every
+  convolution and the "norm_cosine" head (global average pool → `head_norm` → cosine classifier
+  with γ = cosine_scale; features `embedding` after the head's norm, `embedding_prenorm` before).
+
+  Table 2's rows: "ours" norm="layer" (head LayerNorm1D); "- LayerNorm" norm="none" (no norm
+  anywhere); "+ BatchNorm" norm="batch" (BatchNorm2d in the convolutions, BatchNorm1D over the
+  embedding). head_norm "" = the same kind as norm. cosine_scale: the report states γ = 56 for
+  the teacher's cosine head only; the student's head is "consistent with the teacher model", so
+  the same γ is our default. The peak learning rate is `CP_MOBILE_REPORT003[size][3]`.
+  """
+  if size not in CP_MOBILE_REPORT003:
+    raise ValueError(f"report 003 CP-Mobile size must be one of {list(CP_MOBILE_REPORT003)}, "
+                     f"got {size!r}")
+  base, multiplier, expansion, _ = CP_MOBILE_REPORT003[size]
+  cfg = cp_mobile("dcase23")
+  cfg.update(base_channels=base, channels_multiplier=multiplier, expansion_rate=expansion,
+             norm=norm, head="norm_cosine", cosine_scale=float(cosine_scale))
+  cfg.head_norm = head_norm or norm
   return cfg
 
 
@@ -95,9 +138,12 @@ def base_config() -> ml_collections.ConfigDict:
       roll_samples=0, gain_db=0.0, dir_folder="", dir_prob=0.0, dir_devices=("a",),
       dir_resampler="soxr_hq"))
   config.model = cp_mobile("dcase25")
-  # Initial weights: "" = random; kind "passt_torch" (an official PaSST .pt/.npz) or "run" (the
-  # `checkpoint` of another run's workdir; params_only: without its BatchNorm statistics; a
-  # plan's `init_from` sets these). Parameters whose shape differs (heads) stay fresh. prefix:
+  # Initial weights: "" = random; kind "passt_torch" (an official PaSST .pt/.npz),
+  # "beats_torch" (an official BEATs .pt, or its convert.save_beats_npz .npz, into model
+  # "beats"'s backbone; config.model's architecture must be the checkpoint cfg's),
+  # "m2d_torch", "resunetk_torch" or "run" (the `checkpoint` of another run's workdir;
+  # params_only: without its BatchNorm statistics; a plan's `init_from` sets these).
+  # Parameters whose shape differs (heads) stay fresh. prefix:
   # for passt_torch, the name prefix of the model's tensors in the file (e.g. "net." in a
   # Lightning checkpoint of a fine-tuned teacher); tensors without it are ignored.
   config.model_init = ml_collections.ConfigDict(dict(path="", kind="passt_torch",
@@ -110,9 +156,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict(dict(
       terms={name: 1.0 if name == "ce" else 0.0 for name in registry.TERMS},
       **registry.default_settings()))
-  # Spectrogram mixing on the device: (Freq-)MixStyle (p, α) and mixup (α; 0 = off).
+  # Spectrogram mixing on the device: (Freq-)MixStyle (p, α) and mixup (α; 0 = off; mixup_p:
+  # the probability that an example is mixed, else λ = 1). clean_view (report 003 §2, phase 1):
+  # the model also sees each clip without any augmentation; the classification loss reads that
+  # clean view, the other terms (soft SupCon on the projection) the augmented one.
   config.mix = ml_collections.ConfigDict(dict(
-      mixstyle_p=0.0, mixstyle_alpha=0.3, mixstyle_frequency_wise=True, mixup_alpha=0.0))
+      mixstyle_p=0.0, mixstyle_alpha=0.3, mixstyle_frequency_wise=True, mixup_alpha=0.0,
+      mixup_p=1.0, clean_view=False))
   # Named teachers (jax_asc/teachers): {name: cache_teacher(…) | online_teacher(…) |
   # ema_teacher(…)}; a loss term reads the one named by loss.<term>.teacher. None by default.
   config.teachers = ml_collections.ConfigDict()
@@ -147,6 +197,9 @@ def base_config() -> ml_collections.ConfigDict:
       formats="float32,float16,int8", frontend="separate", checkpoint="latest",
       calibration_clips=200, verify_clips=0, threads=1, latency_runs=20,
       float32_tolerance=1e-4))
+  # Stage fewshot (report 003 section 4, tables 1-3): K-shot transfer and retrieval mAP of an
+  # output of this run's model on other datasets (fewshot_config() below).
+  config.fewshot = fewshot_config()
 
   config.batch_size = 256
   config.num_epochs = 150
@@ -157,7 +210,7 @@ def base_config() -> ml_collections.ConfigDict:
       nesterov=False, weight_decay=1e-4, decay_norm_and_bias=True, grad_clip_norm=0.0,
       grad_accum_steps=1, param_groups=()))
   config.schedule = ml_collections.ConfigDict(dict(
-      name="warmup_cosine", warmup_steps=2000, end_factor=0.0,
+      name="warmup_cosine", warmup_steps=2000, cosine_warmup_epochs=0.0, end_factor=0.0,
       warmup_epochs=14, rampdown_start=50, rampdown_length=84, last_value=0.005))
   config.ema_decay = 0.0
   config.eval_every_epochs = 10
@@ -179,6 +232,49 @@ def base_config() -> ml_collections.ConfigDict:
   # error naming the cause otherwise) or "xla". Recorded in every <stage>.done.json.
   config.kernels = "auto"
   return config
+
+
+def fewshot_config() -> ml_collections.ConfigDict:
+  """Stage fewshot (jax_asc/stages/fewshot.py): the K-shot and retrieval evaluation of report
+  003 (section 4, tables 1-3) of this run's `checkpoint` ("best", "latest", "soup").
+  standardize: each episode's embeddings z-scored with its support's statistics before the
+  logistic regression (ours: the report fits on the embeddings as they are, but a pre-norm
+  embedding's scale is whatever training left, and the regression's L2 penalty is not scale
+  free: a student without norms has features of ~1e-4 and is fitted to a constant there).
+
+  datasets: comma list of tut17 (support pool fold `data.tut17_fold` train, held out its
+    evaluate list), icme24 (labelled rows; held out: the rest of each episode), esc50 (pool
+    folds 1-4, held out fold 5) and synthetic_open (the synthetic scenes plus new ones, for
+    smoke tests; held out: the rest), each read from `roots.<name>` at the run's sample rate.
+  output: the task's named output embedded (the classification task's `OUTPUTS`; report 003
+    uses the pre-LayerNorm embedding). window: "mean_1s" (consecutive 1-s windows, embeddings
+    averaged) or "clip" (the whole clip in one pass). shots: the K's; episodes, seed: the
+    draws (mean accuracy with a 95 % interval over the episodes).
+  seen: {dataset: comma list of its classes that TAU22's 10 classes (airport, bus, metro,
+    metro_station, park, public_square, shopping_mall, street_pedestrian, street_traffic,
+    tram) hold}; the others are unseen (table 3). By the class lists (formats.py,
+    shared/reference/datasets.md) 4 of TUT17's 15 classes are seen (bus, metro_station, park,
+    tram: 11 unseen) and 7 of ICME24's 10 (Restaurant, Construction site, Bar unseen). The
+    report's text has the two counts swapped ("3/10 and 11/15 classes are unseen in TUT17 and
+    ICME24"): TUT17 has 15 classes and ICME24 10. TUT17's city_center counts as unseen: TAU22
+    has no such class, its recordings are of streets and squares that TAU22 splits into
+    street_pedestrian, street_traffic and public_square, none of which it matches one to one
+    (and 11 unseen is the report's own count). ICME24's Urban park is TAU22's park, Traffic
+    street its street_traffic. ESC-50 is sound events, not scenes: none seen.
+  synthetic_open: its clips per class and count of new classes (the seen ones use the run's
+    data.synthetic.seed, so they are the scenes a synthetic run trained on).
+  """
+  return ml_collections.ConfigDict(dict(
+      datasets="tut17,icme24", checkpoint="best", output="embedding", window="mean_1s",
+      shots=(5, 20), episodes=300, seed=0, standardize=True,
+      roots=ml_collections.ConfigDict(dict(tut17="", icme24="", esc50="")),
+      seen=ml_collections.ConfigDict(dict(
+          tut17="bus,metro_station,park,tram",
+          icme24="Bus,Airport,Metro,Shopping mall,Public square,Urban park,Traffic street",
+          esc50="",
+          synthetic_open="airport,bus,metro,metro_station,park,public_square,shopping_mall,"
+                         "street_pedestrian,street_traffic,tram")),
+      synthetic_open=ml_collections.ConfigDict(dict(per_class=30, new_classes=5))))
 
 
 def cache_teacher(runs: str = "", combine: str = "logits",
@@ -315,6 +411,22 @@ def smoke(config, family: str) -> None:
   else:
     raise ValueError(f"smoke family must be student, cp_resnet, passt, crnn or vit, got "
                      f"{family!r}")
+
+
+def beats(**overrides) -> ml_collections.ConfigDict:
+  """BEATs teacher settings (jax_asc/models/beats.py `BEATsClassifier`): the released iter3+
+  models' cfg (a checkpoint's own cfg is checked against these when it loads), the pooled
+  embedding's 2-layer projection head to 128 and a cosine (γ 56) or linear classifier."""
+  cfg = ml_collections.ConfigDict(dict(
+      name="beats", n_classes=10, input_patch_size=16, embed_dim=512, conv_bias=False,
+      encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072,
+      encoder_attention_heads=12, activation_fn="gelu", layer_norm_first=False, deep_norm=True,
+      conv_pos=128, conv_pos_groups=16, relative_position_embedding=True, num_buckets=320,
+      max_distance=800, gru_rel_pos=True, dropout=0.0, attention_dropout=0.0,
+      activation_dropout=0.0, dropout_input=0.0, head="cosine", cosine_scale=56.0,
+      projection_dim=128, projection_hidden=768, projection_stop_gradient=False))
+  cfg.update(overrides)
+  return cfg
 
 
 def cp_resnet(**overrides) -> ml_collections.ConfigDict:

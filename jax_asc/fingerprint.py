@@ -12,9 +12,27 @@ import os
 from typing import Dict, Optional
 
 
-# Keys added after runs were recorded, at the value that does what those runs did: left out of
-# the fingerprint at that value, so adding them does not make every finished run stale.
-NEUTRAL = {("data", "source"): "files", ("data", "tfds_dir"): ""}
+# Keys added after runs were recorded (paths into the config), at the value that does what those
+# runs did: left out of the fingerprint at that value, so adding them does not make every
+# finished run stale. A callable gives a value computed when first needed.
+NEUTRAL = {("data", "source"): "files", ("data", "tfds_dir"): "",
+           # report 003: the Kaldi framing of the BEATs fbank, phase 1's two views, mixup
+           # probability, warm-up in epochs, contrastive terms on the projection, CRD's head
+           ("frontend", "framing"): "stft", ("frontend", "remove_dc"): False,
+           ("frontend", "input_scale"): 1.0, ("frontend", "log_floor"): False,
+           ("mix", "mixup_p"): 1.0, ("mix", "clean_view"): False,
+           ("schedule", "cosine_warmup_epochs"): 0.0,
+           ("loss", "supcon", "on"): "embedding", ("loss", "soft_supcon", "on"): "embedding",
+           ("loss", "crd", "student_head"): "mlp", ("loss", "crd", "student_hidden"): 0,
+           ("loss", "crd_softmax"): {"teacher": "online", "temperature": 0.07},
+           ("loss", "terms", "crd_softmax"): 0.0,
+           ("fewshot",): lambda: _default_section("fewshot_config")}
+
+
+def _default_section(name: str):
+  """A section's default (configs/common.py `<name>()`) as the config's JSON holds it."""
+  from configs import common
+  return json.loads(getattr(common, name)().to_json_best_effort(sort_keys=True))
 
 
 def _digest(value) -> str:
@@ -25,10 +43,16 @@ def _fingerprinted(config_json: str) -> dict:
   """The config's dict without `stage` and the `NEUTRAL` keys at their neutral values."""
   cfg = json.loads(config_json)
   cfg.pop("stage", None)
-  for (section, key), neutral in NEUTRAL.items():
-    values = cfg.get(section)
-    if isinstance(values, dict) and key in values and values[key] == neutral:
-      del values[key]
+  for path, neutral in NEUTRAL.items():
+    parent = cfg
+    for key in path[:-1]:
+      parent = parent.get(key) if isinstance(parent, dict) else None
+    if not isinstance(parent, dict) or path[-1] not in parent:
+      continue
+    if callable(neutral):
+      neutral = NEUTRAL[path] = neutral()
+    if parent[path[-1]] == neutral:
+      del parent[path[-1]]
   return cfg
 
 

@@ -2,6 +2,8 @@
 
     python -m jax_asc.plans configs/report000_dafa.py [--smoke] [--workdir DIR] [--dirs MICIRP]
                             [--passt-checkpoint FILE] [--m2d FILE] [--resunetk FILE]
+                            [--qwen PATH] [--beats FILE] [--tut17 DIR] [--icme24 DIR]
+                            [--esc50 DIR]
                             [--option KEY=VALUE …] [--jobs N] [DATASET_ROOT]
 
 A report's config module declares its plan next to its configs: `get_plan()` returns a `Plan`
@@ -36,6 +38,8 @@ from jax_asc import fingerprint as fingerprint_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MICIRP = os.path.join(REPO, "..", "shared", "data", "micirp")
+# The `--<name> PATH` options a plan may take (`Plan.checkpoints`).
+PATH_OPTIONS = ("m2d", "resunetk", "qwen", "beats", "tut17", "icme24", "esc50")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +90,13 @@ class Plan:
   config: str
   runs: Tuple[Run, ...]
   tables: str = ""
-  # Official checkpoints the real (not smoke) chain starts from, by option name: each is given
-  # as `--<name> PATH` and handed to every run's config as `<name>=PATH` (report 004: m2d,
-  # resunetk, qwen).
+  # Official checkpoints the real (not smoke) chain starts from and other datasets it reads, by
+  # option name (PATH_OPTIONS): each is given as `--<name> PATH` and handed to every run's config
+  # as `<name>=PATH` (report 003: beats, tut17, icme24, esc50; report 004: m2d, resunetk, qwen).
   checkpoints: Tuple[str, ...] = ()
+  # Paths of PATH_OPTIONS the real chain takes when given but does not require (report 003:
+  # esc50, an extra few-shot dataset).
+  optional: Tuple[str, ...] = ()
   # The smoke chain compiles with XLA's backend optimisations off (tiny models: compiling
   # dominates); a plan whose smoke runs are compute-bound (report 004's U-Net) keeps them.
   smoke_fast_compile: bool = True
@@ -221,7 +228,7 @@ def _record_upstream(plan: Plan, index: int, workdir: str, stage: str) -> None:
 # that never finished (a crash) has no record and resumes.
 STAGE_OUTPUTS = {"train": ("checkpoints",), "distill": ("checkpoints",),
                  "finetune_device": ("devices",), "soup": (os.path.join("checkpoints", "soup"),)}
-_EVALUATION = ("export", "evaluate", "submission", "predict", "complexity")
+_EVALUATION = ("export", "evaluate", "submission", "predict", "complexity", "fewshot")
 NOT_READ_BY = {"train": _EVALUATION + ("dsft", "soup"), "distill": _EVALUATION + ("dsft", "soup"),
                "finetune_device": _EVALUATION + ("soup",), "soup": _EVALUATION + ("dsft",)}
 
@@ -327,9 +334,9 @@ def run_plan(plan: Plan, workdir: str, *, smoke: bool, root: str = "", dirs: str
   if dirs:
     base += f",dirs={os.path.abspath(dirs)}"
   for name, path in sorted((checkpoints or {}).items()):
-    if name not in plan.checkpoints:
+    if name not in plan.checkpoints + plan.optional:
       raise ValueError(f"plan {plan.name} takes no --{name} checkpoint (it takes "
-                       f"{list(plan.checkpoints) or 'none'})")
+                       f"{list(plan.checkpoints + plan.optional) or 'none'})")
     if path:
       base += f",{name}={os.path.abspath(path)}"
   for option in options:   # KEY=VALUE config options every run's config takes (checked there)
@@ -385,13 +392,19 @@ def main_cli(argv: Optional[Sequence[str]] = None) -> None:
                       help="report 004: the Qwen2-Audio checkpoint (Qwen/Qwen2-Audio-7B's "
                            "safetensors: the folder, its index json or one file); only the "
                            "audio tower is read")
+  parser.add_argument("--beats", default="", help="report 003: the BEATs checkpoint (.pt with "
+                      "cfg, model, label_dict; BEATs_iter3_plus_AS2M.pt)")
+  for name, what in (("tut17", "TUT Acoustic Scenes 2017 development"),
+                     ("icme24", "ICME 2024 Grand Challenge ASC development"),
+                     ("esc50", "ESC-50")):
+    parser.add_argument(f"--{name}", default="",
+                        help=f"report 003: the {what} folder (few-shot evaluation)")
   parser.add_argument("--option", action="append", default=[],
                       help="KEY=VALUE handed to every run's config argument, e.g. report 004's "
                            "m2d_norm=-7.1:4.2 (the M2D checkpoint's norm_stats)")
   args = parser.parse_args(argv)
   plan = load_plan(args.config, smoke=args.smoke)
-  checkpoints = {name: getattr(args, name) for name in ("m2d", "resunetk", "qwen")
-                 if getattr(args, name)}
+  checkpoints = {name: getattr(args, name) for name in PATH_OPTIONS if getattr(args, name)}
   if (args.smoke and plan.smoke_fast_compile
       and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")):
     # Tiny models: compiling dominates a smoke chain, and LLVM's optimisations do not pay off.
@@ -411,8 +424,10 @@ def main_cli(argv: Optional[Sequence[str]] = None) -> None:
         parser.error(f"plan {plan.name} starts from --{name} PATH (got {getattr(args, name)!r})")
     dirs = args.dirs
   for name in checkpoints:
-    if name not in plan.checkpoints:
+    if name not in plan.checkpoints + plan.optional:
       parser.error(f"plan {plan.name} takes no --{name}")
+    if not os.path.exists(checkpoints[name]):
+      parser.error(f"--{name} {checkpoints[name]!r} does not exist")
   workdir = args.workdir or os.path.join("workdirs", plan.name + ("_smoke" if args.smoke else ""))
   print(run_plan(plan, workdir, smoke=args.smoke, root=args.root, dirs=dirs,
                  passt_checkpoint=args.passt_checkpoint, jobs=args.jobs,

@@ -82,6 +82,18 @@ REPORTS = {
              "without KD, on 1-s segments.",
         script="launch/report002_teachers.sh", dataset="TAU Urban Acoustic Scenes 2020 Mobile",
         extra="[]"),
+    "report003_contrastasc": dict(
+        title="Report 003 — ContrastASC: contrastive fine-tuning of BEATs and CRD into "
+              "CP-Mobile",
+        text="BEATs teachers (the linear probe, CE-only fine-tuning, contrastive fine-tuning "
+             "with the mixup-aware soft SupCon and a cosine or linear head, each in two "
+             "phases), CP-Mobile students with LayerNorm at 16 kHz (no KD, KD, CRD; the norm "
+             "ablations; five sizes), and the few-shot evaluation on unseen classes: tables 1-3 "
+             "and figure 2.",
+        script="launch/report003_contrastasc.sh",
+        dataset="TAU Urban Acoustic Scenes 2022 Mobile",
+        extra='["--beats", "BEATs_iter3_plus_AS2M.pt", "--tut17", "TUT17", "--icme24", '
+              '"ICME24"] with the real data'),
     "report004_s5": dict(
         title="Report 004 — S5: M2D tagging with masked self-distillation and Qwen2-Audio "
               "semantic distillation, and the ResUNetK separator",

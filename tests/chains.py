@@ -11,10 +11,11 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"report000": "report000_dafa.sh", "report001": "report001_joint_kd.sh",
-           "report002": "report002_teachers.sh", "report004": "report004_s5.sh"}
+           "report002": "report002_teachers.sh", "report003": "report003_contrastasc.sh",
+           "report004": "report004_s5.sh"}
 # Worker processes per chain. The chains share two cores with the rest of the suite, so extra
 # workers mostly add start-up (each imports TF and JAX); report 000 keeps two to test `--jobs`.
-JOBS = {"report000": 2, "report001": 1, "report002": 1, "report004": 1}
+JOBS = {"report000": 2, "report001": 1, "report002": 1, "report003": 1, "report004": 1}
 
 
 def environment(root: str) -> dict:

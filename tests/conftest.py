@@ -75,7 +75,8 @@ INTEGRATION = {"test_training.py", "test_trainer.py", "test_accelerator_path.py"
                "test_predict_folder.py", "test_export.py", "test_teacher_zoo.py",
                "test_tfds.py", "test_track_head.py", "test_m2d.py", "test_resunetk.py",
                "test_s5_data.py", "test_s5_tasks.py", "test_qwen_audio.py",
-               "test_semantic_teacher.py"}
+               "test_semantic_teacher.py", "test_beats.py", "test_fewshot.py",
+               "test_contrastasc.py", "test_report003_students.py"}
 CHAINS = {"test_launch.py", "test_notebook.py"}
 
 

@@ -320,8 +320,11 @@ def test_fingerprint_ignores_the_new_data_keys_at_their_neutral_values():
   from configs import quickstart
   config = quickstart.get_config("tiny")
   cfg = json.loads(config.to_json_best_effort(sort_keys=True))
-  for key in fingerprint.NEUTRAL:
-    del cfg[key[0]][key[1]]
+  for path in fingerprint.NEUTRAL:   # as the configs were before these keys
+    parent = cfg
+    for key in path[:-1]:
+      parent = parent[key]
+    del parent[path[-1]]
   before_the_keys = fingerprint.of_json(json.dumps(cfg))
   assert fingerprint.config_fingerprint(config) == before_the_keys
   config.data.source = "tfds"

@@ -38,6 +38,8 @@ import dataclasses
 import os
 from typing import Dict, Sequence
 
+import numpy as np
+
 from jax_asc.data import audio_io, derived, formats, loading
 from jax_asc.data.dataset import Split, default_cache_dir
 
@@ -167,6 +169,19 @@ def _s5_settings(cfg):
   return cfg.s5
 
 
+def _at_rate(split: Split, cfg) -> Split:
+  """A rendered split (the synthetic scenes are 32 kHz) at `data.sample_rate`, resampled in
+  memory with `data.resampler` (report 003 trains at 16 kHz); unchanged at its own rate."""
+  if cfg.sample_rate == split.sample_rate:
+    return split
+  waveform = np.asarray(split["waveform"], np.float32) * split.waveform_scale
+  waveform = audio_io.resample(waveform, split.sample_rate, cfg.sample_rate, cfg.resampler)
+  samples = int(round(split["waveform"].shape[-1] * cfg.sample_rate / split.sample_rate))
+  columns = dict(split.columns, waveform=audio_io.fit_length(waveform, samples))
+  return dataclasses.replace(split, columns=columns, sample_rate=int(cfg.sample_rate),
+                             waveform_scale=1.0)
+
+
 def _load_plain(cfg, names: Sequence[str]) -> Dict[str, Split]:
   """{split name: Split} as the dataset gives them (no segments, no holdout)."""
   if cfg.name == "s5_synthetic":
@@ -185,14 +200,11 @@ def _load_plain(cfg, names: Sequence[str]) -> Dict[str, Split]:
     return {n: s5_dcase.load(cfg.root, n, s5) for n in dict.fromkeys(names)}
   if cfg.name == "synthetic":
     from jax_asc.data import synthetic
-    if cfg.sample_rate != synthetic.SAMPLE_RATE:
-      raise ValueError(f"data.sample_rate is {cfg.sample_rate}; the synthetic scenes are "
-                       f"{synthetic.SAMPLE_RATE} Hz")
     splits = synthetic.load(cfg.synthetic, cfg.cache_dir)
     missing = sorted(set(names) - set(splits))
     if missing:
       raise KeyError(f"synthetic splits are {sorted(splits)}; config names {missing}")
-    return {n: splits[n] for n in names}
+    return {n: _at_rate(splits[n], cfg) for n in names}
   cache_dir = cfg.cache_dir or default_cache_dir()
   return {n: loading.load(manifest(cfg, n), sample_rate=cfg.sample_rate, cache_dir=cache_dir,
                           skip_bad_files=cfg.skip_bad_files, cache_dtype=cfg.cache_dtype,

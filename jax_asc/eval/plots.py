@@ -9,6 +9,8 @@ and returns their paths:
   report002  student against teacher accuracy, one point per teacher (size and device
              generalisation method; ensembles as students only); student accuracy against
              teacher parameters, a line per architecture, the student without KD as a line
+  report003  figure 2: closed- and open-set accuracy against student size (FT + KD, C-FT +
+             CRD); table 1's teachers beside the report's
   report004  the system's CAPI-SDRi (dB) per tagger, 1c and 4c, beside the report's
 Accuracies are in percent; ours are as measured (a smoke run's on synthetic data).
 """
@@ -122,6 +124,42 @@ def report002(data: Dict) -> Dict[str, plt.Figure]:
   return figures
 
 
+def report003(data: Dict) -> Dict[str, plt.Figure]:
+  """Figure 2: closed- and open-set accuracy against student parameters, FT + KD and C-FT + CRD
+  (the report's plot gives no figures in its text, so ours alone); table 1's teachers beside the
+  report's."""
+  from jax_asc.eval import tables
+  figures = {}
+  sizes = data.get("figure2", {}).get("sizes", {})
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, key, title in ((axes[0], "closed", "Closed set (TAU22)"),
+                         (axes[1], "open", f"Open set ({data.get('figure2', {}).get('open_set')}"
+                                           ", 5-shot)")):
+    for method, label in (("student_ft_kd", "FT + KD"), ("student_cft_crd", "C-FT + CRD")):
+      points = sorted((e["params"], _pct((e.get(method) or {}).get(key)))
+                      for e in sizes.values() if e.get("params") and e.get(method))
+      points = [(p, a) for p, a in points if a is not None]
+      if points:
+        ax.plot([p for p, _ in points], [a for _, a in points], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("student parameters")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8)
+  fig.tight_layout()
+  figures["sizes"] = fig
+  names = list(tables.REPORT003_TABLE1)
+  fig, ax = plt.subplots(figsize=(7, 4))
+  _bars(ax, [tables.REPORT003_TABLE1[n][0] for n in names],
+        {"ours": [_pct((data.get("table1", {}).get(n) or [None])[0]) for n in names],
+         "report": [tables.REPORT003_TABLE1[n][1] for n in names]},
+        "Table 1: teachers, closed set")
+  fig.tight_layout()
+  figures["teachers"] = fig
+  return figures
+
+
 def report004(data: Dict) -> Dict[str, "plt.Figure"]:
   ours, reported = data.get("ours", {}), data.get("reported", {})
   tracks = [t for t in ("1c", "4c") if t in ours]
@@ -139,7 +177,7 @@ def report004(data: Dict) -> Dict[str, "plt.Figure"]:
 
 
 FIGURES = {"report000": report000, "report001": report001, "report002": report002,
-           "report004": report004}
+           "report003": report003, "report004": report004}
 
 
 def write(report: str, data: Dict, folder: str) -> List[str]:

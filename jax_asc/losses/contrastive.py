@@ -74,19 +74,29 @@ def soft_supcon_loss(embeddings: jax.Array, targets: jax.Array, *,
   return loss, count
 
 
+INFO_NCE_DIRECTIONS = ("symmetric", "student_anchor", "teacher_anchor")
+
+
 def info_nce_loss(student: jax.Array, teacher: jax.Array, *, temperature: float = 0.07,
-                  symmetric: bool = True) -> jax.Array:
+                  symmetric: bool = True, direction: str = "") -> jax.Array:
   """In-batch InfoNCE between paired embeddings (B, D): positives on the diagonal, the other
-  B−1 clips of the global batch as negatives (not from an official repository; the in-batch
-  alternative to CRD's memory bank). Symmetric: mean of the s→t and t→s terms."""
+  B−1 clips of the global batch as negatives (the in-batch alternative to CRD's memory bank).
+
+  direction: "student_anchor" (each student embedding against every teacher embedding),
+  "teacher_anchor" (each teacher embedding q^T against every student embedding: report 003
+  eq. 3, −E log e^{q·k⁺/τ} / (e^{q·k⁺/τ} + Σ e^{q·k⁻/τ})) or "symmetric" (their mean); ""
+  keeps the older switch (`symmetric`, else student_anchor).
+  """
+  direction = direction or ("symmetric" if symmetric else "student_anchor")
+  if direction not in INFO_NCE_DIRECTIONS:
+    raise ValueError(f"direction must be one of {INFO_NCE_DIRECTIONS}, got {direction!r}")
   s, t = l2_normalize(student), l2_normalize(teacher)
   logits = jnp.matmul(s, t.T, precision=_HIGHEST) / temperature
   diagonal = jnp.arange(s.shape[0])
   s_to_t = -jnp.mean(jax.nn.log_softmax(logits, axis=1)[diagonal, diagonal])
-  if not symmetric:
-    return s_to_t
   t_to_s = -jnp.mean(jax.nn.log_softmax(logits, axis=0)[diagonal, diagonal])
-  return 0.5 * (s_to_t + t_to_s)
+  return {"student_anchor": s_to_t, "teacher_anchor": t_to_s,
+          "symmetric": 0.5 * (s_to_t + t_to_s)}[direction]
 
 
 class CRDMemory(NamedTuple):

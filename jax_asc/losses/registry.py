@@ -51,6 +51,19 @@ class Term:
   def teacher_name(self, settings) -> Optional[str]:
     return settings.get("teacher") if "teacher" in self.settings else None
 
+  def inputs(self, settings) -> Tuple[str, ...]:
+    """What it reads under these settings: a term with an `on` setting reads that input in
+    place of "embedding"."""
+    if "on" not in self.settings:
+      return self.reads
+    on = settings.get("on", self.settings["on"])
+    if on not in ON_CHOICES:
+      raise ValueError(f"loss.{self.name}.on must be one of {list(ON_CHOICES)}, got {on!r}")
+    return tuple(on if item == "embedding" else item for item in self.reads)
+
+
+ON_CHOICES = ("embedding", "projected")
+
 
 TERMS: Dict[str, Term] = {}
 
@@ -142,16 +155,19 @@ def _ssfm(inputs, s):
              for st, _ in pairs(s["stages"], "ssfm"))
 
 
-@register("supcon", ("embedding", "labels"), "SupCon (one view per clip)", temperature=0.07)
+# The contrastive terms read `on`: the model's "embedding" or its projection head's "projected"
+# (report 003 §2 contrasts the 128-d projections, not the 768-d embedding).
+@register("supcon", ("embedding", "labels"), "SupCon (one view per clip)", temperature=0.07,
+          on="embedding")
 def _supcon(inputs, s):
-  return contrastive.supcon_loss(inputs["embedding"][:, None], inputs["labels"],
+  return contrastive.supcon_loss(inputs[s["on"]][:, None], inputs["labels"],
                                  temperature=s["temperature"], base_temperature=s["temperature"])
 
 
 @register("soft_supcon", ("embedding", "targets"), "soft (mixup-aware) SupCon: report 003 eq. 1",
-          temperature=0.2)
+          temperature=0.2, on="embedding")
 def _soft_supcon(inputs, s):
-  return contrastive.soft_supcon_loss(inputs["embedding"], inputs["targets"],
+  return contrastive.soft_supcon_loss(inputs[s["on"]], inputs["targets"],
                                       temperature=s["temperature"])[0]
 
 
@@ -225,13 +241,18 @@ def _ca_pit_snr(inputs, s):
                                         inputs["track_targets"], silence=inputs["silence"])[0]
 
 
+# CRD's student head (a task wraps a model that has no `projected` output in it, for every term
+# that reads `projected`: crd, crd_softmax, supcon / soft_supcon on "projected"): "mlp" (report
+# 003 §3: Linear(D, hidden) → ReLU → Linear(hidden, feat_dim), hidden 0 = D) or "linear" (the
+# original CRD's embed), L2-normalised; its input is the model's `embedding`.
 def _crd_state(key, s, info):
   return contrastive.crd_memory_init(key, info["num_examples"], s["feat_dim"])
 
 
 @register("crd", ("projected", "teacher.projected", "index", "crd_key"),
           "CRD (memory-bank NCE): report 003 eq. 3", init_state=_crd_state, teacher="online",
-          feat_dim=128, num_negatives=4096, temperature=0.07, momentum=0.5)
+          feat_dim=128, num_negatives=4096, temperature=0.07, momentum=0.5, student_head="mlp",
+          student_hidden=0)
 def _crd(inputs, s, state):
   num_data = state.student.shape[0]
   contrast = contrastive.sample_contrast_indices(inputs["crd_key"], inputs["index"], num_data,
@@ -239,6 +260,16 @@ def _crd(inputs, s, state):
   return contrastive.crd_loss(state, inputs["projected"], _teacher(inputs, s, "projected"),
                               inputs["index"], contrast, temperature=s["temperature"],
                               momentum=s["momentum"])
+
+
+@register("crd_softmax", ("projected", "teacher.projected"),
+          "CRD in the softmax form written in report 003 eq. 3 (in-batch negatives)",
+          teacher="online", temperature=0.07)
+def _crd_softmax(inputs, s):
+  # −log softmax over the student keys of the teacher anchor q^T: the positive k^S of the same
+  # clip, the negatives k_-^S the other clips' projections in the (global) batch.
+  return contrastive.info_nce_loss(inputs["projected"], _teacher(inputs, s, "projected"),
+                                   temperature=s["temperature"], direction="teacher_anchor")
 
 
 def teachers_read(weights: Mapping[str, float], settings: Mapping[str, Mapping]
@@ -268,7 +299,7 @@ def check_inputs(weights: Mapping[str, float], settings: Mapping[str, Mapping], 
   provided: the input names the task provides; teachers: {teacher name: its output keys}."""
   for name in active(weights):
     term, s = TERMS[name], settings[name]
-    for item in term.reads:
+    for item in term.inputs(s):
       if item.startswith("teacher."):
         teacher, key = term.teacher_name(s), item[len("teacher."):]
         if teacher not in teachers:

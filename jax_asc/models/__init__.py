@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jax_asc.models.beats import BEATsClassifier
 from jax_asc.models.cp_mobile import CPMobile
 from jax_asc.models.cp_resnet import CPResNet
 from jax_asc.models.crnn import CRNN
@@ -11,8 +12,9 @@ from jax_asc.models.passt import PaSST
 from jax_asc.models.resunetk import ResUNetK
 from jax_asc.models.vit import ViT
 
-MODELS = {"cp_mobile": CPMobile, "cp_resnet": CPResNet, "crnn": CRNN, "m2d": M2DEncoder,
-          "m2d_tagger": M2DTagger, "passt": PaSST, "resunetk": ResUNetK, "vit": ViT}
+MODELS = {"beats": BEATsClassifier, "cp_mobile": CPMobile, "cp_resnet": CPResNet, "crnn": CRNN,
+          "m2d": M2DEncoder, "m2d_tagger": M2DTagger, "passt": PaSST, "resunetk": ResUNetK,
+          "vit": ViT}
 
 
 def build(cfg, **overrides):

@@ -11,6 +11,9 @@ Lightning checkpoint or bare state dict) into the variables of `models.resunetk.
 `read_safetensors(path, prefixes)` reads chosen tensors of a `.safetensors` file or sharded
 folder without PyTorch; `qwen_audio_state_dict(path)` takes Qwen2-Audio's audio tower from it,
 `qwen_audio_params` converts that into the `params` of `models.qwen_audio.QwenAudioEncoder`.
+`load_beats(path)` reads an official BEATs checkpoint ({cfg, model, label_dict}; `.pt` or an
+`.npz` of `save_beats_npz`) into (cfg, params of `models.beats.BEATsEncoder`) via `beats_params`;
+`beats_model_fields(cfg)` gives the model's config fields.
 """
 from __future__ import annotations
 
@@ -670,3 +673,208 @@ def qwen_audio_params(state_dict: Mapping[str, np.ndarray], encoder: "QwenAudioE
     raise ValueError("Qwen2-Audio audio tower does not fit QwenAudioEncoder: "
                      + " | ".join(problems))
   return params
+
+
+# ----------------------------------------------------------------------------- BEATs
+# microsoft/unilm `beats/BEATs.py` checkpoints: a torch pickle {"cfg": dict, "model": state dict,
+# "label_dict": …}; the cfg holds `BEATsConfig`'s fields. `models.beats.BEATsEncoder` takes the
+# architecture fields and the dropout rates by the same names; the pre-training settings and the
+# fine-tuned predictor's are read and not used (our heads replace the predictor).
+
+BEATS_CFG_ARCHITECTURE = (
+    "input_patch_size", "embed_dim", "conv_bias", "encoder_layers", "encoder_embed_dim",
+    "encoder_ffn_embed_dim", "encoder_attention_heads", "activation_fn", "layer_norm_first",
+    "deep_norm", "conv_pos", "conv_pos_groups", "relative_position_embedding", "num_buckets",
+    "max_distance", "gru_rel_pos")
+BEATS_CFG_DROPOUT = ("dropout", "attention_dropout", "activation_dropout", "dropout_input")
+BEATS_CFG_UNUSED = ("layer_wise_gradient_decay_ratio", "encoder_layerdrop", "finetuned_model",
+                    "predictor_dropout", "predictor_class")
+_BEATS_BOOL = ("conv_bias", "layer_norm_first", "deep_norm", "relative_position_embedding",
+               "gru_rel_pos")
+# Two spellings of the weight-normed positional conv: `nn.utils.weight_norm` (the released
+# checkpoints) and `nn.utils.parametrizations.weight_norm` (newer PyTorch).
+_BEATS_POS_CONV = {"weight_g": ("encoder.pos_conv.0.weight_g",
+                                "encoder.pos_conv.0.parametrizations.weight.original0"),
+                   "weight_v": ("encoder.pos_conv.0.weight_v",
+                                "encoder.pos_conv.0.parametrizations.weight.original1")}
+
+
+def beats_model_fields(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+  """`models.beats.BEATsEncoder` fields (architecture and dropout rates) from a BEATs checkpoint
+  `cfg`. Raises ValueError naming a missing architecture key, a key no BEATs cfg has, or a
+  value of the wrong type (bool / int / float / activation name). Dropout rates default to 0
+  when absent; `BEATS_CFG_UNUSED` keys are accepted and dropped."""
+  if not isinstance(cfg, Mapping):
+    raise ValueError(f"BEATs cfg must be a dict, got {type(cfg).__name__}")
+  known = set(BEATS_CFG_ARCHITECTURE) | set(BEATS_CFG_DROPOUT) | set(BEATS_CFG_UNUSED)
+  unknown = sorted(k for k in cfg if k not in known)
+  if unknown:
+    raise ValueError(f"BEATs cfg has unknown keys {unknown}; a BEATs cfg has {sorted(known)}")
+  missing = [k for k in BEATS_CFG_ARCHITECTURE if k not in cfg]
+  if missing:
+    raise ValueError(f"BEATs cfg lacks {missing}: the model cannot be built without them")
+  fields = {}
+  for key in BEATS_CFG_ARCHITECTURE + BEATS_CFG_DROPOUT:
+    value = cfg.get(key, 0.0)
+    if key == "activation_fn":
+      if value not in ("gelu", "relu"):
+        raise ValueError(f"BEATs cfg activation_fn={value!r}: only 'gelu' and 'relu' are built")
+    elif key in _BEATS_BOOL:
+      if not isinstance(value, (bool, np.bool_)) and value not in (0, 1):
+        raise ValueError(f"BEATs cfg {key}={value!r} is not a bool")
+      value = bool(value)
+    elif key in BEATS_CFG_DROPOUT:
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"BEATs cfg {key}={value!r} is not a rate in [0, 1)")
+      value = float(value)
+    else:
+      if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer))
+          or int(value) != value or value < 1):
+        raise ValueError(f"BEATs cfg {key}={value!r} is not a positive integer")
+      value = int(value)
+    fields[key] = value
+  if fields["deep_norm"] and fields["layer_norm_first"]:
+    raise ValueError("BEATs cfg sets both deep_norm and layer_norm_first (they exclude each "
+                     "other)")
+  if fields["encoder_embed_dim"] % fields["encoder_attention_heads"]:
+    raise ValueError(f"BEATs cfg encoder_attention_heads={fields['encoder_attention_heads']} "
+                     f"does not divide encoder_embed_dim={fields['encoder_embed_dim']}")
+  return fields
+
+
+def beats_params(state_dict: Mapping[str, Any], cfg: Mapping[str, Any]) -> Dict:
+  """Flax `params` of `models.beats.BEATsEncoder` (a `BEATsClassifier`'s `backbone`) from a
+  BEATs state dict (the checkpoint's "model") and its cfg.
+
+  Layouts: Conv2d (E, 1, p, p) → (p, p, 1, E); Linear (out, in) → (in, out); LayerNorm weight →
+  scale; the positional conv's weight_v (D, D/groups, k) → (k, D/groups, D), weight_g
+  (1, 1, k) → (k,); grep_a (1, H, 1, 1) → (H,). The relative-position table is layer 0's (the
+  reference shares one module, so a state dict may repeat it under every layer: the copies must
+  equal it). A fine-tuned checkpoint's `predictor.*` is dropped when cfg.finetuned_model.
+
+  Raises ValueError listing the missing tensors, the unused ones and those of the wrong shape
+  (by their checkpoint names).
+  """
+  fields = beats_model_fields(cfg)
+  state = {k: _np(v) for k, v in state_dict.items()}
+  p, e, d = fields["input_patch_size"], fields["embed_dim"], fields["encoder_embed_dim"]
+  ffn, heads, layers = (fields["encoder_ffn_embed_dim"], fields["encoder_attention_heads"],
+                        fields["encoder_layers"])
+  k, groups = fields["conv_pos"], fields["conv_pos_groups"]
+  if d % groups:
+    raise ValueError(f"BEATs cfg conv_pos_groups={groups} does not divide "
+                     f"encoder_embed_dim={d}")
+  used, missing, wrong = set(), [], []
+
+  def take(name, shape):
+    if name not in state:
+      missing.append(name)
+      return np.zeros(shape, np.float32)
+    used.add(name)
+    if state[name].shape != tuple(shape):
+      wrong.append(f"{name}: checkpoint {state[name].shape}, model {tuple(shape)}")
+      return np.zeros(shape, np.float32)
+    return state[name]
+
+  def take_any(names, shape):
+    present = [n for n in names if n in state]
+    return take(present[0] if present else names[0], shape)
+
+  def linear(name, d_out, d_in, bias=True):
+    out = {"kernel": np.ascontiguousarray(take(f"{name}.weight", (d_out, d_in)).T)}
+    if bias:
+      out["bias"] = take(f"{name}.bias", (d_out,))
+    return out
+
+  def norm(name, width):
+    return {"scale": take(f"{name}.weight", (width,)), "bias": take(f"{name}.bias", (width,))}
+
+  patch = {"kernel": np.ascontiguousarray(
+      take("patch_embedding.weight", (e, 1, p, p)).transpose(2, 3, 1, 0))}
+  if fields["conv_bias"]:
+    patch["bias"] = take("patch_embedding.bias", (e,))
+  params = {"patch_embedding": patch, "layer_norm": norm("layer_norm", e)}
+  if e != d:
+    params["post_extract_proj"] = linear("post_extract_proj", d, e)
+  encoder = {
+      "pos_conv": {
+          "weight_g": take_any(_BEATS_POS_CONV["weight_g"], (1, 1, k)).reshape(k),
+          "weight_v": np.ascontiguousarray(
+              take_any(_BEATS_POS_CONV["weight_v"], (d, d // groups, k)).transpose(2, 1, 0)),
+          "bias": take("encoder.pos_conv.0.bias", (d,))},
+      "layer_norm": norm("encoder.layer_norm", d),
+  }
+  table_name = "encoder.layers.0.self_attn.relative_attention_bias.weight"
+  for i in range(layers):
+    b = f"encoder.layers.{i}"
+    attn = {name: linear(f"{b}.self_attn.{name}", d, d)
+            for name in ("q_proj", "k_proj", "v_proj", "out_proj")}
+    if fields["relative_position_embedding"]:
+      copy = f"{b}.self_attn.relative_attention_bias.weight"
+      if i == 0:
+        attn["relative_attention_bias"] = take(copy, (fields["num_buckets"], heads))
+      elif copy in state:
+        used.add(copy)
+        if table_name in state and not np.array_equal(state[copy], state[table_name]):
+          wrong.append(f"{copy}: differs from {table_name} (the table is shared)")
+    if fields["gru_rel_pos"]:
+      attn["grep_linear"] = linear(f"{b}.self_attn.grep_linear", 8, d // heads)
+      attn["grep_a"] = take(f"{b}.self_attn.grep_a", (1, heads, 1, 1)).reshape(heads)
+    encoder[f"layers_{i}"] = {
+        "self_attn": attn,
+        "self_attn_layer_norm": norm(f"{b}.self_attn_layer_norm", d),
+        "fc1": linear(f"{b}.fc1", ffn, d),
+        "fc2": linear(f"{b}.fc2", d, ffn),
+        "final_layer_norm": norm(f"{b}.final_layer_norm", d),
+    }
+  params["encoder"] = encoder
+  ignored = re.compile(r"^predictor\.") if cfg.get("finetuned_model") else None
+  unused = sorted(n for n in state if n not in used and not (ignored and ignored.match(n)))
+
+  def listed(names):
+    return f"{names[:10]}" + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
+  problems = ([f"missing {listed(missing)}"] if missing else []) + (
+      [f"unused {listed(unused)}"] if unused else []) + (
+      [f"wrong shape: {'; '.join(wrong[:10])}"] if wrong else [])
+  if problems:
+    raise ValueError("BEATs state dict does not fit its cfg: " + " | ".join(problems))
+  return params
+
+
+def load_beats(path: str) -> Tuple[Dict[str, Any], Dict]:
+  """(cfg, `BEATsEncoder` params) of an official BEATs checkpoint (`.pt`: a torch pickle
+  {"cfg", "model", "label_dict"}, needs PyTorch) or an `.npz` written by `save_beats_npz`
+  (no PyTorch). Raises naming the file and the absent entry for a file of another format."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"checkpoint {path} does not exist")
+  if path.endswith(".npz"):
+    with np.load(path) as f:
+      if "__cfg__" not in f.files:
+        raise ValueError(f"{path} has no '__cfg__' entry: not written by save_beats_npz")
+      cfg = json.loads(str(f["__cfg__"]))
+      state = {k: f[k] for k in f.files if k != "__cfg__"}
+  else:
+    try:
+      import torch
+    except ImportError as e:
+      raise ImportError(f"reading {path} needs PyTorch (pip install torch==2.13.0), or convert it "
+                        "to .npz with jax_asc.models.convert.save_beats_npz on a machine that "
+                        "has it") from e
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    for key in ("cfg", "model"):
+      if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get(key), Mapping):
+        raise ValueError(f"{path} is no BEATs checkpoint: it has no {key!r} dict (a BEATs "
+                         "checkpoint is {'cfg', 'model', 'label_dict'})")
+    cfg, state = dict(checkpoint["cfg"]), checkpoint["model"]
+  try:
+    return cfg, beats_params(state, cfg)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
+
+
+def save_beats_npz(cfg: Mapping[str, Any], state_dict: Mapping[str, Any], path: str) -> None:
+  """Writes a BEATs checkpoint's cfg and tensors as an `.npz` that `load_beats` reads without
+  PyTorch (the cfg as JSON under `__cfg__`)."""
+  np.savez(path, __cfg__=np.asarray(json.dumps(dict(cfg))),
+           **{k: _np(v) for k, v in state_dict.items()})

@@ -6,16 +6,34 @@ CPJKU/dcase2025_task1_baseline `models/net.py` (no GRN, other strides); facts in
 
 Input (B, n_mels, frames) log-mel features (or (B, n_mels, frames, 1)); layout inside is NHWC with
 H = frequency, W = time. Output logits (B, n_classes), or with `return_features=True` a dict with
-the stage outputs (`stem`, `s1`, `s2`, `s3`), the pooled `embedding` (B, C_last) and `logits`.
+the stage outputs (`stem`, `s1`, `s2`, `s3`), `embedding` (B, C_last), `embedding_prenorm`
+(B, C_last) and `logits`.
+
+Heads:
+* "conv" (reference): 1×1 conv → norm → global average pool. `embedding` = `embedding_prenorm` =
+  the global average pool of the last stage.
+* "cosine": global average pool → cosine classifier (γ = `cosine_scale`); embeddings as "conv".
+* "norm_cosine" (report 003 §3): global average pool → LayerNorm1D → cosine classifier.
+  `embedding` is taken after the norm (what CRD projects), `embedding_prenorm` before it (what the
+  report's few-shot evaluation reads).
+
+`norm` ("batch", "layer", "none") is the norm of every convolution; `head_norm` that of the head
+(the conv head's norm after its 1×1 conv, or norm_cosine's 1-D norm over the pooled embedding),
+by default the same kind as `norm`. Report 003's table 2: "ours" is norm = head_norm = "layer",
+"- LayerNorm" norm = head_norm = "none", "+ BatchNorm" norm = head_norm = "batch" (a BatchNorm1D
+over the pooled embedding, running statistics in evaluation).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from jax_asc.models import heads, layers
+
+
+HEADS = ("conv", "cosine", "norm_cosine")
 
 
 class InvertedResidual(nn.Module):
@@ -59,9 +77,12 @@ class CPMobile(nn.Module):
     n_blocks: blocks per stage.
     strides: (freq, time) stride of every block, in order b1, b2, …
     use_grn: GRN before each block's final ReLU (DCASE23 winner).
-    norm: "batch" (reference) or "layer" (channel LayerNorm, report 003).
-    head: "conv" (1×1 conv → norm → global average pool, reference) or "cosine"
-      (global average pool → cosine classifier with scale `cosine_scale`).
+    norm: "batch" (reference), "layer" (channel LayerNorm, report 003) or "none" (no norm, the
+      report 003 ablation), for every convolution.
+    head: "conv" (1×1 conv → norm → global average pool, reference), "cosine" (global average
+      pool → cosine classifier with scale `cosine_scale`) or "norm_cosine" (global average
+      pool → `head_norm` → cosine classifier, report 003).
+    head_norm: the head's norm ("batch", "layer", "none"); None: the same as `norm`.
   """
   n_classes: int = 10
   base_channels: int = 32
@@ -72,6 +93,7 @@ class CPMobile(nn.Module):
   use_grn: bool = False
   norm: str = "batch"
   head: str = "conv"
+  head_norm: Optional[str] = None
   cosine_scale: float = 10.0
   dtype: Any = jnp.float32
 
@@ -85,8 +107,12 @@ class CPMobile(nn.Module):
     if len(self.strides) != sum(self.n_blocks):
       raise ValueError(f"strides has {len(self.strides)} entries, expected one per block "
                        f"({sum(self.n_blocks)} for n_blocks={tuple(self.n_blocks)})")
-    if self.head not in ("conv", "cosine"):
-      raise ValueError(f"head must be 'conv' or 'cosine', got {self.head!r}")
+    if self.head not in HEADS:
+      raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+    head_norm = self.norm if self.head_norm is None else self.head_norm
+    for field, kind in (("norm", self.norm), ("head_norm", head_norm)):
+      if kind not in layers.NORMS:
+        raise ValueError(f"{field} must be one of {layers.NORMS}, got {kind!r}")
     if x.ndim == 3:
       x = x[..., None]
     x = x.astype(self.dtype)
@@ -108,15 +134,18 @@ class CPMobile(nn.Module):
             dtype=self.dtype, name=f"b{block + 1}")(x, train)
         block += 1
       features[f"s{stage + 1}"] = x
-    embedding = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    embedding = prenorm = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     if self.head == "conv":
       y = layers.PointwiseConv(self.n_classes, dtype=self.dtype, name="head_conv")(x)
-      y = layers.make_norm(self.norm, train, self.dtype, name="head_norm")(y)
+      y = layers.make_norm(head_norm, train, self.dtype, name="head_norm")(y)
       logits = jnp.mean(y.astype(jnp.float32), axis=(1, 2))
     else:
+      if self.head == "norm_cosine":   # LayerNorm1D (or its ablations) over the pooled embedding
+        embedding = layers.make_norm(head_norm, train, jnp.float32, name="embedding_norm")(
+            prenorm).astype(jnp.float32)
       logits = heads.CosineClassifier(self.n_classes, self.cosine_scale, name="head_cosine")(
           embedding)
     if not return_features:
       return logits
-    features.update(embedding=embedding, logits=logits)
+    features.update(embedding=embedding, embedding_prenorm=prenorm, logits=logits)
     return features

@@ -78,3 +78,27 @@ class WithFeatureAdapters(nn.Module):
       return out
     return dict(out, adapted={stage: modules[stage](teacher_features[stage])
                               for stage in modules})
+
+
+class WithProjection(nn.Module):
+  """A model plus a trainable projection head on its `source` output: the student's CRD head of
+  report 003 §3 (a 2-layer MLP to the teacher's 128-d projection space; `hidden` 0 = the
+  source's width, None = one linear layer as in the original CRD).
+
+  With `return_features` the output dict gains `projected` (B, features), L2-normalised.
+  Parameters: `student/…` and `projection/{hidden,out}/…`.
+  """
+  student: nn.Module
+  features: int = 128
+  hidden: Optional[int] = 0
+  source: str = "embedding"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, return_features: bool = False):
+    out = self.student(x, train=train, return_features=True)
+    if not (return_features or self.is_initializing()):
+      return out["logits"]
+    source = out[self.source]
+    hidden = source.shape[-1] if self.hidden == 0 else self.hidden
+    projected = ProjectionHead(self.features, hidden=hidden, name="projection")(source)
+    return dict(out, projected=projected) if return_features else out["logits"]

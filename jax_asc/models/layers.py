@@ -209,21 +209,42 @@ class GRN(nn.Module):
     return (gamma * (x * nx) + beta + x).astype(x.dtype)
 
 
+NORMS = ("batch", "layer", "none")
+
+
+class Identity(nn.Module):
+  """No normalisation (the `norm="none"` ablation): no variables, x unchanged."""
+
+  @nn.compact
+  def __call__(self, x):
+    return x
+
+
 def make_norm(kind: str, train: bool, dtype, name: str | None = None) -> nn.Module:
-  """BatchNorm (PyTorch defaults) or channel LayerNorm."""
+  """A norm over the last axis (channels, or the features of a (B, D) embedding).
+
+  "batch": BatchNorm (PyTorch defaults; statistics over every other axis); "layer": LayerNorm
+  over the last axis only, per position (for a (B, H, W, C) map the channel LayerNorm of
+  ConvNeXt, for a (B, D) embedding LayerNorm1D; PyTorch eps 1e-5, scale and bias (C,), the same
+  parameter count as BatchNorm); "none": `Identity`.
+  """
   if kind == "batch":
     return BatchNorm(use_running_average=not train, dtype=dtype, name=name)
   if kind == "layer":
     # Two-pass variance: the one-pass E[x²] − E[x]² loses most float32 digits when the mean is
     # large beside the spread (unnormalised log-mels are around −10).
     return nn.LayerNorm(epsilon=1e-5, dtype=dtype, use_fast_variance=False, name=name)
-  raise ValueError(f"norm must be 'batch' or 'layer', got {kind!r}")
+  if kind == "none":
+    return Identity(name=name)
+  raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
 
 
 class ConvNormAct(nn.Module):
   """Conv (k×k, stride, zero pad (k-1)//2, no bias) → norm → ReLU (torchvision Conv2dNormActivation).
 
   Depthwise when `depthwise` (features = input channels); 1×1 convolutions run as matmuls.
+  `norm` is one of `NORMS` ("none": conv → ReLU, still without a bias, as when a PyTorch
+  model's BatchNorm2d is replaced by nn.Identity).
   With `defer_norm` (batch norm with ReLU, training, float32) the output is a `DeferredNorm`
   that a following depthwise or 1×1 `ConvNormAct` fuses into its convolution. A 1×1
   convolution, or a depthwise one with a fused norm, before a batch norm (training, float32)

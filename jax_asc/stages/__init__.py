@@ -14,12 +14,14 @@
 | system_eval | report 004: taggers' labels query the separator; CAPI-SDRi and label accuracies |
 | teacher_cache | report 004: a frozen semantic teacher's tokens of the clean sources, cached |
 | inference_checkpoint | the trained model without its training-only parts (projector, teachers) |
+| fewshot | report 003: K-shot transfer and retrieval mAP of an embedding on other datasets |
 """
-from jax_asc.stages import (ensemble, evaluate, export, finetune_device, inference_checkpoint,
-                            predict, soup, submit, system_eval, teacher_cache, train)
+from jax_asc.stages import (ensemble, evaluate, export, fewshot, finetune_device,
+                            inference_checkpoint, predict, soup, submit, system_eval,
+                            teacher_cache, train)
 
 STAGES = {"train": train.run, "distill": train.run_distill, "predict": predict.run,
           "ensemble": ensemble.run, "soup": soup.run, "finetune_device": finetune_device.run,
           "evaluate": evaluate.run, "submit": submit.run, "export": export.run,
           "system_eval": system_eval.run, "teacher_cache": teacher_cache.run,
-          "inference_checkpoint": inference_checkpoint.run}
+          "inference_checkpoint": inference_checkpoint.run, "fewshot": fewshot.run}

@@ -1,6 +1,6 @@
-"""Initial weights of a run (`config.model_init`): an official checkpoint (PaSST; report 004's
-M2D encoder and ResUNetK separator) or another run's checkpoint (a later phase of a recipe, a
-plan's `init_from`)."""
+"""Initial weights of a run (`config.model_init`): an official checkpoint (PaSST; report 003's
+BEATs teacher; report 004's M2D encoder and ResUNetK separator) or another run's checkpoint (a
+later phase of a recipe, a plan's `init_from`)."""
 from __future__ import annotations
 
 import jax
@@ -9,7 +9,7 @@ import numpy as np
 
 from jax_asc.teachers import online
 
-KINDS = ("passt_torch", "m2d_torch", "resunetk_torch", "run")
+KINDS = ("passt_torch", "m2d_torch", "resunetk_torch", "beats_torch", "run")
 
 
 def pretrained_initializer(config):
@@ -40,15 +40,21 @@ def pretrained_initializer(config):
       variables = convert.resunetk_params(convert.load_torch_state_dict(source))
       loaded = {"separator": variables["params"]}
       batch_stats = {"separator": variables["batch_stats"]}
+    elif config.model_init.kind == "beats_torch":   # models.beats.BEATsClassifier's backbone
+      cfg, backbone = convert.load_beats(source)
+      check_beats_cfg(config, cfg, source)
+      loaded = {"backbone": backbone}
     else:
       _, variables = online.load_run(source, config.model_init.checkpoint,
                                      "model_init.checkpoint")
       loaded = variables["params"]
       batch_stats = None if config.model_init.params_only else variables["batch_stats"]
     params, skipped = merge(state.params, loaded)
-    if config.model_init.kind in ("m2d_torch", "resunetk_torch"):
-      # The official weights are the whole encoder / separator: none may stay fresh.
-      part = "encoder" if config.model_init.kind == "m2d_torch" else "separator"
+    if config.model_init.kind in ("m2d_torch", "resunetk_torch", "beats_torch"):
+      # The official weights are the whole encoder / separator / backbone: none may stay fresh
+      # (the heads may: they are outside it).
+      part = {"m2d_torch": "encoder", "resunetk_torch": "separator",
+              "beats_torch": "backbone"}[config.model_init.kind]
       if part not in state.params:
         raise ValueError(f"model_init.kind={config.model_init.kind!r} loads the model's "
                          f"{part!r}, which config.model ({config.model.name}) does not have")
@@ -89,6 +95,22 @@ def check_m2d_norm(config, info, source) -> None:
   if "input_size" in model and tuple(info["input_size"]) != tuple(model.input_size):
     raise ValueError(f"{source}: the checkpoint's input_size is {tuple(info['input_size'])}, "
                      f"config.model.input_size is {tuple(model.input_size)}")
+
+
+def check_beats_cfg(config, cfg, source) -> None:
+  """Raises when config.model (name "beats") differs from the BEATs checkpoint's cfg in an
+  architecture field (`convert.BEATS_CFG_ARCHITECTURE`; the dropout rates may differ)."""
+  from jax_asc.models import convert
+  if config.model.name != "beats":
+    raise ValueError(f"model_init.kind='beats_torch' loads a BEATs backbone; config.model.name "
+                     f"is {config.model.name!r}, not 'beats'")
+  fields = convert.beats_model_fields(cfg)
+  differ = [f"{key}: checkpoint {fields[key]!r}, config.model {config.model[key]!r}"
+            for key in convert.BEATS_CFG_ARCHITECTURE
+            if key in config.model and config.model[key] != fields[key]]
+  if differ:
+    raise ValueError(f"{source}: its cfg differs from config.model ({'; '.join(differ)}): set "
+                     "config.model from the checkpoint's cfg (convert.beats_model_fields)")
 
 
 def merge(target, source, path=""):

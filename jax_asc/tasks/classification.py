@@ -20,7 +20,14 @@ What a run trains is set by its config, not by code paths per recipe:
 
 Training input order: waveform augmentation (DIR → roll → gain) → log-mel (+ fmin/fmax jitter,
 masks) → MixStyle → mixup. The waveform column is (B, C, S); C > 1 is averaged to mono.
-Outputs: `logits` (B, C) and, when asked for (`outputs`), `embedding` (B, D).
+Outputs: `logits` (B, C) and, when asked for (`outputs`), `embedding` (B, D), the model's
+`embedding_prenorm` (before its head norm, report 003's few-shot embedding) and `projected`.
+
+A term that reads `projected` (crd; supcon / soft_supcon with `on = "projected"`) from a model
+without a projection head wraps it in one (`heads.WithProjection`, CRD's student head of report
+003 §3, set by `loss.crd.student_head`/`student_hidden`): its parameters are in every checkpoint
+of the run. With `mix.clean_view` (report 003 §2, phase 1) each step runs the model on the clean
+and the augmented clips together (2B): ce reads the clean half, every other term the augmented.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jax_asc import models, teachers as teachers_lib
 from jax_asc.audio import augment, frontends
@@ -40,12 +48,15 @@ from jax_asc.train import step as step_lib
 
 FEATURE_TERMS = ("dfm", "ssfm")
 # What this task gives the loss terms (registry input names) besides the model's outputs.
-BATCH_INPUTS = ("logits", "targets", "target_probs", "labels", "device", "num_devices", "index")
+BATCH_INPUTS = ("logits", "targets", "target_probs", "labels", "device", "num_devices", "index",
+                "crd_key")
 # What each kind of teacher gives (`ctx.teachers[name]`).
 TEACHER_OUTPUTS = {"cache": ("log_probs", "logits"),
-                   "online": ("features", "embedding", "logits", "log_probs"),
+                   "online": ("features", "embedding", "projected", "logits", "log_probs"),
                    "ema": ("log_probs", "logits", "embedding")}
-OUTPUTS = ("logits", "embedding")
+OUTPUTS = ("logits", "embedding", "embedding_prenorm", "projected")
+# Terms that read a projection head's output; a model without one gets CRD's student head.
+PROJECTED_TERMS = ("crd", "crd_softmax", "supcon", "soft_supcon")
 RNG_STREAMS = ("dropout", "patchout")
 
 
@@ -146,6 +157,20 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
                      else TEACHER_OUTPUTS[spec.source] for name, spec in specs.items()}
   provided = set(BATCH_INPUTS) | {"embedding", "features"} | (
       {"adapted"} if "dfm" in weights else set())
+  if any(name in weights and "projected" in registry.TERMS[name].inputs(settings[name])
+         for name in PROJECTED_TERMS):
+    if "projected" not in _student_shapes(student, settings_fe.n_mels, frames):
+      crd = settings["crd"]
+      if crd["student_head"] not in ("mlp", "linear"):
+        raise ValueError("loss.crd.student_head must be 'mlp' or 'linear', got "
+                         f"{crd['student_head']!r}")
+      student = heads.WithProjection(
+          student, features=int(crd["feat_dim"]),
+          hidden=int(crd["student_hidden"]) if crd["student_head"] == "mlp" else None)
+    provided = provided | {"projected"}
+  if mix.clean_view and read_by:
+    raise ValueError("mix.clean_view (report 003's phase 1) trains heads on clean and augmented "
+                     f"views without teachers; this run's loss reads {sorted(read_by)}")
   registry.check_inputs(weights, settings, provided, teacher_outputs, "classification")
   missing = [c for c in ("waveform", "label", "recording_device", "index") if c not in split]
   if missing:
@@ -189,6 +214,12 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
         raise ValueError(f"teachers.{name}: the run {spec.run} predicts "
                          f"{t_out['logits'].shape[-1]} classes, this data has {n_classes}")
       t_maps = teacher_maps[name] = _feature_maps(t_out)
+      if "projected" not in t_out and any(
+          "teacher.projected" in registry.TERMS[term].inputs(settings[term])
+          for term in read_by[name]):
+        raise ValueError(f"teachers.{name}: the run {spec.run} (model "
+                         f"{teacher.run_config.model.name!r}) has no projection head (`projected`"
+                         f" output), which loss term(s) {read_by[name]} read")
       for s_stage, t_stage in pairs.get(name, []):
         for stage, maps, who in ((s_stage, s_maps, "student"), (t_stage, t_maps, "teacher")):
           if stage not in maps:
@@ -223,9 +254,9 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
     model = heads.WithFeatureAdapters(student, adapters)
 
   use_ema = need_teachers and any(s.source == "ema" for s in used.values())
-  return_features = ("embedding" in outputs or any(
-      name in registry.TERMS[t].reads for t in weights
-      for name in ("embedding", "features", "adapted")))
+  return_features = (any(o != "logits" for o in outputs) or any(
+      name in registry.TERMS[t].inputs(settings[t]) for t in weights
+      for name in ("embedding", "features", "adapted", "projected")))
   columns = ("waveform", "label", "recording_device", "index") + tuple(cache_columns.values())
 
   def make_inputs(key, batch):
@@ -233,6 +264,7 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
     if key is None:
       return frontends.log_mel(waveform, settings_fe)
     k_wave, k_front, k_style, k_mixup = jax.random.split(key, 4)
+    clean = frontends.log_mel(waveform, settings_fe) if mix.clean_view else None
     waveform = wave_augment(k_wave, waveform, batch["recording_device"])
     x = frontends.log_mel(waveform, settings_fe, key=k_front, aug=augment_cfg)
     x = augment.mixstyle(k_style, x, mix.mixstyle_p, mix.mixstyle_alpha,
@@ -240,7 +272,12 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
     extras = {}
     perm = lam = None
     if mix.mixup_alpha > 0:
-      perm, lam = augment.mixup_draw(k_mixup, x.shape[0], mix.mixup_alpha)
+      if mix.mixup_p < 1:   # only a fraction of the examples is mixed
+        k_mixup, k_which = jax.random.split(k_mixup)
+        perm, lam = augment.mixup_draw(k_mixup, x.shape[0], mix.mixup_alpha)
+        lam = jnp.where(jax.random.uniform(k_which, lam.shape) < mix.mixup_p, lam, 1.0)
+      else:
+        perm, lam = augment.mixup_draw(k_mixup, x.shape[0], mix.mixup_alpha)
       x = augment.mix(x, perm, lam)
       extras.update(mix_perm=perm, mix_lam=lam)
     if use_ema:   # the mean teacher sees the student's augmented input
@@ -248,6 +285,8 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
     for name, teacher in online.items():
       xt = teacher.inputs(waveform, split.sample_rate)
       extras[f"teacher_input/{name}"] = xt if perm is None else augment.mix(xt, perm, lam)
+    if clean is not None:
+      x = jnp.concatenate([clean.astype(x.dtype), x])
     return step_lib.Prepared(x, extras)
 
   def mixed(probs, batch):
@@ -277,7 +316,7 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
                                   mesh=placed.get("mesh"), return_features=True)
       out[name] = dict(from_logits(feats["logits"].astype(jnp.float32)),
                        features={s: feats[t] for s, t in pairs.get(name, [])},
-                       embedding=feats.get("embedding"))
+                       embedding=feats.get("embedding"), projected=feats.get("projected"))
     if use_ema:
       ema_name = next(n for n, s in used.items() if s.source == "ema")
       ema_out = model.apply(frozen_vars[step_lib.EMA_KEY], batch["ema_input"], train=False,
@@ -289,9 +328,16 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
     return out
 
   def loss(output, batch, ctx):
-    logits = output["logits"] if isinstance(output, dict) else output
     labels = batch["label"]
-    target_probs = jax.nn.one_hot(labels, n_classes, dtype=jnp.float32)
+    clean_logits = None
+    if mix.clean_view:   # rows [0, B): the clean clips, [B, 2B): the augmented ones
+      b = labels.shape[0]
+      if not isinstance(output, dict):
+        output = {"logits": output}
+      clean_logits = output["logits"][:b]
+      output = {k: v[b:] for k, v in output.items() if hasattr(v, "shape")}
+    logits = output["logits"] if isinstance(output, dict) else output
+    one_hot = target_probs = jax.nn.one_hot(labels, n_classes, dtype=jnp.float32)
     targets = labels
     if "mix_perm" in batch:
       target_probs = mixed(target_probs, batch)
@@ -301,17 +347,40 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
               "index": batch["index"], "teachers": ctx.teachers, "crd_key": ctx.key}
     if isinstance(output, dict):
       inputs.update(embedding=output.get("embedding"), adapted=output.get("adapted"),
-                    features=output)
-    value, metrics, states = registry.total(weights, settings, inputs, ctx.loss_state)
+                    projected=output.get("projected"), features=output)
+    if clean_logits is not None:
+      ce, ce_metrics, _ = registry.total({k: w for k, w in weights.items() if k == "ce"},
+                                         settings, dict(inputs, logits=clean_logits,
+                                                        targets=one_hot))
+      value, metrics, states = registry.total(
+          {k: w for k, w in weights.items() if k != "ce"}, settings, inputs, ctx.loss_state)
+      value = value + ce
+      metrics.update(ce_metrics)
+      logits = clean_logits
+    else:
+      value, metrics, states = registry.total(weights, settings, inputs, ctx.loss_state)
     metrics["accuracy"] = (logits.argmax(-1) == labels).mean()
     return value, metrics, (states or ctx.loss_state)
 
   def named_outputs(output, batch):
     named = {"logits": output["logits"] if isinstance(output, dict) else output}
-    if "embedding" in outputs and isinstance(output, dict):
-      named["embedding"] = output["embedding"]
+    for name in outputs:
+      if name == "logits":
+        continue
+      if not isinstance(output, dict) or name not in output:
+        raise ValueError(f"output {name!r}: model {config.model.name!r} gives "
+                         f"{sorted(output) if isinstance(output, dict) else ['logits']}")
+      named[name] = output[name]
     return named
 
+  # Stateful terms (CRD's memory banks, report 003 eq. 3) keep one row per training example,
+  # addressed by its `index` (the row in the split's metadata: rows a holdout or a skipped file
+  # took out stay at their random start and are only ever drawn as negatives).
+  num_examples = int(np.max(np.asarray(split["index"]))) + 1 if len(split) else 0
+
+  def init_term_states(key):
+    return registry.init_states(key, weights, settings, {"num_examples": num_examples})
+  stateful = any(registry.TERMS[name].init_state is not None for name in weights)
   has_teacher = bool(online) or bool(cache_columns) or use_ema
   train_kwargs = None
   if dfm_teacher in online:
@@ -332,7 +401,8 @@ def build(config, split, *, dtype=jnp.float32, need_teachers: bool = True,
       apply_kwargs={"return_features": True} if return_features else {},
       teacher=teacher if has_teacher else None, frozen_variables=frozen if online else None,
       frozen_sharding=frozen_sharding, train_kwargs=train_kwargs, ema_teacher=use_ema,
-      ema_decay=ema_decay if use_ema else None, columns=columns)
+      ema_decay=ema_decay if use_ema else None, columns=columns,
+      init_loss_state=init_term_states if stateful else None)
 
 
 def join_cache_teachers(config, split, workdir: Optional[str]):

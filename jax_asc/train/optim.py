@@ -21,8 +21,9 @@ groups. A regex that matches no parameter is an error naming the nearest paths. 
 default): one group, exactly the optimizer described above.
 
 `config.schedule`: name
-  * warmup_cosine: linear 0 → lr over warmup_steps, half-cosine to end_factor·lr at the last update
-    (`transformers.get_cosine_schedule_with_warmup`, DCASE24/25 baselines);
+  * warmup_cosine: linear 0 → lr over warmup_steps (or `cosine_warmup_epochs` epochs when > 0),
+    half-cosine to end_factor·lr at the last update (`transformers.get_cosine_schedule_with_warmup`,
+    DCASE24/25 baselines);
   * dcase23: per-epoch factor = exponential ramp-up over warmup_epochs
     (exp(−5(1 − max(e, 0.5)/W)²)) × linear ramp-down from rampdown_start over rampdown_length
     epochs to last_value (fschmid56/cpjku_dcase23 `run_training.py`);
@@ -49,7 +50,9 @@ def make_schedule(cfg, base_lr: float, total_updates: int, updates_per_epoch: in
   if name == "constant":
     return optax.constant_schedule(base_lr)
   if name == "warmup_cosine":
-    warmup = min(int(cfg.warmup_steps), max(total_updates - 1, 0))
+    epochs = float(cfg.get("cosine_warmup_epochs", 0.0))
+    warmup = int(round(epochs * updates_per_epoch)) if epochs > 0 else int(cfg.warmup_steps)
+    warmup = min(warmup, max(total_updates - 1, 0))
 
     def schedule(count):
       count = jnp.asarray(count, jnp.float32)
