@@ -50,7 +50,7 @@ def make_schedule(cfg, base_lr: float, total_updates: int, updates_per_epoch: in
   if name == "constant":
     return optax.constant_schedule(base_lr)
   if name == "warmup_cosine":
-    epochs = float(cfg.get("cosine_warmup_epochs", 0.0))
+    epochs = float(getattr(cfg, "cosine_warmup_epochs", 0.0))   # a group schedule may lack it
     warmup = int(round(epochs * updates_per_epoch)) if epochs > 0 else int(cfg.warmup_steps)
     warmup = min(warmup, max(total_updates - 1, 0))
 
