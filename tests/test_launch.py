@@ -26,8 +26,8 @@ LEARNED, LEARNED_ON_AVERAGE = 0.20, 0.25
 # Deployed precisions against float32 (whole test split, points of accuracy as a fraction).
 FP16_BOUND, INT8_BOUND = 0.02, 0.05
 # The LiteRT full-integer export quantises the activations too (calibrated on 200 training
-# clips), more than the weight-only int8 above: measured 1-6.3 points from float32 on the 144
-# test clips (6.3 on an AVX-512 host, whose float rounding trains a slightly different student).
+# clips), more than the weight-only int8 above: 6.3 points from float32 on the 144 test clips
+# measured on an AVX-512 host (whose float rounding trains a slightly different student).
 LITERT_INT8_BOUND = 0.10
 
 
