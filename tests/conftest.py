@@ -2,6 +2,7 @@
 chains started in the background when tests/test_launch.py is collected."""
 import os
 import shutil
+import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -20,12 +21,31 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
   """One XLA compilation cache for the session: tests that build the same step (fits of the
-  tiny config, resumed runs) compile it once. Subprocesses inherit it."""
+  tiny config, resumed runs) compile it once. Subprocesses inherit it.
+
+  Every program goes in, however quickly it compiled (runs keep only those over 0.5 s): the
+  suite's programs compile in tens of milliseconds each, and the same ones come back under new
+  jit objects (each run's trainer, evaluation and metrics) and in the subprocesses, which then
+  load them (tests/test_native_build.py runs tests/test_fast_layers.py again against the AVX2
+  build: the programs call the kernels by name, so there they call the AVX2 build's)."""
+  import jax
   from jax_asc import main
   folder = str(tmp_path_factory.mktemp("xla_cache"))
   os.environ.setdefault("JAX_ASC_COMPILATION_CACHE", folder)
   main.enable_compilation_cache()
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   return folder
+
+
+@pytest.fixture(autouse=True)
+def torch_on_one_thread():
+  """The PyTorch references run on one thread: on a loaded 2-core machine (the chains run beside
+  the tests) torch's two OpenMP threads wait on each other and took 4-13× the CPU time of one
+  (a reference run of tests/test_training_parity.py: 4.7-16 CPU-s against 1.2). Only the
+  summation order of some float32 reductions can change, as with any other core count."""
+  torch = sys.modules.get("torch")
+  if torch is not None and torch.get_num_threads() != 1:
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,22 @@ def _short_run(config):
   return config
 
 
+@pytest.fixture(scope="module")
+def device_run(data_dir, tmp_path_factory):
+  """(config, split, task, state) of the short run on the accelerator path, checkpointed every
+  3 steps, uninterrupted: the device side of the comparison with the host path and the run the
+  resumed one must equal (one training for both tests below)."""
+  from configs import quickstart
+  config = quickstart.get_config("tiny")
+  config.data.cache_dir = data_dir
+  config = _device_config(_short_run(config))
+  config.checkpoint.every_steps = 3
+  split, task = common.training_task(config, _split(config))
+  state = loop.fit(task, config, str(tmp_path_factory.mktemp("device_run")),
+                   common.train_data(config, split)).state
+  return config, split, task, state
+
+
 def _max_relative_difference(a, b):
   return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))) /
                    (np.max(np.abs(np.asarray(y))) + 1e-12))
@@ -58,26 +74,23 @@ def test_device_batches_are_the_host_pipelines_batches(tiny_config):
   batches.close()
 
 
-def test_device_path_trains_like_the_host_path(tiny_config, tmp_path):
-  """Same data, keys and update rule: after 8 steps (chunks of 3, cut at every log step) the
-  parameters agree to float32 noise (bit-exact determinism: the resume test below)."""
+def test_device_path_trains_like_the_host_path(tiny_config, tmp_path, device_run):
+  """Same data, keys and update rule: after 8 steps (chunks of 3, cut at every log step and
+  checkpoint) the parameters agree to float32 noise (bit-exact determinism: the resume test
+  below)."""
   config = _short_run(tiny_config)
   split, task = common.training_task(config, _split(config))
   host = loop.fit(task, config, str(tmp_path / "host"), common.train_data(config, split)).state
-  device_config = _device_config(config.copy_and_resolve_references())
-  accelerator_data = common.train_data(device_config, split)
-  device = loop.fit(task, device_config, str(tmp_path / "device"), accelerator_data).state
+  device_config, _, _, device = device_run
+  assert device_config.data.pipeline == "accelerator" and config.data.pipeline != "accelerator"
   assert int(device.step) == int(host.step) == 8
   assert _max_relative_difference(device.params, host.params) < 1e-3
   assert _max_relative_difference(device.batch_stats, host.batch_stats) < 1e-3
 
 
-def test_device_path_resumes_bit_exactly_and_names_a_bad_step(tiny_config, tmp_path):
-  config = _device_config(_short_run(tiny_config))
-  config.checkpoint.every_steps = 3
-  split, task = common.training_task(config, _split(config))
+def test_device_path_resumes_bit_exactly_and_names_a_bad_step(tmp_path, device_run):
+  config, split, task, uninterrupted = device_run
   data = common.train_data(config, split)
-  uninterrupted = loop.fit(task, config, str(tmp_path / "a"), data).state
 
   class Crash(Exception):
     pass

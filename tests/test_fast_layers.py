@@ -28,7 +28,8 @@ def _check_form(target, fn, *args, native_shape=True):
 
 
 def _random(key, shape, scale=1.0):
-  return scale * jax.random.normal(jax.random.key(key), shape, jnp.float32)
+  """Standard normal float32 samples (NumPy's generator: no program to compile per shape)."""
+  return np.float32(scale) * np.random.default_rng(key).standard_normal(shape, np.float32)
 
 
 def _grads(fn, x, kernel, cotangent):
@@ -36,7 +37,7 @@ def _grads(fn, x, kernel, cotangent):
 
 
 def _close(a, b, rtol=1e-5, atol=1e-5):
-  scale = max(float(jnp.max(jnp.abs(b))), 1.0)
+  scale = max(float(np.max(np.abs(np.asarray(b)))), 1.0)
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol * scale)
 
 
@@ -57,7 +58,7 @@ def test_depthwise_matches_grouped_convolution(shape, kernel_size, strides):
   reference = jax.jit(lambda x, k: fast_ops.depthwise_conv_xla(x, k, strides))
   y = reference(x, kernel)
   cotangent = _random(2, y.shape)
-  ref_grads = _grads(reference, x, kernel, cotangent)
+  ref_grads = jax.jit(lambda x, k: _grads(reference, x, k, cotangent))(x, kernel)
   forms = {"shifts": lambda x, k: fast_ops.depthwise_conv_shifts(x, k, strides),
            "dispatch": lambda x, k: fast_ops.depthwise_conv(x, k, strides)}
   _check_form("jax_asc_depthwise_input_grad",
@@ -101,7 +102,7 @@ def test_small_convolution_matches_xla(shape, kernel_shape, strides):
   x = _random(5, shape)
   kernel = _random(6, kernel_shape, 0.3)
   reference = lambda x, k: fast_ops.conv_xla(x, k, strides)
-  y = reference(x, kernel)
+  y = jax.jit(reference)(x, kernel)
   cotangent = _random(7, y.shape)
   fn = lambda x, k: fast_ops.conv(x, k, strides)
   _check_form("jax_asc_conv_kernel_grad", lambda x, k: _grads(fn, x, k, cotangent), x, kernel)
@@ -109,7 +110,7 @@ def test_small_convolution_matches_xla(shape, kernel_shape, strides):
               native_shape=kernel_shape[:2] == (3, 3) and kernel_shape[2] % 8 == 0)
   _close(jax.jit(fn)(x, kernel), y)
   for ours, ref in zip(jax.jit(lambda x, k: _grads(fn, x, k, cotangent))(x, kernel),
-                       _grads(reference, x, kernel, cotangent)):
+                       jax.jit(lambda x, k: _grads(reference, x, k, cotangent))(x, kernel)):
     _close(ours, ref)
 
 
@@ -123,8 +124,9 @@ def test_matmul_and_its_weight_gradient(n, k, m):
   _close(jax.jit(fast_ops.matmul_tn)(x, cotangent),
          np.asarray(x, np.float64).T @ np.asarray(cotangent, np.float64))
   ours = jax.jit(lambda x, w: _grads(fast_ops.matmul, x, w, cotangent))(x, kernel)
-  ref = _grads(lambda x, w: jnp.dot(x, w, precision=jax.lax.Precision.HIGHEST), x, kernel,
-               cotangent)
+  ref = jax.jit(lambda x, w: _grads(
+      lambda x, w: jnp.dot(x, w, precision=jax.lax.Precision.HIGHEST), x, w, cotangent))(
+          x, kernel)
   for a, b in zip(ours, ref):
     _close(a, b)
 
@@ -143,7 +145,7 @@ def test_batch_norm_forward_statistics_and_gradients(relu):
   scale, bias = _random(12, (24,)) + 1.0, _random(13, (24,))
   cotangent = _random(14, x.shape)
   ours = jax.jit(lambda x, s, b: fast_ops.batch_norm(x, s, b, relu=relu))(x, scale, bias)
-  ref = _reference_bn(x, scale, bias, relu)
+  ref = jax.jit(_reference_bn, static_argnums=3)(x, scale, bias, relu)
   for a, b in zip(ours, ref):
     _close(a, b, rtol=1e-4, atol=1e-5)
 
@@ -154,7 +156,7 @@ def test_batch_norm_forward_statistics_and_gradients(relu):
       return jnp.sum(y * cotangent) + 0.3 * jnp.sum(mean) + 0.7 * jnp.sum(var)
     return jax.grad(f, argnums=(0, 1, 2))
   ours = jax.jit(total(lambda x, s, b: fast_ops.batch_norm(x, s, b, relu=relu)))(x, scale, bias)
-  ref = total(lambda x, s, b: _reference_bn(x, s, b, relu))(x, scale, bias)
+  ref = jax.jit(total(lambda x, s, b: _reference_bn(x, s, b, relu)))(x, scale, bias)
   for a, b in zip(ours, ref):
     _close(a, b, rtol=1e-4, atol=1e-4)
 
@@ -175,8 +177,8 @@ def _assert_same_results(fast, plain, variables, x):
     _close(a, b, rtol=1e-4, atol=1e-5)
   for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)):
     _close(a, b, rtol=1e-3, atol=1e-4)
-  _close(fast.apply(variables, x, train=False), plain.apply(variables, x, train=False),
-         rtol=1e-4, atol=1e-5)
+  evaluate = lambda module: jax.jit(lambda v: module.apply(v, x, train=False))(variables)
+  _close(evaluate(fast), evaluate(plain), rtol=1e-4, atol=1e-5)
 
 
 class _PlainConvNormAct(nn.Module):
@@ -231,8 +233,8 @@ def test_conv_norm_act_keeps_the_plain_layers_variables_and_results(features, ke
   x = _random(15, (4, 10, 9, 16))
   fast = layers.ConvNormAct(features, kernel_size, strides, depthwise=depthwise)
   plain = _PlainConvNormAct(features, kernel_size, strides, depthwise)
-  variables = plain.init(jax.random.key(0), x, train=False)
-  fast_vars = fast.init(jax.random.key(0), x, train=False)
+  variables = jax.jit(lambda k: plain.init(k, x, train=False))(jax.random.key(0))
+  fast_vars = jax.eval_shape(lambda k: fast.init(k, x, train=False), jax.random.key(0))
   assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, fast_vars)
 
   _assert_same_results(fast, plain, variables, x)
@@ -249,19 +251,19 @@ def test_affine_relu_depthwise_matches_the_unfused_operations(shape, kernel_size
   every stride, the overlapping last vector, fewer than 16 channels, a 5×5 kernel)."""
   x = _random(30, shape, 0.5) + 3.0          # a mean away from zero: the centred sums matter
   c = shape[-1]
-  center = jnp.mean(x, axis=(0, 1, 2)) + _random(31, (c,), 0.05)
+  center = x.mean(axis=(0, 1, 2)) + _random(31, (c,), 0.05)
   a, b = _random(32, (c,)) + 1.0, _random(33, (c,), 0.5)   # some of each sign: ReLU masks
   kernel = _random(34, (*kernel_size, 1, c))
   fused = lambda *args: fast_ops.affine_relu_depthwise(*args, strides)
   unfused = lambda *args: fast_ops.affine_relu_depthwise_xla(*args, strides)
-  y = unfused(x, center, a, b, kernel)
+  y = jax.jit(unfused)(x, center, a, b, kernel)
   _check_form("jax_asc_affine_relu_depthwise_forward", fused, x, center, a, b, kernel)
   _close(jax.jit(fused)(x, center, a, b, kernel), y)
   cotangent = _random(35, y.shape)
 
   def grads(fn):
     return jax.grad(lambda *args: jnp.sum(fn(*args) * cotangent), argnums=(0, 1, 2, 3, 4))
-  ref = grads(unfused)(x, center, a, b, kernel)
+  ref = jax.jit(grads(unfused))(x, center, a, b, kernel)
   # Both gradients and the norm's sums in one native pass.
   _check_form("jax_asc_affine_relu_depthwise_backward", grads(fused), x, center, a, b, kernel)
   for ours, want in zip(jax.jit(grads(fused))(x, center, a, b, kernel), ref):
@@ -277,7 +279,7 @@ def test_affine_relu_depthwise_moments_match_the_unfused_operations(shape, kerne
   (the statistics' share added to dy inside the native backward pass)."""
   x = _random(36, shape, 0.5) + 3.0
   c = shape[-1]
-  center = jnp.mean(x, axis=(0, 1, 2)) + _random(37, (c,), 0.05)
+  center = x.mean(axis=(0, 1, 2)) + _random(37, (c,), 0.05)
   a, b = _random(38, (c,)) + 1.0, _random(39, (c,), 0.5)
   kernel = _random(40, (*kernel_size, 1, c)) + 0.2   # outputs with a mean away from zero
   fused = lambda *args: fast_ops.affine_relu_depthwise_moments(*args, strides)
@@ -286,7 +288,7 @@ def test_affine_relu_depthwise_moments_match_the_unfused_operations(shape, kerne
     y = fast_ops.affine_relu_depthwise_xla(*args, strides)
     return y, jnp.mean(y, (0, 1, 2)), jnp.var(y, (0, 1, 2))
   _check_form("jax_asc_affine_relu_depthwise_moments_forward", fused, x, center, a, b, kernel)
-  want = unfused(x, center, a, b, kernel)
+  want = jax.jit(unfused)(x, center, a, b, kernel)
   for ours, ref in zip(jax.jit(fused)(x, center, a, b, kernel), want):
     _close(ours, ref, rtol=1e-4, atol=1e-5)
   weights = (_random(41, want[0].shape), _random(42, (c,)), _random(43, (c,)))
@@ -297,7 +299,7 @@ def test_affine_relu_depthwise_moments_match_the_unfused_operations(shape, kerne
   _check_form("jax_asc_affine_relu_depthwise_moments_backward", grads(fused), x, center, a, b,
               kernel)
   for ours, ref in zip(jax.jit(grads(fused))(x, center, a, b, kernel),
-                       grads(unfused)(x, center, a, b, kernel)):
+                       jax.jit(grads(unfused))(x, center, a, b, kernel)):
     _close(ours, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -308,12 +310,12 @@ def test_affine_relu_matmul_matches_the_unfused_operations(n, k, m):
   output and gradients of x, center, a, b, kernel; rows not a whole number of tiles, fewer
   than 8 input channels (the tiled weight gradient), fewer than 16 outputs (XLA's form)."""
   x = _random(40, (n, k), 0.5) + 3.0
-  center = jnp.mean(x, axis=0) + _random(41, (k,), 0.05)
+  center = x.mean(axis=0) + _random(41, (k,), 0.05)
   a, b = _random(42, (k,)) + 1.0, _random(43, (k,), 0.5)
   kernel = _random(44, (k, m))
   unfused = lambda x, c, a, b, w: jnp.dot(fast_ops.affine_relu(x, c, a, b), w,
                                           precision=jax.lax.Precision.HIGHEST)
-  y = unfused(x, center, a, b, kernel)
+  y = jax.jit(unfused)(x, center, a, b, kernel)
   _check_form("jax_asc_affine_relu_matmul", fast_ops.affine_relu_matmul, x, center, a, b,
               kernel, native_shape=m >= 16)
   _close(jax.jit(fast_ops.affine_relu_matmul)(x, center, a, b, kernel), y, rtol=1e-4)
@@ -321,7 +323,7 @@ def test_affine_relu_matmul_matches_the_unfused_operations(n, k, m):
 
   def grads(fn):
     return jax.grad(lambda *args: jnp.sum(fn(*args) * cotangent), argnums=(0, 1, 2, 3, 4))
-  ref = grads(unfused)(x, center, a, b, kernel)
+  ref = jax.jit(grads(unfused))(x, center, a, b, kernel)
   for ours, want in zip(jax.jit(grads(fast_ops.affine_relu_matmul))(x, center, a, b, kernel),
                         ref):
     _close(ours, want, rtol=1e-4, atol=1e-4)
@@ -335,7 +337,7 @@ def test_affine_relu_matmul_moments_match_the_unfused_operations(n, k, m):
   one native kernel from 16 input channels); widths that are not a multiple of 16 (the last
   vector overlaps), partial tiles and runs, several chunks, fewer than 16 outputs."""
   x = _random(50, (n, k), 0.5) + 3.0
-  center = jnp.mean(x, axis=0) + _random(51, (k,), 0.05)
+  center = x.mean(axis=0) + _random(51, (k,), 0.05)
   a, b = _random(52, (k,)) + 1.0, _random(53, (k,), 0.5)
   kernel = _random(54, (k, m)) + 0.3   # outputs with a mean well away from zero
 
@@ -345,14 +347,15 @@ def test_affine_relu_matmul_moments_match_the_unfused_operations(n, k, m):
   _check_form("jax_asc_affine_relu_matmul_moments", fast_ops.affine_relu_matmul_moments, x,
               center, a, b, kernel, native_shape=m >= 16)
   fused = jax.jit(fast_ops.affine_relu_matmul_moments)
-  for ours, want in zip(fused(x, center, a, b, kernel), unfused(x, center, a, b, kernel)):
+  for ours, want in zip(fused(x, center, a, b, kernel),
+                        jax.jit(unfused)(x, center, a, b, kernel)):
     _close(ours, want, rtol=1e-4, atol=1e-4)
   weights = (_random(55, (n, m)), _random(56, (m,)), _random(57, (m,)))
 
   def grads(fn):
     loss = lambda *args: sum(jnp.sum(o * w) for o, w in zip(fn(*args), weights))
     return jax.grad(loss, argnums=(0, 1, 2, 3, 4))
-  ref = grads(unfused)(x, center, a, b, kernel)
+  ref = jax.jit(grads(unfused))(x, center, a, b, kernel)
   # The backward pass in one native pass from 16 input channels.
   _check_form("jax_asc_affine_relu_matmul_moments_backward",
               grads(fast_ops.affine_relu_matmul_moments), x, center, a, b, kernel,
@@ -376,7 +379,8 @@ def test_matmul_moments_match_the_unfused_operations(n, k, m):
     return y, jnp.mean(y, 0), jnp.var(y, 0)
   _check_form("jax_asc_matmul_moments", fast_ops.matmul_moments, x, kernel,
               native_shape=m >= 16)
-  for ours, want in zip(jax.jit(fast_ops.matmul_moments)(x, kernel), unfused(x, kernel)):
+  for ours, want in zip(jax.jit(fast_ops.matmul_moments)(x, kernel),
+                        jax.jit(unfused)(x, kernel)):
     _close(ours, want, rtol=1e-4, atol=1e-4)
   weights = (_random(66, (n, m)), _random(67, (m,)), _random(68, (m,)))
 
@@ -386,7 +390,7 @@ def test_matmul_moments_match_the_unfused_operations(n, k, m):
   _check_form("jax_asc_matmul_moments_backward", grads(fast_ops.matmul_moments), x, kernel,
               native_shape=m >= 16 and k >= 16)
   for ours, want in zip(jax.jit(grads(fast_ops.matmul_moments))(x, kernel),
-                        grads(unfused)(x, kernel)):
+                        jax.jit(grads(unfused))(x, kernel)):
     _close(ours, want, rtol=1e-4, atol=1e-3)
 
 
@@ -415,25 +419,27 @@ def test_normalize_with_given_statistics_matches_batch_norm(relu):
     mean, var = fast_ops.moments(x.reshape(-1, 24))
     return fast_ops.normalize(x, mean, var, scale, bias, relu=relu), mean, var
   whole = lambda x, scale, bias: fast_ops.batch_norm(x, scale, bias, relu=relu)
-  for ours, want in zip(jax.jit(split)(x, scale, bias), whole(x, scale, bias)):
+  for ours, want in zip(jax.jit(split)(x, scale, bias), jax.jit(whole)(x, scale, bias)):
     _close(ours, want, rtol=1e-4, atol=1e-5)
   weights = (_random(61, x.shape), _random(62, (24,)), _random(63, (24,)))
 
   def grads(fn):
     loss = lambda *args: sum(jnp.sum(o * w) for o, w in zip(fn(*args), weights))
     return jax.grad(loss, argnums=(0, 1, 2))
-  for ours, want in zip(jax.jit(grads(split))(x, scale, bias), grads(whole)(x, scale, bias)):
+  for ours, want in zip(jax.jit(grads(split))(x, scale, bias),
+                        jax.jit(grads(whole))(x, scale, bias)):
     _close(ours, want, rtol=1e-4, atol=1e-4)
 
 
 def test_moments_and_their_gradient():
   x = _random(36, (200, 24), 0.5) - 10.0
   mean, var = jax.jit(fast_ops.moments)(x)
-  _close(mean, jnp.mean(x, 0))
-  _close(var, jnp.var(x, 0), rtol=1e-4, atol=1e-6)
+  reference = lambda x: (jnp.mean(x, 0), jnp.var(x, 0))
+  want_mean, want_var = jax.jit(reference)(x)
+  _close(mean, want_mean)
+  _close(var, want_var, rtol=1e-4, atol=1e-6)
   f = lambda fn: jax.grad(lambda x: jnp.sum(jnp.stack(fn(x)) * jnp.array([[0.3], [0.7]])))
-  _close(jax.jit(f(fast_ops.moments))(x), f(lambda x: (jnp.mean(x, 0), jnp.var(x, 0)))(x),
-         rtol=1e-4, atol=1e-5)
+  _close(jax.jit(f(fast_ops.moments))(x), jax.jit(f(reference))(x), rtol=1e-4, atol=1e-5)
 
 
 class _PlainExpandDepthwise(nn.Module):
@@ -465,8 +471,9 @@ def test_deferred_norm_into_the_depthwise_layer_matches_the_plain_layers(strides
   layers."""
   x = _random(37, (4, 10, 9, 16))
   fast, plain = _FastExpandDepthwise(strides), _PlainExpandDepthwise(strides)
-  variables = plain.init(jax.random.key(0), x, train=False)
-  assert (jax.tree.map(jnp.shape, fast.init(jax.random.key(0), x, train=False))
+  variables = jax.jit(lambda k: plain.init(k, x, train=False))(jax.random.key(0))
+  assert (jax.tree.map(jnp.shape, jax.eval_shape(lambda k: fast.init(k, x, train=False),
+                                                 jax.random.key(0)))
           == jax.tree.map(jnp.shape, variables))
 
   _assert_same_results(fast, plain, variables, x)

@@ -81,8 +81,13 @@ def test_two_processes_train_like_one(tiny_config, tmp_path):
                  tmp_path / "logs_two")
   for index, (code, out, err) in enumerate(two):
     assert code == 0, f"process {index}:\n{err[-3000:]}"
-  ((code, _, err),) = _run_two([_command(tmp_path / "one", cache)], tmp_path / "logs_one")
-  assert code == 0, err[-3000:]
+  # The same run in one process: this one (no subprocess to start and import JAX again).
+  from jax_asc import main as main_lib
+  alone_config = tiny_config.copy_and_resolve_references()
+  alone_config.update(stage="train,evaluate", num_epochs=1)
+  alone_config.schedule.name = "constant"
+  alone_config.frontend.update(norm_shift=10.0, norm_scale=4.0)
+  main_lib.run(alone_config, str(tmp_path / "one"))
 
   # Written once: one set of records and one checkpoint per step, by process 0.
   done = json.load(open(shared / "train.done.json"))

@@ -118,7 +118,9 @@ def test_an_online_teacher_hears_at_its_own_rate_through_its_own_frontend(tmp_pa
 
 SPLIT_SCRIPT = r"""
 import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+# 8 CPU devices, keeping the suite's XLA flags (tests/conftest.py: quicker to compile).
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
 import jax, numpy as np
 sys.path.insert(0, {repo!r})
 from configs import common as configs_common, quickstart

@@ -176,7 +176,9 @@ def test_quickstart_tiny_end_to_end(tiny_config, tmp_path, capsys):
 
 SHARDED_SCRIPT = r"""
 import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+# 8 CPU devices, keeping the suite's XLA flags (tests/conftest.py: quicker to compile).
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
 import jax, numpy as np
 sys.path.insert(0, {repo!r})
 from configs import quickstart
