@@ -23,14 +23,17 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+# The run every process makes, on configs/quickstart.py:tiny. Centred log-mels (as
+# tests/test_training.py's sharded test): reduction order then moves the gradients of this tiny
+# network by rounding only.
+OVERRIDES = {"stage": "train,evaluate", "num_epochs": 1, "schedule.name": "constant",
+             "frontend.norm_shift": 10.0, "frontend.norm_scale": 4.0}
+
+
 def _command(workdir, cache_dir, *extra):
-  # Centred log-mels (as tests/test_training.py's sharded test): reduction order then moves the
-  # gradients of this tiny network by rounding only.
   return [sys.executable, "-m", "jax_asc.main", "--config", "configs/quickstart.py:tiny",
-          "--workdir", str(workdir), "--config.stage=train,evaluate",
-          f"--config.data.cache_dir={cache_dir}", "--config.num_epochs=1",
-          "--config.schedule.name=constant", "--config.frontend.norm_shift=10.0",
-          "--config.frontend.norm_scale=4.0", *extra]
+          "--workdir", str(workdir), f"--config.data.cache_dir={cache_dir}",
+          *(f"--config.{key}={value}" for key, value in OVERRIDES.items()), *extra]
 
 
 def _distributed(port, index):
@@ -84,9 +87,7 @@ def test_two_processes_train_like_one(tiny_config, tmp_path):
   # The same run in one process: this one (no subprocess to start and import JAX again).
   from jax_asc import main as main_lib
   alone_config = tiny_config.copy_and_resolve_references()
-  alone_config.update(stage="train,evaluate", num_epochs=1)
-  alone_config.schedule.name = "constant"
-  alone_config.frontend.update(norm_shift=10.0, norm_scale=4.0)
+  alone_config.update_from_flattened_dict(OVERRIDES)
   main_lib.run(alone_config, str(tmp_path / "one"))
 
   # Written once: one set of records and one checkpoint per step, by process 0.
