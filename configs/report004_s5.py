@@ -234,7 +234,7 @@ def _smoke(config, role: str) -> None:
     config.optimizer.learning_rate = 3e-3
     config.batch_size = 8
     config.num_epochs = 4
-    config.eval_every_epochs = 2
+    config.eval_every_epochs = config.checkpoint.every_epochs = 2
     config.log_every_steps = 8
     config.evaluate.batch_size = 8
     config.system.batch_size = 8
@@ -256,7 +256,8 @@ def _smoke(config, role: str) -> None:
   config.optimizer.param_groups = ()
   config.batch_size = 32
   config.num_epochs = 12
-  config.eval_every_epochs = 4
+  # The latest checkpoint at evaluations and at the end only (common.smoke's reason).
+  config.eval_every_epochs = config.checkpoint.every_epochs = 4
   config.log_every_steps = 16
   config.evaluate.batch_size = 32
   if role.endswith("_qwen"):

@@ -155,6 +155,45 @@ def test_fixed_logits_with_log_every_two_steps_average_them(tmp_path):
   assert losses[0] == pytest.approx(math.log(CLASSES))
 
 
+def test_the_latest_checkpoint_every_n_epochs_at_evaluations_and_at_the_end(tmp_path,
+                                                                            monkeypatch):
+  """checkpoint.every_epochs = 2 with evaluations every 3 epochs of 5 (2 steps each): the
+  latest checkpoint after epochs 2, 3 (evaluated), 4 and 5 (the end); 0 is refused."""
+  from jax_asc.train import checkpoint as checkpoint_lib
+  saved = []
+  save_latest = checkpoint_lib.Checkpoints.save_latest
+
+  def record(self, step, state, meta):
+    saved.append(step)
+    return save_latest(self, step, state, meta)
+
+  monkeypatch.setattr(checkpoint_lib.Checkpoints, "save_latest", record)
+  batch_size = 4
+
+  def make_batch(step):
+    return {"x": np.zeros((batch_size, 1), np.float32), "label": np.zeros(batch_size, np.int32),
+            "mask": np.ones(batch_size, bool)}
+
+  def loss(logits, batch, ctx):
+    return _cross_entropy(logits, batch["label"]), {}, ctx.loss_state
+
+  task = loop.Task(model=FixedLogits(), make_inputs=lambda key, batch: batch["x"], loss=loss)
+  config = _config(batch_size, 5, learning_rate=0.1)
+  config.eval_every_epochs = 3
+  config.checkpoint.every_epochs = 2
+
+  def fit(workdir):
+    return loop.fit(task, config, str(tmp_path / workdir), _train_data(make_batch, 2),
+                    evaluate=lambda trainer, state: {"validation/accuracy": 0.5},
+                    mesh=mesh_lib.make_mesh(jax.devices()[:1]))
+
+  fit("every_2")
+  assert saved == [4, 6, 8, 10]
+  config.checkpoint.every_epochs = 0
+  with pytest.raises(ValueError, match="checkpoint.every_epochs must be at least 1"):
+    fit("every_0")
+
+
 # ----------------------------------------------------------------------------- EMA teacher
 class TinyNet(nn.Module):
   @nn.compact

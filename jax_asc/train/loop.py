@@ -260,7 +260,8 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
 
   Config keys used: seed, batch_size, num_epochs, optimizer.* (param_groups too), schedule.*,
   ema_decay (unless the task's EMA teacher sets it),
-  eval_every_epochs, log_every_steps, checkpoint.{every_steps, best_metric, best_mode, keep_best}.
+  eval_every_epochs, log_every_steps,
+  checkpoint.{every_steps, every_epochs, best_metric, best_mode, keep_best}.
   `evaluate(trainer, state)` returns scalar metrics (logged; `checkpoint.best_metric` picks the
   best-k checkpoints). `hooks` run after every step with (steps done, state) (on the device
   path after every call, which may cover several steps). `initialize`: see `setup`.
@@ -270,6 +271,9 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
   steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
 
   ckpt_cfg = config.checkpoint
+  every_epochs = int(ckpt_cfg.every_epochs)
+  if every_epochs < 1:
+    raise ValueError(f"checkpoint.every_epochs must be at least 1, got {ckpt_cfg.every_epochs}")
   checkpoints = checkpoint_lib.Checkpoints(
       workdir, best_metric=ckpt_cfg.best_metric, best_mode=ckpt_cfg.best_mode,
       keep_best=ckpt_cfg.keep_best if evaluate is not None else 0)
@@ -359,7 +363,8 @@ def fit(task: Task, config, workdir: str, train_data: TrainData, *,
         eval_metrics = evaluate(trainer, state)
         writer.write_scalars(done, eval_metrics)
         last_eval = eval_metrics
-      save(done, eval_metrics)
+      if eval_metrics or epoch % every_epochs == 0 or done == total_steps:
+        save(done, eval_metrics)
       seconds = time.time() - epoch_start
       epoch_start = time.time()
       steps_done_here = done - max(start_step, (epoch - 1) * steps_per_epoch)
