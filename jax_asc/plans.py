@@ -32,7 +32,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 from jax_asc import fingerprint as fingerprint_lib
 

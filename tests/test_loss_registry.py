@@ -1,7 +1,6 @@
 """The loss-term registry (jax_asc/losses/registry.py) and the classification task's use of it."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 

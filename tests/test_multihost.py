@@ -10,7 +10,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 from jax_asc.stages import common
 
@@ -112,7 +111,7 @@ def test_two_processes_train_like_one(tiny_config, tmp_path):
 def test_processes_that_disagree_on_the_config_stop_naming_the_key(tiny_config, tmp_path):
   port = _free_port()
   commands = [_command(tmp_path / "w", tiny_config.data.cache_dir, *_distributed(port, i),
-                       *([f"--config.optimizer.learning_rate=0.1"] if i else []))
+                       *(["--config.optimizer.learning_rate=0.1"] if i else []))
               for i in range(2)]
   outputs = _run_two(commands, tmp_path / "logs", timeout=300)
   assert all(code != 0 for code, _, _ in outputs)

@@ -1,9 +1,7 @@
 """`python -m jax_asc.predict`: a folder of audio at any rate and channel count, predicted by a
 trained run (jax_asc/predict.py, jax_asc/data/folder.py)."""
 import csv
-import json
 import os
-import shutil
 import subprocess
 import sys
 
