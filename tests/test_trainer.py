@@ -123,20 +123,24 @@ def test_fixed_logits_give_exact_known_metrics_and_evaluations(tmp_path):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "latest"))) == ["6"]
 
 
-def test_fixed_logits_with_log_every_two_steps_average_them(tmp_path):
-  """A moving bias: one class only, so each step's loss is known in closed form for SGD on the
-  bias (softmax of z: grad = p − e_0); the logged value is the mean of the two steps."""
-  batch_size = 4
-  labels = np.zeros(batch_size, np.int32)
-
+def _one_class_task(batch_size):
+  """(task, make_batch): the fixed-logit model under cross-entropy on batches of class 0 only."""
   def make_batch(step):
-    return {"x": np.zeros((batch_size, 1), np.float32), "label": labels,
+    return {"x": np.zeros((batch_size, 1), np.float32), "label": np.zeros(batch_size, np.int32),
             "mask": np.ones(batch_size, bool)}
 
   def loss(logits, batch, ctx):
     return _cross_entropy(logits, batch["label"]), {}, ctx.loss_state
 
   task = loop.Task(model=FixedLogits(), make_inputs=lambda key, batch: batch["x"], loss=loss)
+  return task, make_batch
+
+
+def test_fixed_logits_with_log_every_two_steps_average_them(tmp_path):
+  """A moving bias: one class only, so each step's loss is known in closed form for SGD on the
+  bias (softmax of z: grad = p − e_0); the logged value is the mean of the two steps."""
+  batch_size = 4
+  task, make_batch = _one_class_task(batch_size)
   config = _config(batch_size, 1, learning_rate=0.5)
   config.log_every_steps = 2
   workdir = str(tmp_path / "moving")
@@ -169,15 +173,7 @@ def test_the_latest_checkpoint_every_n_epochs_at_evaluations_and_at_the_end(tmp_
 
   monkeypatch.setattr(checkpoint_lib.Checkpoints, "save_latest", record)
   batch_size = 4
-
-  def make_batch(step):
-    return {"x": np.zeros((batch_size, 1), np.float32), "label": np.zeros(batch_size, np.int32),
-            "mask": np.ones(batch_size, bool)}
-
-  def loss(logits, batch, ctx):
-    return _cross_entropy(logits, batch["label"]), {}, ctx.loss_state
-
-  task = loop.Task(model=FixedLogits(), make_inputs=lambda key, batch: batch["x"], loss=loss)
+  task, make_batch = _one_class_task(batch_size)
   config = _config(batch_size, 5, learning_rate=0.1)
   config.eval_every_epochs = 3
   config.checkpoint.every_epochs = 2
