@@ -23,15 +23,31 @@ def environment(root: str) -> dict:
               JAX_ASC_COMPILATION_CACHE=os.path.join(root, "xla_cache"))
 
 
+def keeps_xla_optimisations(report: str) -> bool:
+  """Whether the report's plan compiles its smoke runs with XLA's optimisations
+  (`Plan.smoke_fast_compile` False: compute-bound runs, report 003's BEATs and report 004's
+  U-Net). The suite's `--xla_backend_optimization_level=0` (conftest.py) must then not reach the
+  chain, or it runs slower (report 003: 859 CPU-s with it, 576 without)."""
+  from jax_asc import plans
+  config = os.path.join(REPO, "configs", SCRIPTS[report].replace(".sh", ".py"))
+  return not plans.load_plan(config, smoke=True).smoke_fast_compile
+
+
+def chain_environment(root: str, report: str) -> dict:
+  """The environment one chain runs in: `environment(root)`, without the suite's
+  `--xla_backend_optimization_level=0` where the plan keeps XLA's optimisations."""
+  env = environment(root)
+  if keeps_xla_optimisations(report):
+    flags = env.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "")
+    env["XLA_FLAGS"] = flags.strip()
+  return env
+
+
 def start(root: str) -> dict:
   """{report: (process, log file)} of the chains, started now."""
-  env = environment(root)
   procs = {}
   for report, script in SCRIPTS.items():
-    run_env = env
-    if report == "report004":   # its plan keeps XLA's optimisations (compute-bound U-Net)
-      flags = env.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "")
-      run_env = dict(env, XLA_FLAGS=flags.strip())
+    run_env = chain_environment(root, report)
     log = open(os.path.join(root, f"{report}.log"), "w")
     procs[report] = (subprocess.Popen(
         ["bash", os.path.join(REPO, "launch", script), "--smoke", "--jobs", str(JOBS[report]),

@@ -122,6 +122,25 @@ def test_report_plans_declare_their_needs():
             assert item[len("{workdir}/"):] in run.all_needs(), (name, run.path, item)
 
 
+def test_smoke_chains_in_the_suite_keep_the_xla_settings_their_plans_ask_for(monkeypatch,
+                                                                             tmp_path):
+  """The suite compiles without LLVM's optimisations (conftest.py); a chain whose plan keeps
+  them (`smoke_fast_compile=False`) must not inherit that flag (report 003 ran 1.5× the CPU
+  time with it), and the others keep the flag and the rest of the suite's XLA_FLAGS."""
+  import chains
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
+                     "--xla_backend_optimization_level=0")
+  for report, script in chains.SCRIPTS.items():
+    plan = plans.load_plan(os.path.join("configs", script.replace(".sh", ".py")), smoke=True)
+    flags = chains.chain_environment(str(tmp_path), report)["XLA_FLAGS"]
+    assert "--xla_force_host_platform_device_count=1" in flags, (report, flags)
+    assert ("--xla_backend_optimization_level=0" in flags) == plan.smoke_fast_compile, (
+        report, flags)
+  assert not chains.keeps_xla_optimisations("report002")
+  assert chains.keeps_xla_optimisations("report003")
+  assert chains.keeps_xla_optimisations("report004")
+
+
 TWO_PHASE = textwrap.dedent('''
     from configs import quickstart
     from jax_asc import plans
