@@ -13,12 +13,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"report000": "report000_dafa.sh", "report001": "report001_joint_kd.sh",
            "report002": "report002_teachers.sh", "report003": "report003_contrastasc.sh",
            "report004": "report004_s5.sh"}
-# Worker processes per chain. While every chain runs, extra workers only add start-up (each
-# imports TF and JAX, a few CPU-seconds); but the suite's own tests take about 14 minutes and
-# the chains about 33 CPU-minutes, so the longest chains (reports 002-004) end alone, and with
-# one worker each they left one core of two idle there. Report 001 is short; report 000 tests
-# `--jobs` too.
-JOBS = {"report000": 2, "report001": 1, "report002": 2, "report003": 2, "report004": 2}
+# Worker processes per chain. The chains share two cores with the rest of the suite, so extra
+# workers mostly add start-up (each imports TF and JAX); report 000 keeps two to test `--jobs`.
+JOBS = {"report000": 2, "report001": 1, "report002": 1, "report003": 1, "report004": 1}
 
 
 def environment(root: str) -> dict:
