@@ -6,6 +6,8 @@ alone; tests/test_launch.py runs the real report plans end to end.
 """
 import json
 import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -139,6 +141,17 @@ def test_smoke_chains_in_the_suite_keep_the_xla_settings_their_plans_ask_for(mon
   assert not chains.keeps_xla_optimisations("report002")
   assert chains.keeps_xla_optimisations("report003")
   assert chains.keeps_xla_optimisations("report004")
+
+
+def test_smoke_chains_run_below_the_tests_cpu_priority():
+  """The suite's chains start through `chains.lowered_priority`: a process started that way
+  runs `chains.NICENESS` steps below this one (so the tests keep a core, tests/chains.py)."""
+  import chains
+  assert chains.NICENESS > 0
+  out = subprocess.run(chains.lowered_priority(
+      [sys.executable, "-c", "import os; print(os.nice(0))"]), capture_output=True, text=True,
+      check=True).stdout
+  assert int(out) == min(os.nice(0) + chains.NICENESS, 19)
 
 
 TWO_PHASE = textwrap.dedent('''
