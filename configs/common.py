@@ -430,7 +430,8 @@ def beats(**overrides) -> ml_collections.ConfigDict:
       encoder_attention_heads=12, activation_fn="gelu", layer_norm_first=False, deep_norm=True,
       conv_pos=128, conv_pos_groups=16, relative_position_embedding=True, num_buckets=320,
       max_distance=800, gru_rel_pos=True, dropout=0.0, attention_dropout=0.0,
-      activation_dropout=0.0, dropout_input=0.0, head="cosine", cosine_scale=56.0,
+      activation_dropout=0.0, dropout_input=0.0, encoder_layerdrop=0.0,
+      layer_wise_gradient_decay_ratio=1.0, head="cosine", cosine_scale=56.0,
       projection_dim=128, projection_hidden=768, projection_stop_gradient=False))
   cfg.update(overrides)
   return cfg

@@ -279,10 +279,18 @@ def test_converter_maps_every_tensor_and_names_what_does_not_fit():
   cfg_fails(dict(TINY_CFG, conv_pos="16"), "conv_pos='16' is not a positive integer")
   cfg_fails(dict(TINY_CFG, layer_norm_first=True), "both deep_norm and layer_norm_first")
   cfg_fails(dict(TINY_CFG, dropout=1.5), r"dropout=1.5 is not a rate")
-  # The dropout rates are optional (0 when absent); the pre-training settings are dropped.
+  cfg_fails(dict(TINY_CFG, encoder_layerdrop=1.5), r"encoder_layerdrop=1.5 is not a probability")
+  cfg_fails(dict(TINY_CFG, layer_wise_gradient_decay_ratio=0), r"ratio=0 is not > 0")
+  # The dropout rates and training settings are optional (none applied when absent); the cfg's
+  # layer drop and gradient ratio reach the model; the predictor's settings are dropped.
   fields = convert.beats_model_fields({k: v for k, v in TINY_CFG.items()
-                                       if k not in ("dropout", "encoder_layerdrop")})
-  assert fields["dropout"] == 0.0 and "encoder_layerdrop" not in fields
+                                       if k not in ("dropout", "encoder_layerdrop",
+                                                    "layer_wise_gradient_decay_ratio")})
+  assert fields["dropout"] == 0.0 and fields["encoder_layerdrop"] == 0.0
+  assert fields["layer_wise_gradient_decay_ratio"] == 1.0 and "predictor_class" not in fields
+  fields = convert.beats_model_fields(dict(TINY_CFG, encoder_layerdrop=0.05,
+                                           layer_wise_gradient_decay_ratio=0.6))
+  assert fields["encoder_layerdrop"] == 0.05 and fields["layer_wise_gradient_decay_ratio"] == 0.6
 
 
 # ----------------------------------------------------------------------------- classifier
@@ -348,6 +356,72 @@ def test_jit_grad_smoke_with_dropout(classifier):
 
 def optax_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(tree)))
+
+
+def test_layer_drop_skips_each_layer_with_its_probability_in_training_only():
+  """`encoder_layerdrop` p (the reference's `TransformerEncoder.layerdrop`): in training, a layer
+  is skipped (its input passes on) with probability p per forward pass; in evaluation never."""
+  x = jax.random.normal(jax.random.key(1), (2, 32, 128))   # (B, T, mels)
+  one_layer = dict(TINY, encoder_layers=1, input_layout="time_mel")
+  kept_model = beats.BEATsEncoder(**one_layer)
+  variables = kept_model.init(jax.random.key(0), x)
+  kept, _ = kept_model.apply(variables, x, train=True)
+  # What the layer reads: the transformer's input, after its LayerNorm (post-LN model).
+  _, state = kept_model.apply(variables, x, train=True, capture_intermediates=True)
+  skipped = state["intermediates"]["encoder"]["layer_norm"]["__call__"][0]
+  assert float(jnp.abs(kept - skipped).max()) > 0.1
+
+  dropping = beats.BEATsEncoder(**dict(one_layer, encoder_layerdrop=0.3))
+  np.testing.assert_array_equal(dropping.apply(variables, x)[0], kept_model.apply(variables, x)[0])
+  run = jax.jit(lambda key: dropping.apply(variables, x, train=True, rngs={"dropout": key})[0])
+  outcomes = []
+  for key in jax.random.split(jax.random.key(2), 200):
+    out = run(key)
+    distance = {name: float(jnp.abs(out - ref).max())
+                for name, ref in (("kept", kept), ("skipped", skipped))}
+    outcome = min(distance, key=distance.get)
+    assert distance[outcome] < 1e-5, distance   # one or the other, to float rounding (jit)
+    outcomes.append(outcome)
+  # 200 draws at p = 0.3: 60 skips expected, standard deviation 6.5.
+  assert 34 <= outcomes.count("skipped") <= 86, outcomes.count("skipped")
+
+  every = beats.BEATsEncoder(**dict(TINY, encoder_layers=3, input_layout="time_mel",
+                                    encoder_layerdrop=1.0))
+  variables = every.init(jax.random.key(0), x)
+  (out, _), state = every.apply(variables, x, train=True, rngs={"dropout": jax.random.key(3)},
+                                capture_intermediates=True)
+  np.testing.assert_allclose(out, state["intermediates"]["encoder"]["layer_norm"]["__call__"][0],
+                             atol=1e-5)
+
+
+def test_layer_wise_gradient_ratio_scales_each_layers_gradient_by_its_depth():
+  """`layer_wise_gradient_decay_ratio` r (the reference's GradMultiply before each layer): the
+  forward pass is unchanged; layer i of L gets r^(L-1-i) of its gradient, the parts below the
+  layers r^L (the relative-position table, which every layer reads, gets a mix). r = 0.5
+  scales by powers of two, exactly."""
+  x = jax.random.normal(jax.random.key(1), (2, 32, 128))
+  fields = dict(TINY, encoder_layers=3, input_layout="time_mel")
+  plain, decayed = (beats.BEATsEncoder(**dict(fields, layer_wise_gradient_decay_ratio=r))
+                    for r in (1.0, 0.5))
+  params = plain.init(jax.random.key(0), x)["params"]
+
+  def grads(model):
+    return jax.grad(lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, x, train=True)[0])))(
+        params)
+
+  np.testing.assert_array_equal(decayed.apply({"params": params}, x)[0],
+                                plain.apply({"params": params}, x)[0])
+  full, scaled = traverse_util.flatten_dict(grads(plain)), traverse_util.flatten_dict(
+      grads(decayed))
+  for path, g in full.items():
+    if path[-1] == "relative_attention_bias":
+      continue   # the shared table: every layer's share of its gradient has its own factor
+    if path[0] == "encoder" and path[1].startswith("layers_"):
+      factor = 0.5 ** (2 - int(path[1].split("_")[1]))
+    else:
+      factor = 0.5 ** 3
+    np.testing.assert_allclose(scaled[path], factor * g, rtol=1e-6, atol=1e-12,
+                               err_msg="/".join(path))
 
 
 def test_model_init_beats_torch_loads_the_backbone_and_keeps_heads_fresh(tmp_path):

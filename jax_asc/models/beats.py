@@ -34,6 +34,7 @@ Parameter names mirror the PyTorch module (`patch_embedding`, `layer_norm`, `pos
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional, Tuple
 
@@ -194,8 +195,31 @@ class BEATsLayer(nn.Module):
     return norm("final_layer_norm")(x * self.alpha + ffn(x)), position_bias
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def scale_gradient(x: jax.Array, factor: float) -> jax.Array:
+  """`x` unchanged; its gradient multiplied by `factor` on the way back (the reference's
+  `GradMultiply`)."""
+  return x
+
+
+def _scale_gradient_fwd(x, factor):
+  return x, None
+
+
+def _scale_gradient_bwd(factor, _, g):
+  return (g * factor,)
+
+
+scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
+
+
 class BEATsTransformer(nn.Module):
-  """The reference's `TransformerEncoder`: positional conv, LayerNorm, the layers."""
+  """The reference's `TransformerEncoder`: positional conv, LayerNorm, the layers.
+
+  In training, each layer is skipped with probability `layerdrop` (a draw per layer and batch
+  from rng stream "dropout": the layer's output is replaced by its input); before each layer the
+  gradient flowing back into it is multiplied by `layer_gradient_ratio` (1: unchanged), so
+  layer i's parameters get ratio^(L−1−i) of their gradient and the layers below ratio^L."""
   dim: int
   ffn_dim: int
   num_heads: int
@@ -212,6 +236,8 @@ class BEATsTransformer(nn.Module):
   dropout: float = 0.0
   attention_dropout: float = 0.0
   activation_dropout: float = 0.0
+  layerdrop: float = 0.0
+  layer_gradient_ratio: float = 1.0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -233,10 +259,18 @@ class BEATsTransformer(nn.Module):
                    ("num_buckets", self.num_buckets), ("max_distance", self.max_distance),
                    ("gru_rel_pos", self.gru_rel_pos),
                    ("attention_dropout", self.attention_dropout))
-      x, position_bias = BEATsLayer(
+      if self.layer_gradient_ratio != 1.0:
+        x = scale_gradient(x, self.layer_gradient_ratio)
+      # The returned position bias is the shared table's, before the layer's gate: a dropped
+      # layer's bias is what the next layer would compute.
+      out, position_bias = BEATsLayer(
           self.dim, self.ffn_dim, self.num_heads, alpha, self.layer_norm_first,
           self.activation_fn, self.dropout, self.activation_dropout, attention, self.dtype,
           name=f"layers_{i}")(x, key_valid, position_bias, train)
+      if train and self.layerdrop > 0:
+        keep = jax.random.uniform(self.make_rng("dropout")) >= self.layerdrop
+        out = jnp.where(keep, out, x)
+      x = out
     if self.layer_norm_first:
       x = norm(x)
     return x
@@ -255,8 +289,9 @@ class BEATsEncoder(nn.Module):
       relative_position_embedding / num_buckets / max_distance / gru_rel_pos: the gated
       relative bias (True, 320, 800, True).
     dropout, attention_dropout, activation_dropout, dropout_input: dropout rates in training
-      (rng stream "dropout"; the cfg's). The cfg's encoder_layerdrop and
-      layer_wise_gradient_decay_ratio are pre-training settings and are not applied.
+      (rng stream "dropout"; the cfg's). encoder_layerdrop: the probability that training skips
+      a layer (0). layer_wise_gradient_decay_ratio: the factor on the gradient flowing back into
+      each layer (1: none; the reference's GradMultiply). Both as in `BEATsTransformer`.
     input_layout: "mel_time" (B, mels, T), as every frontend of this codebase gives, or
       "time_mel" (B, T, mels), the reference's layout.
     dtype: computation dtype (parameters, LayerNorm statistics and softmax stay float32).
@@ -284,6 +319,8 @@ class BEATsEncoder(nn.Module):
   attention_dropout: float = 0.0
   activation_dropout: float = 0.0
   dropout_input: float = 0.0
+  encoder_layerdrop: float = 0.0
+  layer_wise_gradient_decay_ratio: float = 1.0
   input_layout: str = "mel_time"
   dtype: Any = jnp.float32
 
@@ -305,6 +342,12 @@ class BEATsEncoder(nn.Module):
                        "relative_position_embedding=True")
     if self.input_patch_size < 1:
       raise ValueError(f"BEATs input_patch_size must be ≥ 1, got {self.input_patch_size}")
+    if not 0 <= self.encoder_layerdrop <= 1:
+      raise ValueError(f"BEATs encoder_layerdrop must be a probability in [0, 1], got "
+                       f"{self.encoder_layerdrop}")
+    if not self.layer_wise_gradient_decay_ratio > 0:
+      raise ValueError(f"BEATs layer_wise_gradient_decay_ratio must be > 0, got "
+                       f"{self.layer_wise_gradient_decay_ratio}")
 
   @nn.compact
   def __call__(self, fbank: jax.Array, padding_mask: Optional[jax.Array] = None,
@@ -338,7 +381,8 @@ class BEATsEncoder(nn.Module):
         self.encoder_layers, self.conv_pos, self.conv_pos_groups, self.layer_norm_first,
         self.deep_norm, self.activation_fn, self.relative_position_embedding, self.num_buckets,
         self.max_distance, self.gru_rel_pos, self.dropout, self.attention_dropout,
-        self.activation_dropout, self.dtype, name="encoder")(x, padding, train)
+        self.activation_dropout, self.encoder_layerdrop, self.layer_wise_gradient_decay_ratio,
+        self.dtype, name="encoder")(x, padding, train)
     return x.astype(jnp.float32), padding
 
 

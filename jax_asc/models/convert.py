@@ -547,6 +547,62 @@ def _strip_audio_prefix(name: str) -> str:
   return name
 
 
+class _StateReader:
+  """A converter's view of a PyTorch state dict: `take` returns a tensor by name and expected
+  shape, recording the missing ones and those of another shape (zeros stand in, so the
+  conversion goes on and `check` lists every problem in one error).
+
+  `origin` maps a name to the name as the checkpoint spells it (for the messages); `ours` names
+  the side the shapes come from ("model", "encoder")."""
+
+  def __init__(self, state: Mapping[str, np.ndarray],
+               origin: Optional[Mapping[str, str]] = None, ours: str = "model"):
+    self.state = state
+    self.origin = origin if origin is not None else {name: name for name in state}
+    self.ours = ours
+    self.used, self.missing, self.wrong = set(), [], []
+
+  def take(self, name: str, shape) -> np.ndarray:
+    if name not in self.state:
+      self.missing.append(name)
+      return np.zeros(shape, np.float32)
+    self.used.add(name)
+    value = self.state[name]
+    if value.shape != tuple(shape):
+      self.wrong.append(f"{self.origin[name]}: checkpoint {value.shape}, {self.ours} "
+                        f"{tuple(shape)}")
+      return np.zeros(shape, np.float32)
+    return value
+
+  def linear(self, name: str, d_out: int, d_in: int, bias: bool = True) -> Dict:
+    """torch Linear `name` (weight (d_out, d_in)) as Flax Dense params (kernel (d_in, d_out))."""
+    out = {"kernel": np.ascontiguousarray(self.take(f"{name}.weight", (d_out, d_in)).T)}
+    if bias:
+      out["bias"] = self.take(f"{name}.bias", (d_out,))
+    return out
+
+  def norm(self, name: str, width: int) -> Dict:
+    """torch LayerNorm `name` as Flax LayerNorm params (scale, bias: (width,))."""
+    return {"scale": self.take(f"{name}.weight", (width,)),
+            "bias": self.take(f"{name}.bias", (width,))}
+
+  def check(self, what: str, ignored: Optional[re.Pattern] = None) -> None:
+    """Raises ValueError "`what`: missing … | unused … | wrong shape: …" (ten names of each at
+    most) when a tensor was missing or of another shape, or one not matching `ignored` was
+    never taken."""
+    unused = sorted(self.origin[name] for name in self.state if name not in self.used
+                    and not (ignored and ignored.match(name)))
+
+    def listed(names):
+      return f"{names[:10]}" + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
+    problems = ([f"missing {listed(self.missing)}"] if self.missing else []) + (
+        [f"unused {listed(unused)}"] if unused else []) + (
+        [f"wrong shape: {'; '.join(self.wrong[:10])}"] if self.wrong else [])
+    if problems:
+      raise ValueError(f"{what}: " + " | ".join(problems))
+
+
 def _unprefixed(items, where: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
   """({name without its audio-tower prefix: value}, {that name: the name as given}); a name
   present under two prefixes is an error naming both."""
@@ -616,23 +672,8 @@ def qwen_audio_params(state_dict: Mapping[str, np.ndarray], encoder: "QwenAudioE
                      ": build the encoder with the checkpoint's settings")
 
   d, ffn = encoder.d_model, encoder.ffn_dim
-  used, missing, wrong = set(), [], []
-
-  def take(name, shape):
-    if name not in state:
-      missing.append(name)
-      return np.zeros(shape, np.float32)
-    used.add(name)
-    if state[name].shape != tuple(shape):
-      wrong.append(f"{origin[name]}: checkpoint {state[name].shape}, encoder {tuple(shape)}")
-      return np.zeros(shape, np.float32)
-    return state[name]
-
-  def linear(name, d_out, d_in, bias=True):
-    out = {"kernel": np.ascontiguousarray(take(f"{name}.weight", (d_out, d_in)).T)}
-    if bias:
-      out["bias"] = take(f"{name}.bias", (d_out,))
-    return out
+  reader = _StateReader(state, origin, ours="encoder")
+  take, linear = reader.take, reader.linear
 
   def conv(name, d_out, d_in):
     return {"kernel": np.ascontiguousarray(take(f"{name}.weight", (d_out, d_in, 3))
@@ -640,7 +681,7 @@ def qwen_audio_params(state_dict: Mapping[str, np.ndarray], encoder: "QwenAudioE
             "bias": take(f"{name}.bias", (d_out,))}
 
   def norm(name):
-    return {"scale": take(f"{name}.weight", (d,)), "bias": take(f"{name}.bias", (d,))}
+    return reader.norm(name, d)
 
   params = {
       "conv1": conv("conv1", d, encoder.num_mel_bins),
@@ -661,25 +702,16 @@ def qwen_audio_params(state_dict: Mapping[str, np.ndarray], encoder: "QwenAudioE
         "fc1": linear(f"{b}.fc1", ffn, d),
         "fc2": linear(f"{b}.fc2", d, ffn),
     }
-  unused = sorted(origin[k] for k in state if k not in used)
-
-  def listed(names):
-    return f"{names[:10]}" + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-
-  problems = ([f"missing {listed(missing)}"] if missing else []) + (
-      [f"unused {listed(unused)}"] if unused else []) + (
-      [f"wrong shape: {'; '.join(wrong[:10])}"] if wrong else [])
-  if problems:
-    raise ValueError("Qwen2-Audio audio tower does not fit QwenAudioEncoder: "
-                     + " | ".join(problems))
+  reader.check("Qwen2-Audio audio tower does not fit QwenAudioEncoder")
   return params
 
 
 # ----------------------------------------------------------------------------- BEATs
 # microsoft/unilm `beats/BEATs.py` checkpoints: a torch pickle {"cfg": dict, "model": state dict,
 # "label_dict": …}; the cfg holds `BEATsConfig`'s fields. `models.beats.BEATsEncoder` takes the
-# architecture fields and the dropout rates by the same names; the pre-training settings and the
-# fine-tuned predictor's are read and not used (our heads replace the predictor).
+# architecture fields, the dropout rates, the layer drop and the layer-wise gradient ratio by the
+# same names; the fine-tuned predictor's settings are read and not used (our heads replace the
+# predictor).
 
 BEATS_CFG_ARCHITECTURE = (
     "input_patch_size", "embed_dim", "conv_bias", "encoder_layers", "encoder_embed_dim",
@@ -687,8 +719,9 @@ BEATS_CFG_ARCHITECTURE = (
     "deep_norm", "conv_pos", "conv_pos_groups", "relative_position_embedding", "num_buckets",
     "max_distance", "gru_rel_pos")
 BEATS_CFG_DROPOUT = ("dropout", "attention_dropout", "activation_dropout", "dropout_input")
-BEATS_CFG_UNUSED = ("layer_wise_gradient_decay_ratio", "encoder_layerdrop", "finetuned_model",
-                    "predictor_dropout", "predictor_class")
+# Training settings of the encoder, with their values when a cfg leaves them out (none applied).
+BEATS_CFG_TRAINING = {"encoder_layerdrop": 0.0, "layer_wise_gradient_decay_ratio": 1.0}
+BEATS_CFG_UNUSED = ("finetuned_model", "predictor_dropout", "predictor_class")
 _BEATS_BOOL = ("conv_bias", "layer_norm_first", "deep_norm", "relative_position_embedding",
                "gru_rel_pos")
 # Two spellings of the weight-normed positional conv: `nn.utils.weight_norm` (the released
@@ -700,13 +733,15 @@ _BEATS_POS_CONV = {"weight_g": ("encoder.pos_conv.0.weight_g",
 
 
 def beats_model_fields(cfg: Mapping[str, Any]) -> Dict[str, Any]:
-  """`models.beats.BEATsEncoder` fields (architecture and dropout rates) from a BEATs checkpoint
-  `cfg`. Raises ValueError naming a missing architecture key, a key no BEATs cfg has, or a
-  value of the wrong type (bool / int / float / activation name). Dropout rates default to 0
-  when absent; `BEATS_CFG_UNUSED` keys are accepted and dropped."""
+  """`models.beats.BEATsEncoder` fields (architecture, dropout rates, layer drop and the
+  layer-wise gradient ratio) from a BEATs checkpoint `cfg`. Raises ValueError naming a missing
+  architecture key, a key no BEATs cfg has, or a value of the wrong type (bool / int / float /
+  activation name) or range. Dropout rates default to 0 when absent, the training settings to
+  `BEATS_CFG_TRAINING`'s values; `BEATS_CFG_UNUSED` keys are accepted and dropped."""
   if not isinstance(cfg, Mapping):
     raise ValueError(f"BEATs cfg must be a dict, got {type(cfg).__name__}")
-  known = set(BEATS_CFG_ARCHITECTURE) | set(BEATS_CFG_DROPOUT) | set(BEATS_CFG_UNUSED)
+  known = (set(BEATS_CFG_ARCHITECTURE) | set(BEATS_CFG_DROPOUT) | set(BEATS_CFG_TRAINING)
+           | set(BEATS_CFG_UNUSED))
   unknown = sorted(k for k in cfg if k not in known)
   if unknown:
     raise ValueError(f"BEATs cfg has unknown keys {unknown}; a BEATs cfg has {sorted(known)}")
@@ -733,6 +768,14 @@ def beats_model_fields(cfg: Mapping[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"BEATs cfg {key}={value!r} is not a positive integer")
       value = int(value)
     fields[key] = value
+  for key, default in BEATS_CFG_TRAINING.items():
+    value = cfg.get(key, default)
+    valid = (key == "encoder_layerdrop" and 0 <= value <= 1) or (
+        key == "layer_wise_gradient_decay_ratio" and value > 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid:
+      raise ValueError(f"BEATs cfg {key}={value!r} is not "
+                       + ("a probability in [0, 1]" if key == "encoder_layerdrop" else "> 0"))
+    fields[key] = float(value)
   if fields["deep_norm"] and fields["layer_norm_first"]:
     raise ValueError("BEATs cfg sets both deep_norm and layer_norm_first (they exclude each "
                      "other)")
@@ -764,30 +807,12 @@ def beats_params(state_dict: Mapping[str, Any], cfg: Mapping[str, Any]) -> Dict:
   if d % groups:
     raise ValueError(f"BEATs cfg conv_pos_groups={groups} does not divide "
                      f"encoder_embed_dim={d}")
-  used, missing, wrong = set(), [], []
-
-  def take(name, shape):
-    if name not in state:
-      missing.append(name)
-      return np.zeros(shape, np.float32)
-    used.add(name)
-    if state[name].shape != tuple(shape):
-      wrong.append(f"{name}: checkpoint {state[name].shape}, model {tuple(shape)}")
-      return np.zeros(shape, np.float32)
-    return state[name]
+  reader = _StateReader(state)
+  take, linear, norm = reader.take, reader.linear, reader.norm
 
   def take_any(names, shape):
     present = [n for n in names if n in state]
     return take(present[0] if present else names[0], shape)
-
-  def linear(name, d_out, d_in, bias=True):
-    out = {"kernel": np.ascontiguousarray(take(f"{name}.weight", (d_out, d_in)).T)}
-    if bias:
-      out["bias"] = take(f"{name}.bias", (d_out,))
-    return out
-
-  def norm(name, width):
-    return {"scale": take(f"{name}.weight", (width,)), "bias": take(f"{name}.bias", (width,))}
 
   patch = {"kernel": np.ascontiguousarray(
       take("patch_embedding.weight", (e, 1, p, p)).transpose(2, 3, 1, 0))}
@@ -814,9 +839,9 @@ def beats_params(state_dict: Mapping[str, Any], cfg: Mapping[str, Any]) -> Dict:
       if i == 0:
         attn["relative_attention_bias"] = take(copy, (fields["num_buckets"], heads))
       elif copy in state:
-        used.add(copy)
+        reader.used.add(copy)
         if table_name in state and not np.array_equal(state[copy], state[table_name]):
-          wrong.append(f"{copy}: differs from {table_name} (the table is shared)")
+          reader.wrong.append(f"{copy}: differs from {table_name} (the table is shared)")
     if fields["gru_rel_pos"]:
       attn["grep_linear"] = linear(f"{b}.self_attn.grep_linear", 8, d // heads)
       attn["grep_a"] = take(f"{b}.self_attn.grep_a", (1, heads, 1, 1)).reshape(heads)
@@ -829,16 +854,7 @@ def beats_params(state_dict: Mapping[str, Any], cfg: Mapping[str, Any]) -> Dict:
     }
   params["encoder"] = encoder
   ignored = re.compile(r"^predictor\.") if cfg.get("finetuned_model") else None
-  unused = sorted(n for n in state if n not in used and not (ignored and ignored.match(n)))
-
-  def listed(names):
-    return f"{names[:10]}" + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-
-  problems = ([f"missing {listed(missing)}"] if missing else []) + (
-      [f"unused {listed(unused)}"] if unused else []) + (
-      [f"wrong shape: {'; '.join(wrong[:10])}"] if wrong else [])
-  if problems:
-    raise ValueError("BEATs state dict does not fit its cfg: " + " | ".join(problems))
+  reader.check("BEATs state dict does not fit its cfg", ignored)
   return params
 
 
