@@ -4,16 +4,14 @@ Runs in a subprocess with `--xla_force_host_platform_device_count=8`: each loss 
 jitted with the batch split over an 8-device mesh, must equal the single-device result.
 """
 import os
-import subprocess
-import sys
+
+import cpu_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = r"""
 import os, sys
-# 8 CPU devices, keeping the suite's XLA flags (tests/conftest.py: quicker to compile).
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+# 8 CPU devices (tests/cpu_devices.py).
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, REPO)
@@ -65,11 +63,8 @@ print("WORST", worst)
 
 
 def test_batch_statistic_losses_equal_on_1_and_8_devices():
-  result = subprocess.run([sys.executable, "-c", SCRIPT.replace("REPO", repr(REPO))],
-                          capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  assert result.returncode == 0, result.stderr[-3000:]
-  worst = eval(result.stdout.split("WORST", 1)[1])   # {name: relative difference}
+  out = cpu_devices.run_script(SCRIPT.replace("REPO", repr(REPO)))
+  worst = eval(out.split("WORST", 1)[1])   # {name: relative difference}
   assert len(worst) == 11
   bad = {k: v for k, v in worst.items() if not v < 1e-4}
   assert not bad, bad

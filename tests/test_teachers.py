@@ -5,14 +5,13 @@ gone."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import cpu_devices
 from configs import common as configs_common
 from jax_asc import main as main_lib
 from jax_asc.audio import frontends
@@ -118,9 +117,7 @@ def test_an_online_teacher_hears_at_its_own_rate_through_its_own_frontend(tmp_pa
 
 SPLIT_SCRIPT = r"""
 import os, sys
-# 8 CPU devices, keeping the suite's XLA flags (tests/conftest.py: quicker to compile).
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+# 8 CPU devices (tests/cpu_devices.py).
 import jax, numpy as np
 sys.path.insert(0, {repo!r})
 from configs import common as configs_common, quickstart
@@ -157,10 +154,7 @@ def test_a_teacher_split_over_8_devices_gives_the_replicated_teachers_step(tmp_p
   run = str(tmp_path / "teacher")
   _fake_run(run, sample_rate=32000, base_channels=24)   # 3×3×48×48 kernels: split
   script = SPLIT_SCRIPT.format(repo=REPO, cache=data_dir, run=run)
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  assert result.returncode == 0, result.stderr[-3000:]
-  out = eval(result.stdout.split("RESULT", 1)[1])
+  out = eval(cpu_devices.run_script(script).split("RESULT", 1)[1])
   replicated, split = out["replicated"], out["split"]
   assert replicated["split_leaves"] == 0 and replicated["smallest_share"] == 1.0
   assert split["split_leaves"] >= 1 and split["smallest_share"] == 1 / 8

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import cpu_devices
 from jax_asc import main as main_lib, native
 from jax_asc.data import pipeline
 from jax_asc.stages import common
@@ -176,9 +177,7 @@ def test_quickstart_tiny_end_to_end(tiny_config, tmp_path, capsys):
 
 SHARDED_SCRIPT = r"""
 import os, sys
-# 8 CPU devices, keeping the suite's XLA flags (tests/conftest.py: quicker to compile).
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+# 8 CPU devices (tests/cpu_devices.py).
 import jax, numpy as np
 sys.path.insert(0, {repo!r})
 from configs import quickstart
@@ -217,10 +216,7 @@ print("RESULT", dict(loss=abs(one[0] - eight[0]) / one[0], batch_stats=rel(one[1
 def test_sharded_step_on_8_devices_equals_single_device(tiny_config, tmp_path):
   common.load_splits(tiny_config, "train")   # build the cache once, here
   script = SHARDED_SCRIPT.format(repo=REPO, cache=tiny_config.data.cache_dir)
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  assert result.returncode == 0, result.stderr[-3000:]
-  diff = eval(result.stdout.split("RESULT", 1)[1])
+  diff = eval(cpu_devices.run_script(script).split("RESULT", 1)[1])
   # Loss and BatchNorm statistics see the global batch (per-device statistics over 2 examples
   # would differ at O(1)).
   assert diff["loss"] < 1e-6 and diff["batch_stats"] < 1e-5, diff
