@@ -25,7 +25,9 @@ install: $(VENV)/.installed
 # only torchaudio's Python code (kaldi.get_mel_banks, the masking transforms), as does the
 # BEATs fbank reference (kaldi.fbank). openbeats is an independent PyTorch BEATs encoder
 # (tests/test_beats.py), installed without its dependencies (it needs only torch, torchaudio).
-reference-deps: install
+# It needs the environment only, not the kernels: `make -j2 install reference-deps` builds the
+# kernels beside these installs (.ci/run).
+reference-deps: $(VENV)/.installed
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet torchmetrics==1.9.0 transformers==5.24.0
 	$(PY) -m pip install --quiet --no-deps torchaudio==2.11.0 hear21passt==0.0.26 openbeats==0.1.1

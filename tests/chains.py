@@ -2,12 +2,17 @@
 
 conftest.py starts them as soon as the session has collected tests/test_launch.py and runs that
 file last, so the chains (mostly single-threaded compiling) overlap with the rest of the suite;
-test_launch.py waits for them. Each chain gets its own workdir, dataset cache and XLA
-compilation cache under `root`.
+test_launch.py waits for them. Each chain runs in its own workdir under `root` (the dataset
+cache and XLA compilation cache there are shared). Once a chain has ended, the same background
+process runs the report's notebook on it (`python tests/chains.py REPORT ROOT`), so the notebooks
+overlap with the chains still running instead of running one after the other at the end.
 """
+import json
 import os
 import subprocess
 import sys
+import time
+import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"report000": "report000_dafa.sh", "report001": "report001_joint_kd.sh",
@@ -16,6 +21,9 @@ SCRIPTS = {"report000": "report000_dafa.sh", "report001": "report001_joint_kd.sh
 # Worker processes per chain. The chains share two cores with the rest of the suite, so extra
 # workers mostly add start-up (each imports TF and JAX); report 000 keeps two to test `--jobs`.
 JOBS = {"report000": 2, "report001": 1, "report002": 1, "report003": 1, "report004": 1}
+NOTEBOOKS = {"report000": "report000_dafa.ipynb", "report001": "report001_joint_kd.ipynb",
+             "report002": "report002_teachers.ipynb",
+             "report003": "report003_contrastasc.ipynb", "report004": "report004_s5.ipynb"}
 # The chains run at a lower CPU priority than the tests (`nice`), so the tests, one process that
 # is longer than any chain, keep a core while the five chains share what is left; once the tests
 # end, the chains have both cores. At equal priority the six processes shared the two cores
@@ -54,16 +62,44 @@ def lowered_priority(argv: list) -> list:
 
 
 def start(root: str) -> dict:
-  """{report: (process, log file)} of the chains, started now."""
+  """{report: (process, log file)} of the chains, started now (`run_chain_then_notebook`)."""
   procs = {}
-  for report, script in SCRIPTS.items():
-    run_env = chain_environment(root, report)
+  for report in SCRIPTS:
     log = open(os.path.join(root, f"{report}.log"), "w")
-    procs[report] = (subprocess.Popen(lowered_priority(
-        ["bash", os.path.join(REPO, "launch", script), "--smoke", "--jobs", str(JOBS[report]),
-         "--workdir", os.path.join(root, report)]), stdout=log, stderr=subprocess.STDOUT,
-        env=run_env), log)
+    procs[report] = (subprocess.Popen(
+        lowered_priority([sys.executable, os.path.abspath(__file__), report, root]),
+        stdout=log, stderr=subprocess.STDOUT, env=chain_environment(root, report)), log)
   return procs
+
+
+def notebook_result(root: str, report: str) -> str:
+  """The file `run_chain_then_notebook` writes the notebook's run into: JSON {"outputs": its
+  text outputs, "seconds": its wall time} or {"error": the traceback}."""
+  return os.path.join(root, f"{report}.notebook.json")
+
+
+def run_chain_then_notebook(report: str, root: str) -> int:
+  """Runs the report's smoke chain in `<root>/<report>`; when it succeeds, runs the report's
+  notebook on the finished chain (every run should be skipped) and writes what it showed to
+  `notebook_result(root, report)` (tests/test_launch.py checks it). Returns the chain's exit
+  code; a failing notebook is recorded there, not in the exit code."""
+  code = subprocess.call(["bash", os.path.join(REPO, "launch", SCRIPTS[report]), "--smoke",
+                          "--jobs", str(JOBS[report]), "--workdir", os.path.join(root, report)])
+  if code:
+    return code
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import test_notebook
+  start = time.time()
+  try:
+    outputs = test_notebook.execute(NOTEBOOKS[report], {
+        "SMOKE": True, "DATASET_ROOT": "", "WORKDIR": os.path.join(root, report),
+        "EXTRA_ARGS": [], "JOBS": 1})
+    result = {"outputs": outputs, "seconds": time.time() - start}
+  except Exception:   # the test reports it, with the traceback
+    result = {"error": traceback.format_exc()[-6000:]}
+  with open(notebook_result(root, report), "w") as f:
+    json.dump(result, f)
+  return 0
 
 
 def wait(root: str, procs: dict, timeout: float = 1500) -> list:
@@ -84,3 +120,7 @@ def stop(procs: dict) -> None:
       proc.kill()
       proc.wait()
     log.close()
+
+
+if __name__ == "__main__":
+  sys.exit(run_chain_then_notebook(sys.argv[1], sys.argv[2]))

@@ -8,7 +8,6 @@ import json
 import os
 import pathlib
 import tempfile
-import time
 
 import numpy as np
 import pytest
@@ -46,7 +45,7 @@ def chains(request):
   root, procs = started
   failed = chain_runs.wait(root, procs)
   assert not failed, "\n".join(failed)
-  return pathlib.Path(root), chain_runs.environment(root)
+  return pathlib.Path(root)
 
 
 def _tables(root, report):
@@ -54,30 +53,23 @@ def _tables(root, report):
     return json.load(f)
 
 
-NOTEBOOKS = {"report000": "report000_dafa.ipynb", "report001": "report001_joint_kd.ipynb",
-             "report002": "report002_teachers.ipynb",
-             "report003": "report003_contrastasc.ipynb", "report004": "report004_s5.ipynb"}
-
-
-def _notebook_resumes_the_chain(root, env, report, monkeypatch):
-  """The report's notebook, run on the finished smoke chain: every run is skipped (nothing
-  changed), and it shows the tables and the plots. Returns its seconds."""
-  import test_notebook
-  for key in ("JAX_ASC_DATA_DIR", "JAX_ASC_COMPILATION_CACHE", "PYTHON"):
-    monkeypatch.setenv(key, env[key])
-  start = time.time()
-  outputs = test_notebook.execute(NOTEBOOKS[report], {
-      "SMOKE": True, "DATASET_ROOT": "", "WORKDIR": str(root / report), "EXTRA_ARGS": [],
-      "JOBS": 1})
+def _notebook_resumes_the_chain(root, report):
+  """The report's notebook, run on the finished smoke chain by the chain's background process
+  (tests/chains.py): every run is skipped (nothing changed), and it shows the tables and the
+  plots. Returns its seconds."""
+  with open(chain_runs.notebook_result(str(root), report)) as f:
+    result = json.load(f)
+  assert "error" not in result, result.get("error")
+  outputs = result["outputs"]
   runs = [line for line in outputs.replace("\\n", "\n").splitlines() if line.startswith("== ")]
   assert runs and all(line.endswith("done, skipped") for line in runs), outputs[-3000:]
   assert f"# {report}" in outputs and outputs.count("image/png") == len(
       [n for n in os.listdir(root / report / "tables") if n.endswith(".png")]) > 0
-  return time.time() - start
+  return result["seconds"]
 
 
-def test_report000_chain(chains, monkeypatch):
-  root, env = chains
+def test_report000_chain(chains):
+  root = chains
   data = _tables(root, "report000")
   assert data["smoke"] and data["split"] == "test"
   configurations = {"t_ce1", "t_ce2", "t_dafa", "t_ce1+t_ce2", "t_ce1+t_dafa"}
@@ -131,7 +123,7 @@ def test_report000_chain(chains, monkeypatch):
       LITERT_INT8_BOUND, formats["int8"]
   assert formats["int8"]["param_bytes"] == data["complexity"]["params"]
   assert formats["int8"]["bytes"] < formats["float16"]["bytes"] < formats["float32"]["bytes"]
-  assert _notebook_resumes_the_chain(root, env, "report000", monkeypatch) < 120
+  assert _notebook_resumes_the_chain(root, "report000") < 120
   _submission_routed_by_device(root / "report000" / "students" / "t_ce1+t_dafa",
                                root / "data", root / "eval25")
 
@@ -174,8 +166,8 @@ def _submission_routed_by_device(workdir, cache_dir, eval_root):
     np.testing.assert_allclose(probabilities[rows_of], expected, atol=2e-6)
 
 
-def test_report001_chain(chains, monkeypatch):
-  root, env = chains
+def test_report001_chain(chains):
+  root = chains
   data = _tables(root, "report001")
   for name in ("student_ssfm", "student_dfm"):
     row = data["students"][name]
@@ -196,11 +188,11 @@ def test_report001_chain(chains, monkeypatch):
   config = json.loads((root / "report001" / "students" / "student_dfm" / "config.json")
                       .read_text())
   assert config["loss"]["terms"]["dfm"] > 0 and config["loss"]["terms"]["ssfm"] == 0
-  assert _notebook_resumes_the_chain(root, env, "report001", monkeypatch) < 120
+  assert _notebook_resumes_the_chain(root, "report001") < 120
 
 
-def test_report002_chain(chains, monkeypatch):
-  root, env = chains
+def test_report002_chain(chains):
+  root = chains
   data = _tables(root, "report002")
   teachers = {name: row for name, row in data.items()
               if isinstance(row, dict) and "teacher" in row}
@@ -226,7 +218,7 @@ def test_report002_chain(chains, monkeypatch):
   assert set(data["matched"]["128k DIRFMS"]) == {"CP-Mobile", "CP-ResNet", "CRNN"}
   assert set(data["matched"]["2m DIRFMS"]) == {"CP-Mobile", "CP-ResNet", "CRNN"}
   assert (root / "report002" / "tables" / "report002_sizes.png").exists()
-  assert _notebook_resumes_the_chain(root, env, "report002", monkeypatch) < 120
+  assert _notebook_resumes_the_chain(root, "report002") < 120
 
 
 # Report 003's few-shot evaluation on the synthetic open set: 15 classes (10 seen, 5 new),
@@ -236,8 +228,8 @@ def test_report002_chain(chains, monkeypatch):
 FEW_SHOT_LEARNED, TEACHER_FEW_SHOT, TEACHER_LEARNED = 2 / 15, 0.10, 0.15
 
 
-def test_report003_chain(chains, monkeypatch):
-  root, env = chains
+def test_report003_chain(chains):
+  root = chains
   data = _tables(root, "report003")
   # Every row of tables 1-3 and both sizes of figure 2 were filled in.
   assert set(data["table1"]) == {"frozen", "ft", "cft", "cft_linear"}
@@ -267,7 +259,7 @@ def test_report003_chain(chains, monkeypatch):
   assert (root / "report003" / "tables" / "report003_sizes.png").exists()
   text = (root / "report003" / "tables" / "report003.md").read_text()
   assert "## Report 003, table 1" in text and "(62.5)" in text and "(77.7)" not in text
-  assert _notebook_resumes_the_chain(root, env, "report003", monkeypatch) < 120
+  assert _notebook_resumes_the_chain(root, "report003") < 120
 
 
 # Report 004's smoke chain learns to tag: an all-silence tagger scores 0 % at source level and a
@@ -275,8 +267,8 @@ def test_report003_chain(chains, monkeypatch):
 TAGGED = 20.0
 
 
-def test_report004_chain(chains, monkeypatch):
-  root, env = chains
+def test_report004_chain(chains):
+  root = chains
   data = _tables(root, "report004")
   ours = data["ours"]
   assert set(ours) == {"1c", "4c"}
@@ -306,4 +298,4 @@ def test_report004_chain(chains, monkeypatch):
   text = (root / "report004" / "tables" / "report004.md").read_text()
   assert "## Table 1 (1c)" in text and "## Table 2 (4c)" in text and "8.171" in text
   assert (root / "report004" / "tables" / "report004_capi_sdri.png").exists()
-  assert _notebook_resumes_the_chain(root, env, "report004", monkeypatch) < 120
+  assert _notebook_resumes_the_chain(root, "report004") < 120

@@ -1,6 +1,7 @@
 """The notebooks: built from notebooks/build.py, the quickstart run top to bottom (tiny config),
-and the install cell from a git URL and from a local folder. The report notebooks run in
-tests/test_launch.py, on the finished smoke chains."""
+and the install cell from a git URL and from a local folder. The report notebooks run on the
+finished smoke chains, in each chain's background process (tests/chains.py), and
+tests/test_launch.py checks what they showed."""
 import os
 import subprocess
 import sys
