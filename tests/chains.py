@@ -9,6 +9,7 @@ overlap with the chains still running instead of running one after the other at 
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -68,7 +69,8 @@ def start(root: str) -> dict:
     log = open(os.path.join(root, f"{report}.log"), "w")
     procs[report] = (subprocess.Popen(
         lowered_priority([sys.executable, os.path.abspath(__file__), report, root]),
-        stdout=log, stderr=subprocess.STDOUT, env=chain_environment(root, report)), log)
+        stdout=log, stderr=subprocess.STDOUT, env=chain_environment(root, report),
+        start_new_session=True), log)   # its own process group: `stop` ends the chain with it
   return procs
 
 
@@ -117,7 +119,7 @@ def wait(root: str, procs: dict, timeout: float = 1500) -> list:
 def stop(procs: dict) -> None:
   for proc, log in procs.values():
     if proc.poll() is None:
-      proc.kill()
+      os.killpg(proc.pid, signal.SIGKILL)   # the driver and the chain it runs
       proc.wait()
     log.close()
 

@@ -770,11 +770,11 @@ def beats_model_fields(cfg: Mapping[str, Any]) -> Dict[str, Any]:
     fields[key] = value
   for key, default in BEATS_CFG_TRAINING.items():
     value = cfg.get(key, default)
-    valid = (key == "encoder_layerdrop" and 0 <= value <= 1) or (
-        key == "layer_wise_gradient_decay_ratio" and value > 0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid:
-      raise ValueError(f"BEATs cfg {key}={value!r} is not "
-                       + ("a probability in [0, 1]" if key == "encoder_layerdrop" else "> 0"))
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key == "encoder_layerdrop" and not (number and 0 <= value <= 1):
+      raise ValueError(f"BEATs cfg {key}={value!r} is not a probability in [0, 1]")
+    if key == "layer_wise_gradient_decay_ratio" and not (number and value > 0):
+      raise ValueError(f"BEATs cfg {key}={value!r} is not > 0")
     fields[key] = float(value)
   if fields["deep_norm"] and fields["layer_norm_first"]:
     raise ValueError("BEATs cfg sets both deep_norm and layer_norm_first (they exclude each "
